@@ -1,0 +1,28 @@
+"""The ``ratepilot`` command line: thin typer commands that parse, call the library, and print.
+
+Each command lives in its own module and registers itself here, so commands stay independent and the
+CLI starts fast (heavy imports happen inside the command functions).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import batch, demo, limits, run, sim, webhooks
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="ratepilot",
+    help="Run OpenAI API workloads at the edge of your rate limits, offline-testable with a built-in simulator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals could hold an API key
+)
+
+for _module in (run, batch, sim, limits, webhooks, demo):
+    _module.register(app)
+
+
+def main() -> None:
+    app()

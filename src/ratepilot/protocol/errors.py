@@ -1,0 +1,199 @@
+"""OpenAI error bodies: how the server words them, and what a client should make of them.
+
+The simulator builds bodies with the ``*_error`` functions; the client classifies any body with
+:func:`classify`. Keeping both here means the simulator's 429s are exactly the ones the client is tested on.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BILLING_CODES",
+    "ErrorClass",
+    "ErrorInfo",
+    "LimitKind",
+    "classify",
+    "error_body",
+    "insufficient_quota_error",
+    "invalid_api_key_error",
+    "model_not_found_error",
+    "rate_limit_error",
+    "redact_key",
+    "request_too_large_error",
+    "server_error",
+]
+
+RATE_LIMITS_URL = "https://platform.openai.com/account/rate-limits"
+
+BILLING_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+        "billing_hard_limit_reached",
+        "billing_not_active",
+    }
+)
+
+
+class LimitKind(enum.Enum):
+    """The four rate-limit windows, with the wording the server uses for each."""
+
+    RPM = ("requests", "requests per min (RPM)", 60.0)
+    TPM = ("tokens", "tokens per min (TPM)", 60.0)
+    RPD = ("requests", "requests per day (RPD)", 86_400.0)
+    TPD = ("tokens", "tokens per day (TPD)", 86_400.0)
+
+    @property
+    def error_type(self) -> str:
+        return self.value[0]
+
+    @property
+    def phrase(self) -> str:
+        return self.value[1]
+
+    @property
+    def window(self) -> float:
+        return self.value[2]
+
+
+def error_body(message: str, type_: str | None, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _seconds_text(seconds: float) -> str:
+    # The server words waits like Go durations ("20s", "125ms", "43.2s", "6m0s").
+    from .headers import format_duration
+
+    return format_duration(seconds)
+
+
+def rate_limit_error(
+    model: str, org: str, kind: LimitKind, limit: int, used: int, requested: int, retry_in: float
+) -> dict[str, Any]:
+    msg = (
+        f"Rate limit reached for {model} in organization {org} on {kind.phrase}: "
+        f"Limit {limit}, Used {used}, Requested {requested}. Please try again in {_seconds_text(retry_in)}. "
+        f"Visit {RATE_LIMITS_URL} to learn more."
+    )
+    return error_body(msg, kind.error_type, "rate_limit_exceeded")
+
+
+def request_too_large_error(model: str, org: str, kind: LimitKind, limit: int, requested: int) -> dict[str, Any]:
+    msg = (
+        f"Request too large for {model} in organization {org} on {kind.phrase}: "
+        f"Limit {limit}, Requested {requested}. "
+        "The input or output tokens must be reduced in order to run successfully. "
+        f"Visit {RATE_LIMITS_URL} to learn more."
+    )
+    return error_body(msg, kind.error_type, "rate_limit_exceeded")
+
+
+def insufficient_quota_error(code: str = "insufficient_quota") -> dict[str, Any]:
+    msg = (
+        "You exceeded your current quota, please check your plan and billing details. For more information "
+        "on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors."
+    )
+    return error_body(msg, "insufficient_quota", code)
+
+
+def redact_key(key: str) -> str:
+    """``sk-...abcd``: the most of a key that may ever be shown."""
+    tail = key[-4:] if len(key) >= 8 else ""
+    return f"sk-...{tail}" if tail else "sk-..."
+
+
+def invalid_api_key_error(key: str | None) -> dict[str, Any]:
+    if not key:
+        msg = (
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+            "Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        )
+        return error_body(msg, "invalid_request_error", None)
+    msg = (
+        f"Incorrect API key provided: {redact_key(key)}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys."
+    )
+    return error_body(msg, "invalid_request_error", "invalid_api_key")
+
+
+def model_not_found_error(model: str) -> dict[str, Any]:
+    return error_body(
+        f"The model `{model}` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    )
+
+
+def server_error(overloaded: bool = False) -> dict[str, Any]:
+    if overloaded:
+        msg = "That model is currently overloaded with other requests. You can retry your request."
+    else:
+        msg = (
+            "The server had an error while processing your request. Sorry about that! You can retry your "
+            "request, or contact us through our help center if the error persists."
+        )
+    return error_body(msg, "server_error", None)
+
+
+class ErrorClass(enum.Enum):
+    """What a client should do about a failed response."""
+
+    RATE_LIMITED = "rate_limited"  # retry after the limit refills
+    QUOTA = "quota"  # insufficient_quota / billing: never retry, tell the user to check billing
+    TOO_LARGE = "too_large"  # one request exceeds the limit itself: never retry
+    TRANSIENT = "transient"  # 408, 409, 5xx: retry with backoff
+    FATAL = "fatal"  # 400, 401, 403, 404, 413, 422...: never retry
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    status: int
+    error_class: ErrorClass
+    message: str
+    type: str | None
+    code: str | None
+    param: str | None
+
+    @property
+    def retryable(self) -> bool:
+        return self.error_class in (ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT)
+
+
+def classify(status: int, body: Any, headers: Mapping[str, str] | None = None) -> ErrorInfo:
+    """Classify a non-2xx response from its status and (parsed JSON) body.
+
+    ``x-should-retry`` is deliberately not consulted for billing errors: the SDK retries
+    ``insufficient_quota`` because the header says nothing, and that is exactly the complaint we fix.
+    """
+    err: Mapping[str, Any] = {}
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        err = body["error"]
+    message = str(err.get("message") or "")
+    type_ = err.get("type") if isinstance(err.get("type"), str) else None
+    code = err.get("code") if isinstance(err.get("code"), str) else None
+    param = err.get("param") if isinstance(err.get("param"), str) else None
+
+    if code in BILLING_CODES or type_ in BILLING_CODES:
+        cls = ErrorClass.QUOTA
+    elif status == 429 and message.startswith("Request too large"):
+        cls = ErrorClass.TOO_LARGE
+    elif status == 429:
+        cls = ErrorClass.RATE_LIMITED
+    elif status in (408, 409) or status >= 500:
+        cls = ErrorClass.TRANSIENT
+    else:
+        cls = ErrorClass.FATAL
+    if cls in (ErrorClass.TRANSIENT, ErrorClass.FATAL) and headers is not None:
+        should = (headers.get("x-should-retry") or "").lower()
+        if should == "true":
+            cls = ErrorClass.TRANSIENT
+        elif should == "false":
+            cls = ErrorClass.FATAL
+    return ErrorInfo(status, cls, message, type_, code, param)

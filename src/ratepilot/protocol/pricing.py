@@ -1,0 +1,74 @@
+"""Prices per million tokens, dated and overridable.
+
+Used by the client's usage ledger and budget, and by the simulator's credit accounting, so the cost the
+ledger reports is the cost the simulator bills. Batch requests cost 50% of the synchronous price.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["BATCH_DISCOUNT", "DEFAULT_PRICES", "PRICES_AS_OF", "ModelPrice", "PriceTable"]
+
+PRICES_AS_OF = "2026-11-01"
+BATCH_DISCOUNT = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """USD per 1M tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, *, batch: bool = False) -> float:
+        cached = min(cached_tokens, prompt_tokens)
+        cached_rate = self.cached_input if self.cached_input is not None else self.input
+        usd = ((prompt_tokens - cached) * self.input + cached * cached_rate + completion_tokens * self.output) / 1e6
+        return usd * BATCH_DISCOUNT if batch else usd
+
+
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "gpt-4o-mini": ModelPrice(0.15, 0.60, 0.075),
+    "gpt-4o": ModelPrice(2.50, 10.00, 1.25),
+    "gpt-4.1": ModelPrice(2.00, 8.00, 0.50),
+    "gpt-4.1-mini": ModelPrice(0.40, 1.60, 0.10),
+    "gpt-4.1-nano": ModelPrice(0.10, 0.40, 0.025),
+    "gpt-5": ModelPrice(1.25, 10.00, 0.125),
+    "gpt-5-mini": ModelPrice(0.25, 2.00, 0.025),
+    "gpt-5-nano": ModelPrice(0.05, 0.40, 0.005),
+    "o4-mini": ModelPrice(1.10, 4.40, 0.275),
+    "gpt-3.5-turbo": ModelPrice(0.50, 1.50),
+    "gpt-3.5-turbo-instruct": ModelPrice(1.50, 2.00),
+    "text-embedding-3-small": ModelPrice(0.02, 0.0),
+    "text-embedding-3-large": ModelPrice(0.13, 0.0),
+    "text-embedding-ada-002": ModelPrice(0.10, 0.0),
+    "omni-moderation-latest": ModelPrice(0.0, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Model -> price, with overrides. A dated snapshot (``as_of``) because prices change."""
+
+    prices: Mapping[str, ModelPrice] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    as_of: str = PRICES_AS_OF
+
+    def with_overrides(self, overrides: Mapping[str, ModelPrice]) -> PriceTable:
+        return PriceTable({**self.prices, **overrides}, self.as_of)
+
+    def lookup(self, model: str) -> ModelPrice | None:
+        """Exact name first, then the longest known prefix (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``)."""
+        if model in self.prices:
+            return self.prices[model]
+        best = max((k for k in self.prices if model.startswith(k)), key=len, default=None)
+        return self.prices[best] if best else None
+
+    def cost(
+        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, *, batch: bool = False
+    ) -> float:
+        """USD; 0.0 for a model with no known price (the ledger reports such models separately)."""
+        price = self.lookup(model)
+        return price.cost(prompt_tokens, completion_tokens, cached_tokens, batch=batch) if price else 0.0

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+
+from ratepilot.protocol.errors import (
+    ErrorClass,
+    LimitKind,
+    classify,
+    insufficient_quota_error,
+    rate_limit_error,
+)
+from ratepilot.protocol.headers import RateLimitHeaders, format_duration, parse_duration, parse_try_again_in
+from ratepilot.protocol.tokens import admission_cost, count_text, estimate_prompt_tokens
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("12ms", 0.012),
+        ("1s", 1.0),
+        ("8.64s", 8.64),
+        ("6m0s", 360.0),
+        ("28m48s", 1728.0),
+        ("1h2m3.5s", 3723.5),
+        ("20", 20.0),
+        ("0s", 0.0),
+        ("3.114s", 3.114),
+        ("120ms", 0.12),
+    ],
+)
+def test_parse_go_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "1x", "-1s", "s", "1s2", "nan"])
+def test_parse_duration_rejects_garbage(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.012, "12ms"), (1.0, "1s"), (8.64, "8.64s"), (360, "6m0s"), (1728, "28m48s"), (0, "0s")]
+)
+def test_format_duration_matches_api(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_headers_roundtrip_and_missing() -> None:
+    h = {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "59",
+        "x-ratelimit-reset-requests": "1s",
+        "x-ratelimit-limit-tokens": "150000",
+    }
+    parsed = RateLimitHeaders.parse(h)
+    assert parsed.requests is not None and parsed.requests.remaining == 59 and parsed.requests.reset == 1.0
+    assert parsed.tokens is None  # incomplete dimension is not trusted
+    assert RateLimitHeaders.parse({}).empty
+
+
+def test_try_again_in_text() -> None:
+    body = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPD, 2000, 2000, 1, 43.2)
+    assert "Please try again in 43.2s." in body["error"]["message"]
+    assert parse_try_again_in(body["error"]["message"]) == pytest.approx(43.2)
+
+
+def test_classify_quota_is_never_retryable() -> None:
+    info = classify(429, insufficient_quota_error())
+    assert info.error_class is ErrorClass.QUOTA and not info.retryable
+    assert classify(429, insufficient_quota_error("credit_balance_exhausted")).error_class is ErrorClass.QUOTA
+    assert classify(429, rate_limit_error("m", "o", LimitKind.TPM, 1, 1, 1, 1)).retryable
+    assert classify(503, None).retryable
+    assert not classify(400, {"error": {"message": "bad", "type": "invalid_request_error"}}).retryable
+
+
+def test_tokenizer_offline_and_estimates() -> None:
+    assert count_text("hello world", "gpt-4o") == 2
+    assert count_text("hello world", "gpt-4") == 2
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 40}], "max_tokens": 5, "n": 3}
+    assert admission_cost("/v1/chat/completions", body) == 15  # n × max_tokens beats ceil(40 / 4)
+    multimodal = {
+        "model": "gpt-4o",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": "data:..."}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
+            },
+        ],
+    }
+    assert estimate_prompt_tokens("/v1/chat/completions", multimodal) > 765
+    assert admission_cost("/v1/embeddings", {"model": "text-embedding-3-small", "input": [[1, 2, 3], [4]]}) == 4
