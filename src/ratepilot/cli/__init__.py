@@ -20,6 +20,18 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals could hold an API key
 )
 
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from ratepilot import __version__
+
+        typer.echo(f"ratepilot {__version__}")
+        raise typer.Exit()
+
+
 for _module in (run, batch, sim, limits, webhooks, demo):
     _module.register(app)
 
