@@ -97,3 +97,13 @@ def test_tokenizer_offline_and_estimates() -> None:
     }
     assert estimate_prompt_tokens("/v1/chat/completions", multimodal) > 765
     assert admission_cost("/v1/embeddings", {"model": "text-embedding-3-small", "input": [[1, 2, 3], [4]]}) == 4
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"messages": 5, "tools": True}, {"messages": [{"role": "user", "tool_calls": "x"}]}, {"input": {"a": 1}}, {}],
+)
+def test_estimates_never_raise_on_odd_shapes(body: dict[str, object]) -> None:
+    for endpoint in ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions"):
+        assert admission_cost(endpoint, body) >= 0
+        assert estimate_prompt_tokens(endpoint, body) >= 0

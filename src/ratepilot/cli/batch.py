@@ -1,10 +1,451 @@
-"""`ratepilot batch`."""
+"""`ratepilot batch submit|status|wait|collect|cancel|list|forget` — the Batch API pipeline, resumable.
+
+Exit codes (stable, for scripts):
+
+* 0 — done: every request has its final answer (successes and reported failures); or the command did
+  what it was asked (``submit``, ``cancel``, ``list``);
+* 2 — bad input: an invalid requests file (line and field named; nothing uploaded), an unknown job, a job
+  name already used for other input, a bad option;
+* 3 — not finished: ``wait`` timed out, or ``collect`` wrote a partial file (some requests not answered yet);
+* 4 — the API refused the work (authentication, quota/billing, a request error that retrying cannot fix).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
+if TYPE_CHECKING:
+    from ratepilot.batch import BatchRunner, JobStatus
 
-def register(app: typer.Typer) -> None:
-    """Placeholder until the command is built."""
-    _ = app
+__all__ = ["EXIT_API", "EXIT_BAD_INPUT", "EXIT_INCOMPLETE", "EXIT_OK", "app", "register"]
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_INCOMPLETE = 3
+EXIT_API = 4
+
+app = typer.Typer(
+    name="batch",
+    help=(
+        "Run a requests JSONL through the Batch API (50% cheaper): validate, shard, submit, track, collect in "
+        "input order, retry what failed retryably. Every command is resumable: rerun it after a crash. "
+        "Exit codes: 0 done, 2 bad input, 3 not finished yet, 4 API refused."
+    ),
+    no_args_is_help=True,
+)
+
+_STATE_DIR = typer.Option(
+    None,
+    "--state-dir",
+    envvar="RATEPILOT_HOME",
+    help="Where job state lives (default ~/.ratepilot).",
+    show_default=False,
+)
+_BASE_URL = typer.Option(
+    None, "--base-url", envvar="OPENAI_BASE_URL", help="API base URL, e.g. a simulator's http://127.0.0.1:PORT/v1."
+)
+_JSON = typer.Option(False, "--json", help="Print JSON instead of tables (for scripts).")
+_POLL = typer.Option(
+    None,
+    "--poll-interval",
+    min=0.0,
+    help="Fixed seconds between status polls of each batch (default: adaptive, budgeted by ratepilot.poll).",
+)
+_FALLBACK = typer.Option(
+    "none", "--fallback", help="'online': answer requests still failing after --max-attempts through the online API."
+)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="batch")
+
+
+# ---------------------------------------------------------------------------------------------- plumbing
+
+
+def _parse_token_limits(values: list[str]) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for value in values:
+        model, sep, number = value.partition("=")
+        if not sep or not model or not number.replace("_", "").replace(",", "").isdigit():
+            raise typer.BadParameter(f"expected MODEL=TOKENS, got {value!r}", param_hint="--token-limit")
+        limits[model] = int(number.replace("_", "").replace(",", ""))
+    return limits
+
+
+@contextmanager
+def _runner(
+    state_dir: Path | None,
+    base_url: str | None,
+    *,
+    poll_interval: float | None = None,
+    fallback: str = "none",
+    **config: Any,
+) -> Iterator[BatchRunner]:
+    """A runner on ``OPENAI_API_KEY`` / ``--base-url``, its client wrapped by a Pilot (throttled, retried)."""
+    from openai import OpenAI
+
+    from ratepilot.batch import BatchConfig, BatchRunner, sdk_fallback
+
+    if fallback not in ("none", "online"):
+        raise typer.BadParameter("use 'none' or 'online'", param_hint="--fallback")
+    api_key = os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        raise _fail("set OPENAI_API_KEY (any non-empty value for a simulator)", EXIT_BAD_INPUT)
+    cfg = BatchConfig(poll_interval=poll_interval, **config)
+    with ExitStack() as stack:
+        raw = stack.enter_context(OpenAI(api_key=api_key, base_url=base_url))
+        client = raw
+        try:  # every upload, poll and list goes through the pilot's throttled transport when it is available
+            from ratepilot.client import Pilot
+
+            pilot = Pilot()
+            stack.callback(pilot.close)
+            client = stack.enter_context(pilot.wrap(raw))
+        except ImportError:  # pragma: no cover - the client layer is optional for the batch pipeline
+            pass
+        runner = stack.enter_context(
+            BatchRunner(
+                client,
+                state_dir=state_dir,
+                config=cfg,
+                fallback=sdk_fallback(client) if fallback == "online" else None,
+            )
+        )
+        yield runner
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _run_guarded(fn: Any) -> Any:
+    """Map library errors to the documented exit codes and clear messages (never a traceback)."""
+    import openai
+
+    from ratepilot.batch import BatchInputError, JobConflictError, JobNotFoundError
+    from ratepilot.results import ForeignResultsError
+
+    try:
+        return fn()
+    except BatchInputError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+    except (JobConflictError, JobNotFoundError, ForeignResultsError) as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+    except openai.APIStatusError as exc:
+        from ratepilot.errors import _scrub
+
+        raise _fail(_scrub(f"the API refused ({exc.status_code}): {exc.message}"), EXIT_API) from None
+    except openai.APIConnectionError as exc:
+        raise _fail(f"cannot reach the API ({exc}); rerun the same command to resume", EXIT_API) from None
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    # Piped or captured output: rich would squeeze the tables to 80 columns; ids must stay readable.
+    return console if console.is_terminal else Console(width=200)
+
+
+def _print_status(status: JobStatus, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(status.to_dict(), default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"batch job {status.name} — {status.state}", title_justify="left")
+    for col in (
+        "shard",
+        "round",
+        "model",
+        "state",
+        "batch",
+        "status",
+        "requests",
+        "done",
+        "failed",
+        "est tokens",
+        "cost $",
+    ):
+        table.add_column(
+            col, justify="right" if col in ("requests", "done", "failed", "est tokens", "cost $") else "left"
+        )
+    for s in status.shards:
+        table.add_row(
+            str(s.shard),
+            str(s.round),
+            s.model,
+            s.state,
+            s.batch_id or "-",
+            s.batch_status or "-",
+            f"{s.n_requests:,}",
+            f"{s.completed:,}",
+            f"{s.failed:,}",
+            f"{s.est_tokens:,}",
+            f"{s.cost_usd:.4f}",
+        )
+    console = _console()
+    console.print(table)
+    eta = "-" if status.eta_seconds is None else f"{status.eta_seconds:,.0f}s"
+    console.print(
+        f"requests {status.total:,}: done {status.done:,}, failed {status.failed:,}, "
+        f"waiting for retry {status.retry:,}, pending {status.pending:,} | "
+        f"cost so far ${status.cost_usd:.4f} | ETA {eta}"
+    )
+    if status.failure_codes:
+        codes = ", ".join(f"{code or '?'} x{n}" for code, n in sorted(status.failure_codes.items()))
+        console.print(f"failed for good: {codes}")
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+@app.command()
+def submit(
+    requests: Annotated[Path, typer.Argument(help="Requests JSONL: Batch-API lines or bare request bodies.")],
+    name: str | None = typer.Option(None, "--name", help="Job name (default: file name + hash of its path)."),
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="With --wait: write results here.")] = None,
+    wait_: bool = typer.Option(False, "--wait", help="Wait until every request is answered (then collect with -o)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up waiting after N seconds."),
+    max_requests: int = typer.Option(50_000, "--max-requests", min=1, help="Requests per batch file."),
+    max_bytes: int = typer.Option(200 * 1024 * 1024, "--max-bytes", min=1, help="Bytes per batch file."),
+    max_embedding_inputs: int = typer.Option(
+        50_000, "--max-embedding-inputs", min=1, help="Embedding inputs per file."
+    ),
+    token_limit: list[str] = typer.Option(  # noqa: B008
+        [], "--token-limit", help="MODEL=TOKENS enqueued-token limit (repeatable; otherwise learned)."
+    ),
+    token_estimate: str = typer.Option("fast", "--token-estimate", help="'fast' (bytes/4) or 'exact' (tokenizer)."),
+    max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Submissions per request, retries included."),
+    poll_interval: float | None = _POLL,
+    fallback: str = _FALLBACK,
+    state_dir: Path | None = _STATE_DIR,
+    base_url: str | None = _BASE_URL,
+    as_json: bool = _JSON,
+) -> None:
+    """Validate REQUESTS (nothing is uploaded if any line is bad), shard it, upload and create the batches.
+
+    Rerunning the same command resumes the job; it never creates a batch twice.
+    """
+    from ratepilot.batch.runner import check_output, default_job_name
+
+    if token_estimate not in ("fast", "exact"):
+        raise typer.BadParameter("use 'fast' or 'exact'", param_hint="--token-estimate")
+    runner_cm = _runner(
+        state_dir,
+        base_url,
+        poll_interval=poll_interval,
+        fallback=fallback,
+        max_requests=max_requests,
+        max_bytes=max_bytes,
+        max_embedding_inputs=max_embedding_inputs,
+        token_limits=_parse_token_limits(token_limit),
+        token_estimate=token_estimate,
+        max_attempts=max_attempts,
+    )
+    with runner_cm as runner:
+        if output is not None:  # refuse a results file of another job before anything is uploaded
+            _run_guarded(lambda: check_output(output, name or default_job_name(requests)))
+        status = _run_guarded(lambda: runner.submit(requests, name=name))
+        if wait_:
+            status = _run_guarded(lambda: runner.wait(status.name, timeout=timeout))
+        _print_status(status, as_json)
+        if output is not None:
+            summary = _run_guarded(lambda: runner.collect(status.name, output))
+            _print_collect(summary, as_json)
+            if not summary.complete:
+                raise typer.Exit(EXIT_INCOMPLETE)
+        if wait_ and not status.complete:
+            raise typer.Exit(EXIT_INCOMPLETE)
+
+
+@app.command()
+def status(
+    name: str | None = typer.Argument(None, help="Job name (default: every job)."),
+    state_dir: Path | None = _STATE_DIR,
+    base_url: str | None = _BASE_URL,
+    as_json: bool = _JSON,
+) -> None:
+    """Show a table per job: shards, their batches and states, counts, ETA, cost so far (from local state)."""
+    from openai import OpenAI
+
+    from ratepilot.batch import BatchRunner
+
+    client = OpenAI(api_key=os.environ.get("OPENAI_API_KEY") or "unused", base_url=base_url)
+    with client, BatchRunner(client, state_dir=state_dir) as runner:
+        names = [name] if name else [j.name for j in runner.jobs() if j.state != "planning"]
+        if not names:
+            typer.echo("no batch jobs")
+        for n in names:
+            _print_status(_run_guarded(lambda n=n: runner.status(n)), as_json)
+
+
+@app.command()
+def wait(
+    name: Annotated[str, typer.Argument(help="Job name.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Collect the results here when done.")] = None,
+    timeout: float | None = typer.Option(None, "--timeout", help="Give up waiting after N seconds (exit 3)."),
+    poll_interval: float | None = _POLL,
+    fallback: str = _FALLBACK,
+    max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Submissions per request, retries included."),
+    state_dir: Path | None = _STATE_DIR,
+    base_url: str | None = _BASE_URL,
+    as_json: bool = _JSON,
+) -> None:
+    """Track the job's batches until every request is answered: submits deferred shards, collects, retries."""
+    with _runner(state_dir, base_url, poll_interval=poll_interval, fallback=fallback, max_attempts=max_attempts) as r:
+        result = _run_guarded(lambda: r.wait(name, timeout=timeout))
+        _print_status(result, as_json)
+        if output is not None:
+            summary = _run_guarded(lambda: r.collect(name, output))
+            _print_collect(summary, as_json)
+        if not result.complete:
+            raise typer.Exit(EXIT_INCOMPLETE)
+
+
+@app.command()
+def collect(
+    name: Annotated[str, typer.Argument(help="Job name.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Results JSONL (rewritten in input order).")],
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a results file of another job."),
+    state_dir: Path | None = _STATE_DIR,
+    base_url: str | None = _BASE_URL,
+    as_json: bool = _JSON,
+) -> None:
+    """Download finished batches' output and error files and write every answered request, in input order.
+
+    Exit 3 when some requests have no answer yet (the file then holds the ones that do; collect again later).
+    """
+    with _runner(state_dir, base_url) as runner:
+        summary = _run_guarded(lambda: runner.collect(name, output, overwrite=overwrite))
+        _print_collect(summary, as_json)
+        if not summary.complete:
+            raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _print_collect(summary: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({**summary.__dict__, "complete": summary.complete}))
+    else:
+        typer.echo(
+            f"wrote {summary.written:,} results to {summary.path} (done {summary.done:,}, failed {summary.failed:,}); "
+            f"{summary.missing:,} not answered yet"
+        )
+
+
+@app.command()
+def cancel(
+    name: Annotated[str, typer.Argument(help="Job name.")],
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return once cancel is requested."),
+    state_dir: Path | None = _STATE_DIR,
+    base_url: str | None = _BASE_URL,
+    poll_interval: float | None = _POLL,
+    as_json: bool = _JSON,
+) -> None:
+    """Cancel the job's running batches. Finished results are kept: `collect` writes them.
+
+    `submit` with the same input later resubmits what did not finish.
+    """
+    with _runner(state_dir, base_url, poll_interval=poll_interval) as runner:
+        result = _run_guarded(lambda: runner.cancel(name, wait=not no_wait))
+        _print_status(result, as_json)
+
+
+@app.command("list")
+def list_(
+    limit: int = typer.Option(20, "--limit", min=1, max=100, help="Batches per page."),
+    after: str | None = typer.Option(None, "--after", help="Cursor: the last batch id of the previous page."),
+    all_pages: bool = typer.Option(False, "--all", help="Page through every batch."),
+    jobs: bool = typer.Option(False, "--jobs", help="List local jobs instead of the server's batches."),
+    state_dir: Path | None = _STATE_DIR,
+    base_url: str | None = _BASE_URL,
+    as_json: bool = _JSON,
+) -> None:
+    """Page through the organization's batches (newest first), naming ratepilot's job and shard of each."""
+    with _runner(state_dir, base_url) as runner:
+        if jobs:
+            rows = [{"name": j.name, "state": j.state, "total": j.total, "input": j.input_path} for j in runner.jobs()]
+            if as_json:
+                typer.echo(json.dumps(rows))
+            else:
+                for row in rows:
+                    typer.echo(f"{row['name']}\t{row['state']}\t{row['total']}\t{row['input']}")
+            return
+
+        def pages() -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            cursor = after
+            while True:
+                kwargs: dict[str, Any] = {"limit": limit}
+                if cursor:
+                    kwargs["after"] = cursor
+                page = runner.client.batches.list(**kwargs)
+                for b in page.data:
+                    meta = dict(b.metadata or {})
+                    counts = b.request_counts
+                    out.append(
+                        {
+                            "id": b.id,
+                            "status": b.status,
+                            "endpoint": b.endpoint,
+                            "job": meta.get("ratepilot_job"),
+                            "shard": meta.get("ratepilot_shard"),
+                            "total": counts.total if counts else None,
+                            "completed": counts.completed if counts else None,
+                            "failed": counts.failed if counts else None,
+                            "created_at": b.created_at,
+                        }
+                    )
+                cursor = page.data[-1].id if page.data else None
+                if not (all_pages and page.has_more and cursor):
+                    out.append({"next_after": cursor if page.has_more else None})
+                    return out
+
+        rows = _run_guarded(pages)
+        cursor_row = rows.pop()
+        if as_json:
+            typer.echo(json.dumps({"data": rows, **cursor_row}))
+            return
+        from rich.table import Table
+
+        table = Table(title="batches (newest first)", title_justify="left")
+        for col in ("id", "status", "endpoint", "job", "shard", "done/total", "failed"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r["id"],
+                r["status"],
+                r["endpoint"],
+                r["job"] or "-",
+                r["shard"] or "-",
+                f"{r['completed']}/{r['total']}",
+                str(r["failed"]),
+            )
+        console = _console()
+        console.print(table)
+        if cursor_row["next_after"]:
+            console.print(f"more: ratepilot batch list --after {cursor_row['next_after']}")
+
+
+@app.command()
+def forget(
+    name: Annotated[str, typer.Argument(help="Job name.")],
+    state_dir: Path | None = _STATE_DIR,
+) -> None:
+    """Delete a job's local state (shard files, downloads, index). Server-side batches are left alone."""
+    from openai import OpenAI
+
+    from ratepilot.batch import BatchRunner
+
+    with OpenAI(api_key="unused") as client, BatchRunner(client, state_dir=state_dir) as runner:
+        _run_guarded(lambda: runner.forget(name))
+        typer.echo(f"forgot job {name}")

@@ -1,10 +1,147 @@
-"""`ratepilot run`."""
+"""`ratepilot run REQUESTS.jsonl -o RESULTS.jsonl` — a large job at the edge of the rate limits, resumable.
+
+Exit codes (stable, for scripts):
+
+* 0 — done: every request has a result line (HTTP errors such as 400 are results too; see the summary);
+* 1 — an unexpected error;
+* 2 — bad input: invalid requests lines (each named by line and field) or options; nothing was sent;
+* 3 — insufficient_quota / billing limit: stopped at once, progress kept; add credit and rerun;
+* 4 — --budget-usd reached: stopped before crossing it, progress kept; raise it and rerun;
+* 5 — the results file belongs to another job (or was not written by ratepilot): nothing was written;
+* 6 — incomplete: some requests got no answer after every retry; rerun to ask them again;
+* 7 — the API key was rejected (401/403);
+* 130 — interrupted (Ctrl-C); rerun to resume.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+__all__ = ["register", "run_command"]
+
+_HELP = "\n\n".join(
+    [
+        (
+            "Run a requests JSONL against the API as fast as the account's rate limits allow, writing one Batch-"
+            "API-shaped result line per request to RESULTS.jsonl."
+        ),
+        (
+            'Input lines are Batch-API lines ({"custom_id", "method", "url", "body"}) or bare request bodies '
+            '({"model", "messages", ...}, optional "metadata"; custom_id "line-N"). The whole file is validated '
+            "first: an invalid line stops the run before anything is sent (or use --skip-invalid)."
+        ),
+        (
+            "Rerunning the same command resumes: requests that already have a result are skipped. Answers are "
+            "cached (SQLite, in the state dir) so a rerun of identical requests costs nothing (--no-cache to ask "
+            "again)."
+        ),
+        (
+            "Exit codes: 0 done, 1 unexpected error, 2 bad input (nothing sent), 3 insufficient quota (progress "
+            "kept), 4 budget reached (progress kept), 5 results file belongs to another job, 6 incomplete "
+            "(rerun), 7 API key rejected, 130 interrupted (rerun to resume)."
+        ),
+    ]
+)
+
+
+def run_command(
+    requests: Annotated[Path, typer.Argument(help="The requests JSONL.", dir_okay=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The results JSONL (appended to; resumes).")],
+    mode: str = typer.Option(
+        "online",
+        "--mode",
+        help="online | batch (Batch API, 50% cheaper, results within 24h) | auto (batch when the job is large "
+        "enough - 2,000+ requests or $1+ saving - and no --deadline under 24h; the summary says why).",
+    ),
+    base_url: str | None = typer.Option(
+        None, "--base-url", envvar="OPENAI_BASE_URL", help="API base URL (e.g. a simulator's http://127.0.0.1:PORT/v1)."
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="OPENAI_API_KEY", help="API key (default: $OPENAI_API_KEY).", show_default=False
+    ),
+    budget_usd: float | None = typer.Option(
+        None, "--budget-usd", min=0.0, help="Stop before spending more than this (USD); rerun with more to continue."
+    ),
+    store: str = typer.Option(
+        "memory://", "--store", help="Limiter store: memory:// | sqlite:///path | redis://host:port/db (shared limits)."
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not answer from (or fill) the response cache."),
+    cache_path: Annotated[
+        Path | None, typer.Option("--cache-path", help="Response cache file (default: state dir).")
+    ] = None,
+    ordered: bool = typer.Option(False, "--ordered", help="Write results in input order (default: as they finish)."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Report invalid lines and run the valid ones."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start RESULTS.jsonl afresh, discarding its results."),
+    deadline: float | None = typer.Option(
+        None, "--deadline", min=0.0, help="Seconds within which results are needed (--mode auto: under 24h = online)."
+    ),
+    max_in_flight: int = typer.Option(
+        1024,
+        "--max-in-flight",
+        min=8,
+        help="Safety ceiling on concurrent requests (the limiter sizes the real number).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (no live progress)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress bar."),
+) -> None:
+    from rich.console import Console
+
+    from ratepilot.errors import InputError
+    from ratepilot.results import ForeignResultsError
+    from ratepilot.run import ExitCode, RunOptions, run_job
+    from ratepilot.run.progress import LiveProgress, summary_table
+
+    err = Console(stderr=True)
+    if mode not in ("online", "batch", "auto"):
+        err.print(f"[red]--mode must be online, batch or auto, not {mode!r}[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    if not requests.is_file():
+        err.print(f"[red]{requests}: no such file[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    options = RunOptions(
+        requests=requests,
+        output=output,
+        mode=mode,  # type: ignore[arg-type]
+        base_url=base_url,
+        api_key=api_key,
+        budget_usd=budget_usd,
+        store=store,
+        cache=not no_cache,
+        cache_path=cache_path,
+        ordered=ordered,
+        skip_invalid=skip_invalid,
+        overwrite=overwrite,
+        deadline_s=deadline,
+        max_in_flight=max_in_flight,
+    )
+    live = not as_json and not quiet and err.is_terminal
+    progress = LiveProgress(err) if live else None
+    try:
+        if progress is not None:
+            with progress:
+                summary = run_job(options, on_progress=progress.update)
+        else:
+            summary = run_job(options)
+    except InputError as exc:
+        err.print(f"[red]bad input - nothing was sent:[/red]\n{exc.message}", highlight=False)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    except ForeignResultsError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(ExitCode.FOREIGN_OUTPUT) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: everything answered so far is saved; rerun the same command to resume[/yellow]")
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
+    if as_json:
+        sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
+    else:
+        Console().print(summary_table(summary))
+    raise typer.Exit(summary.exit_code)
 
 
 def register(app: typer.Typer) -> None:
-    """Placeholder until the command is built."""
-    _ = app
+    app.command("run", help=_HELP)(run_command)

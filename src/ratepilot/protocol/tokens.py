@@ -91,6 +91,11 @@ def count_text(text: str, model: str = "gpt-4o-mini") -> int:
     return len(encoding_for_model(model).encode(text, disallowed_special=()))
 
 
+def _as_list(value: Any) -> list[Any]:
+    """User input may put anything where a list belongs; estimates must not crash on it."""
+    return value if isinstance(value, list) else []
+
+
 def _content_texts(content: Any) -> Iterable[str]:
     """Text of a message's content: a string, or a list of parts (text / image / audio / file / refusal)."""
     if isinstance(content, str):
@@ -122,7 +127,7 @@ def _message_texts(message: Any) -> Iterable[str]:
     name = message.get("name")
     if isinstance(name, str):
         yield name
-    for call in message.get("tool_calls") or []:
+    for call in _as_list(message.get("tool_calls")):
         if isinstance(call, Mapping):
             fn = call.get("function")
             if isinstance(fn, Mapping):
@@ -144,7 +149,7 @@ def request_texts(endpoint: str, body: Mapping[str, Any]) -> list[str]:
     """Every piece of prompt text in a request body, for any supported endpoint. Never raises."""
     texts: list[str] = []
     if "chat/completions" in endpoint:
-        for msg in body.get("messages") or []:
+        for msg in _as_list(body.get("messages")):
             texts.extend(_message_texts(msg))
     elif "responses" in endpoint:
         if isinstance(body.get("instructions"), str):
@@ -162,7 +167,7 @@ def request_texts(endpoint: str, body: Mapping[str, Any]) -> list[str]:
             texts.append(value)
         elif isinstance(value, list):
             texts.extend(v for v in value if isinstance(v, str))
-    for tool in body.get("tools") or []:
+    for tool in _as_list(body.get("tools")):
         if isinstance(tool, Mapping):
             import json
 
@@ -208,8 +213,7 @@ def estimate_prompt_tokens(endpoint: str, body: Mapping[str, Any], model: str | 
     tokens += _token_array_count(body.get("input")) + _token_array_count(body.get("prompt"))
     tokens += IMAGE_TOKENS * _images(endpoint, body)
     if "chat/completions" in endpoint:
-        messages = body.get("messages") or []
-        tokens += MESSAGE_OVERHEAD * len(messages) + 3 if isinstance(messages, list) else 0
+        tokens += MESSAGE_OVERHEAD * len(_as_list(body.get("messages"))) + 3
     return tokens
 
 

@@ -1,0 +1,755 @@
+"""The synchronous driver of the Batch pipeline: a short loop around :func:`machine.next_action`.
+
+Every server-side effect follows the same pattern, which is what makes ``kill -9`` at any point safe:
+
+1. commit the intent (``uploading`` / ``creating``, with the submission number) to SQLite;
+2. make the call (upload the shard file / create the batch, whose metadata names job, nonce, shard and
+   submission number);
+3. commit the outcome (file id / batch id).
+
+A process killed between 1 and 3 leaves the intent; the next run *reconciles* it: it lists files (by the
+shard's unique file name) or batches (by metadata, newest first, stopping at the shard file's creation time)
+and adopts what it finds, and only creates when nothing matches — so a batch is never created twice.
+Downloads are written to ``*.part`` and renamed, and a shard's results are indexed and marked collected in
+one transaction, so a crash while collecting just repeats the collect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .. import paths
+from ..clock import Clock, SystemClock
+from ..poll import KINDS, PRIORITY_HEADER, Poll, PollSchedule, snapshot
+from ..protocol.pricing import PriceTable
+from ..results import ForeignResultsError, error_result, open_results, read_marker, response_result
+from ..store import DEFAULT_DB_NAME, JobRecord, LineState, ShardRecord, ShardState, Store
+from .collect import CollectSummary, index_result_file, write_ordered_results
+from .config import BatchConfig
+from .crash import crash_point
+from .machine import (
+    TERMINAL_BATCH_STATUSES,
+    Collect,
+    Create,
+    Done,
+    PlanRetry,
+    ReconcileCreate,
+    ReconcileUpload,
+    Refresh,
+    Upload,
+    batch_changes,
+    line_outcome,
+    next_action,
+    parse_token_limit,
+    unanswered_outcome,
+)
+from .plan import ShardWriter, exact_token_estimate
+from .prepare import BatchInputError, _record, fingerprint, plan_job
+
+if TYPE_CHECKING:
+    from openai import OpenAI
+
+    from ..webhooks import Subscription, WebhookReceiver
+
+__all__ = [
+    "BatchRunner",
+    "CollectSummary",
+    "JobConflictError",
+    "JobNotFoundError",
+    "JobStatus",
+    "OnlineFallback",
+    "check_output",
+    "default_job_name",
+]
+
+WEBHOOK_BACKSTOP_SECONDS = 1800.0
+"""With webhooks, a batch is still retrieved at least this often, in case its event was lost."""
+_EVENT_SLICE = 0.5  # seconds between looks at the other batches' webhook subscriptions while sleeping
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+OnlineFallback = Callable[[str, Mapping[str, Any]], tuple[int, str | None, Any]]
+"""``(url, body) -> (status_code, request_id, response_body)``: answers one request through the online API."""
+
+
+class JobNotFoundError(LookupError):
+    """No job of that name in this state directory."""
+
+
+class JobConflictError(ValueError):
+    """A job of that name exists but was planned from different input."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job as recorded: line counts, shards, money spent so far and an ETA for the running batches."""
+
+    name: str
+    state: str
+    url: str
+    total: int
+    done: int
+    failed: int
+    retry: int
+    pending: int
+    cost_usd: float
+    eta_seconds: float | None
+    shards: tuple[ShardRecord, ...] = field(repr=False)
+    failure_codes: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every line has its final answer (success or a failure that will not be retried)."""
+        return self.pending == 0 and self.retry == 0 and self.total > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["complete"] = self.complete
+        data["shards"] = [{k: v for k, v in asdict(s).items() if k not in ("job", "path")} for s in self.shards]
+        return data
+
+
+def check_output(output: str | os.PathLike[str], name: str) -> None:
+    """Raise :class:`~ratepilot.results.ForeignResultsError` if ``output`` holds results of another job (or
+    anything not written by ratepilot): checked before submitting, so a doomed job is never paid for."""
+    path = Path(output)
+    marker = read_marker(path)
+    if marker is None:
+        if path.exists() and path.stat().st_size > 0:
+            raise ForeignResultsError(
+                f"{path} already exists and was not written by ratepilot; choose another output file"
+            )
+        return
+    if not marker.job_id.startswith(f"batch:{name}:"):
+        raise ForeignResultsError(f"{path} holds results of another job ({marker.job_id}); choose another output")
+
+
+def default_job_name(path: Path) -> str:
+    """``<file stem>-<8 hex of the absolute path>``: the same command on the same file is the same job."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-.")[:40] or "job"
+    return f"{stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+
+
+class BatchRunner:
+    """Submit, track, collect, retry and resume Batch jobs through an OpenAI client.
+
+    ``client``: an ``openai.OpenAI`` (ideally ``pilot.wrap(OpenAI())``, so every upload, poll and list is
+    throttled). ``receiver``: a :class:`ratepilot.webhooks.WebhookReceiver` reached by the API's
+    ``batch.*`` webhooks: then running batches are not polled, only confirmed when their event arrives.
+    State lives in ``state_dir`` (default :func:`ratepilot.paths.state_dir`): the SQLite database
+    and, per job, ``batches/<name>/`` with shard files and downloaded results.
+    """
+
+    def __init__(
+        self,
+        client: OpenAI,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        config: BatchConfig | None = None,
+        clock: Clock | None = None,
+        prices: PriceTable | None = None,
+        fallback: OnlineFallback | None = None,
+        on_progress: Callable[[JobStatus], None] | None = None,
+        close_client: bool = False,
+        receiver: WebhookReceiver | None = None,
+    ) -> None:
+        self.client = client
+        self._close_client = close_client
+        self.state_dir = Path(state_dir) if state_dir is not None else paths.state_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config or BatchConfig()
+        self.clock: Clock = clock or SystemClock()
+        self.prices = prices or PriceTable()
+        self.fallback = fallback
+        self.on_progress = on_progress
+        self.store = Store(self.state_dir / DEFAULT_DB_NAME)
+        self._next_poll: dict[tuple[int, int], float] = {}
+        self._schedules: dict[tuple[int, int], PollSchedule] = {}
+        self.receiver = receiver
+        self._subs: dict[tuple[int, int], Subscription] = {}
+
+    def close(self) -> None:
+        for key in list(self._subs):
+            self._unsubscribe(key)
+        self.store.close()
+        if self._close_client:
+            self.client.close()
+
+    def __enter__(self) -> BatchRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ public API
+    def prepare(
+        self, requests: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *, name: str | None = None
+    ) -> JobRecord:
+        """Validate and plan a job (or find it, when the same input was planned before). Nothing is uploaded.
+
+        Raises :class:`~ratepilot.batch.prepare.BatchInputError` (bad input; nothing uploaded) or
+        :class:`JobConflictError` (the name is taken by a job with other input).
+        """
+        if isinstance(requests, str | os.PathLike):
+            path = Path(requests).resolve()
+            if not path.is_file():
+                raise BatchInputError(str(path), reason="no such file")
+            fp = fingerprint(path)
+        else:
+            path, fp = self._materialize(requests, name)
+        name = name or default_job_name(path)
+        if not _NAME.match(name):
+            raise BatchInputError(name, reason="job names are 1-64 of A-Z a-z 0-9 . _ - (starting alphanumeric)")
+        job = self.store.get_job(name)
+        if job is not None and job.state != "planning":
+            if job.fingerprint != fp:
+                raise JobConflictError(
+                    f"job {name!r} was planned from different input ({job.input_path}); "
+                    "pass another --name, or `ratepilot batch forget` it first"
+                )
+            return job
+        if job is None:
+            job = self.store.create_job(
+                JobRecord(
+                    name=name,
+                    input_path=str(path),
+                    fingerprint=fp,
+                    nonce=secrets.token_hex(4),
+                    config=json.dumps(_config_dict(self.config)),
+                )
+            )
+        else:
+            self.store.clear_plan(job)  # killed while planning: nothing was uploaded, plan again
+        try:
+            plan_job(self.store, job, path, self._job_dir(job), self.config, token_cap=self._token_limit)
+        except BaseException:
+            self.store.delete_job(job)
+            shutil.rmtree(self._job_dir(job), ignore_errors=True)
+            raise
+        crash_point("after-plan")
+        return job
+
+    def submit(
+        self, requests: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *, name: str | None = None
+    ) -> JobStatus:
+        """Prepare the job and upload + create every shard the enqueued-token budget admits now; then return.
+
+        Re-running it resumes: intents left by a crash are reconciled, nothing is created twice. A cancelled
+        job is reactivated (its unfinished lines are submitted again).
+        """
+        job = self.prepare(requests, name=name)
+        if job.state == "cancelled":
+            self.store.update_job(job, state="active")
+        self._drive(job, block=False)
+        return self.status(job.name)
+
+    def wait(self, name: str, *, timeout: float | None = None) -> JobStatus:
+        """Drive the job until every line has its final answer: poll, submit deferred shards, collect, retry.
+
+        Returns the status (``complete`` may be False when ``timeout`` — seconds of the runner's clock — ran out).
+        """
+        job = self._job(name)
+        self._drive(job, block=True, timeout=timeout)
+        return self.status(name)
+
+    def run(
+        self,
+        requests: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
+        output: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> CollectSummary:
+        """Submit, wait and collect in one call (what ``ratepilot run --mode batch`` uses)."""
+        status = self.submit(requests, name=name)
+        self.wait(status.name, timeout=timeout)
+        return self.collect(status.name, output)
+
+    def collect(self, name: str, output: str | os.PathLike[str], *, overwrite: bool = False) -> CollectSummary:
+        """Write the job's results to ``output`` in input order (the shared result-line format).
+
+        Shards whose batch is terminal are downloaded and indexed first. Lines with no answer yet (still
+        running, or waiting for a retry) are left out and counted as ``missing``; collect again later to get
+        them. The file is rewritten from the index each time, so a collect killed halfway is simply repeated.
+        """
+        job = self._job(name)
+        self._drive(job, block=False, collect_only=True)
+        return self._write_results(job, Path(output), overwrite=overwrite)
+
+    def cancel(self, name: str, *, wait: bool = True, timeout: float | None = None) -> JobStatus:
+        """Cancel the job's running batches and stop submitting; finished results are kept (collect them).
+
+        ``submit`` on the same input reactivates the job and resubmits what did not finish.
+        """
+        job = self._job(name)
+        self.store.update_job(job, state="cancelled")
+        self._drive(job, block=False, collect_only=True)  # settle intents first, so no batch is missed
+        for shard in self.store.shards(job):
+            if shard.state == ShardState.SUBMITTED and shard.batch_id:
+                batch = self.client.batches.cancel(shard.batch_id)
+                self._apply_batch(job, shard, batch)
+        if wait:
+            self._drive(job, block=True, timeout=timeout)
+        return self.status(name)
+
+    def status(self, name: str) -> JobStatus:
+        job = self._job(name)
+        shards = tuple(self.store.shards(job))
+        counts = self.store.line_counts(job)
+        return JobStatus(
+            name=job.name,
+            state=job.state,
+            url=job.url,
+            total=job.total,
+            done=counts[LineState.DONE],
+            failed=counts[LineState.FAILED],
+            retry=counts[LineState.RETRY],
+            pending=counts[LineState.PENDING],
+            cost_usd=sum(s.cost_usd for s in shards),
+            eta_seconds=_eta(shards),
+            shards=shards,
+            failure_codes=self.store.line_codes(job, LineState.FAILED),
+        )
+
+    def jobs(self) -> list[JobRecord]:
+        return self.store.list_jobs()
+
+    def forget(self, name: str) -> None:
+        """Delete a job's local state (server-side batches and files are left alone)."""
+        job = self._job(name)
+        self.store.delete_job(job)
+        shutil.rmtree(self._job_dir(job), ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def _drive(self, job: JobRecord, *, block: bool, timeout: float | None = None, collect_only: bool = False) -> None:
+        deadline = None if timeout is None else self.clock.now() + timeout
+        while True:
+            shards = self.store.shards(job)
+            accepting = job.state != "cancelled" and not collect_only
+            retry_waiting = self._settle_retries(job, shards) if accepting and _quiet(shards) else False
+            action = next_action(
+                shards, token_limit=self._token_limit, retry_waiting=retry_waiting, accepting=accepting
+            )
+            by_no = {s.shard: s for s in shards}
+            match action:
+                case ReconcileUpload(n):
+                    self._reconcile_upload(job, by_no[n])
+                case Upload(n):
+                    self._upload(job, by_no[n])
+                case ReconcileCreate(n):
+                    self._reconcile_create(job, by_no[n])
+                case Create(n):
+                    self._create(job, by_no[n])
+                case Collect(n):
+                    self._collect_shard(job, by_no[n])
+                case PlanRetry():
+                    self._plan_retry(job, shards)
+                case Refresh(numbers):
+                    if collect_only and not block:
+                        self._poll([by_no[n] for n in numbers], job, force=True)
+                        self._collect_finished(job)
+                        return
+                    if not block:
+                        return
+                    wait = self._poll([by_no[n] for n in numbers], job)
+                    if wait > 0:
+                        if deadline is not None and self.clock.now() + wait > deadline:
+                            remaining = deadline - self.clock.now()
+                            if remaining > 0:
+                                self._sleep(job, numbers, remaining)
+                            return
+                        self._sleep(job, numbers, wait)
+                case Done(blocked):
+                    if not blocked and accepting and job.state != "done":
+                        self.store.update_job(job, state="done")
+                    return
+            if self.on_progress is not None:
+                self.on_progress(self.status(job.name))
+
+    def _collect_finished(self, job: JobRecord) -> None:
+        for shard in self.store.shards(job):
+            if shard.state == ShardState.FINISHED:
+                self._collect_shard(job, shard)
+
+    # ------------------------------------------------------------------------------------------ upload
+    def _file_name(self, job: JobRecord, shard: ShardRecord) -> str:
+        return f"ratepilot-{job.name}-{job.nonce}-{shard.shard:05d}.jsonl"
+
+    def _upload(self, job: JobRecord, shard: ShardRecord) -> None:
+        self.store.update_shard(shard, state=ShardState.UPLOADING, intent_at=self.clock.wall(), event="upload-intent")
+        crash_point("after-upload-intent")
+        with open(shard.path, "rb") as fh:
+            obj = self.client.files.create(file=(self._file_name(job, shard), fh), purpose="batch")
+        crash_point("after-upload")
+        self.store.update_shard(
+            shard,
+            state=ShardState.UPLOADED,
+            file_id=obj.id,
+            file_created_at=obj.created_at,
+            event="uploaded",
+            detail=obj.id,
+        )
+
+    def _reconcile_upload(self, job: JobRecord, shard: ShardRecord) -> None:
+        wanted = self._file_name(job, shard)
+        for obj in self.client.files.list(purpose="batch"):
+            if obj.filename == wanted and obj.bytes == shard.n_bytes and obj.status != "error":
+                self.store.update_shard(
+                    shard,
+                    state=ShardState.UPLOADED,
+                    file_id=obj.id,
+                    file_created_at=obj.created_at,
+                    event="upload-reconciled",
+                    detail=obj.id,
+                )
+                return
+        self.store.update_shard(shard, state=ShardState.PLANNED, event="upload-not-found")
+
+    # ------------------------------------------------------------------------------------------ create
+    def _metadata(self, job: JobRecord, shard: ShardRecord) -> dict[str, str]:
+        return {
+            "ratepilot_job": job.name,
+            "ratepilot_nonce": job.nonce,
+            "ratepilot_shard": str(shard.shard),
+            "ratepilot_submit": str(shard.submit_no),
+        }
+
+    def _create(self, job: JobRecord, shard: ShardRecord) -> None:
+        self.store.update_shard(
+            shard,
+            state=ShardState.CREATING,
+            submit_no=shard.submit_no + 1,
+            intent_at=self.clock.wall(),
+            event="create-intent",
+        )
+        crash_point("after-create-intent")
+        assert shard.file_id is not None
+        batch = self.client.batches.create(
+            input_file_id=shard.file_id,
+            endpoint=shard.url,  # type: ignore[arg-type]  # validated against the Batch API's endpoints
+            completion_window=self.config.completion_window,  # type: ignore[arg-type]
+            metadata=self._metadata(job, shard),
+        )
+        crash_point("after-create")
+        self.store.update_shard(shard, state=ShardState.SUBMITTED, batch_id=batch.id, event="created", detail=batch.id)
+        self._schedule_next(job, shard, batch, first=True)
+        self._apply_batch(job, shard, batch)
+
+    def _reconcile_create(self, job: JobRecord, shard: ShardRecord) -> None:
+        wanted = self._metadata(job, shard)
+        since = shard.file_created_at or 0
+        for batch in self.client.batches.list(limit=100):
+            meta = dict(batch.metadata or {})
+            if all(meta.get(k) == v for k, v in wanted.items()):
+                self.store.update_shard(
+                    shard, state=ShardState.SUBMITTED, batch_id=batch.id, event="create-reconciled", detail=batch.id
+                )
+                self._schedule_next(job, shard, batch, first=True)
+                self._apply_batch(job, shard, batch)
+                return
+            if batch.created_at < since:
+                break  # newest first: older than the shard's file, so our batch cannot come later
+        self.store.update_shard(shard, state=ShardState.UPLOADED, event="create-not-found")
+
+    # ------------------------------------------------------------------------------------------ tracking
+    def _poll(self, shards: list[ShardRecord], job: JobRecord, *, force: bool = False) -> float:
+        """Retrieve the shards that are due; return how long until the next one is due (0: poll again now).
+
+        Each running batch has its own schedule: a fixed ``poll_interval``, or (default) a
+        :class:`ratepilot.poll.PollSchedule`, which polls rarely while a batch validates and then aims at its
+        predicted end; with a webhook receiver it does not poll at all but waits for the batch's event (and
+        retrieves once to confirm), with a slow backstop poll in case an event is lost. Retrieves carry the
+        low-priority header, so a pilot-wrapped client lets real work go first.
+        """
+        now = self.clock.now()
+        changed = False
+        for shard in shards:
+            key = (job.id, shard.shard)
+            sub = self._subs.get(key)
+            woken = sub is not None and sub.woken
+            if not (force or woken or self._next_poll.get(key, 0.0) <= now):
+                continue
+            assert shard.batch_id is not None
+            batch = self.client.batches.retrieve(shard.batch_id, extra_headers={PRIORITY_HEADER: "low"})
+            if sub is not None and woken:
+                sub.rearm()  # if the batch is not terminal yet, the confirming retrieves take over
+            self._schedule_next(job, shard, batch, woken=woken)
+            self._apply_batch(job, shard, batch)
+            if shard.state != ShardState.SUBMITTED:
+                self._unsubscribe(key)
+                changed = True
+                if not force:
+                    break  # something changed: decide again (collect, create a deferred shard) first
+        if changed:
+            return 0.0
+        nexts = [self._next_poll.get((job.id, s.shard), 0.0) for s in shards]
+        return max(0.0, min(nexts) - self.clock.now()) if nexts else 0.0
+
+    def _schedule_next(
+        self, job: JobRecord, shard: ShardRecord, batch: Any, *, first: bool = False, woken: bool = False
+    ) -> None:
+        key = (job.id, shard.shard)
+        now = self.clock.now()
+        if first and self.receiver is not None and key not in self._subs:
+            self._subs[key] = self.receiver.subscribe(str(batch.id))
+        if self.config.poll_interval is not None:
+            self._next_poll[key] = now + self.config.poll_interval
+            return
+        kind = KINDS["batch"]
+        schedule = self._schedules.get(key)
+        if first or schedule is None:
+            schedule = PollSchedule.begin(
+                kind, now=now, wall=self.clock.wall(), policy=self.config.poll_policy, webhooks=key in self._subs
+            )
+            self._schedules[key] = schedule
+            decision = schedule.start(snapshot(kind, batch), now)
+        else:
+            decision = schedule.observe(snapshot(kind, batch), now, woken=woken)
+        after = decision.after if isinstance(decision, Poll) else 0.0
+        self._next_poll[key] = now + min(after, WEBHOOK_BACKSTOP_SECONDS)
+
+    def _sleep(self, job: JobRecord, numbers: tuple[int, ...], seconds: float) -> None:
+        """Sleep until the next poll is due, or until a webhook announces one of these batches' end."""
+        subs = [self._subs[(job.id, n)] for n in numbers if (job.id, n) in self._subs]
+        if not subs:
+            self.clock.sleep(seconds)
+            return
+        deadline = self.clock.now() + seconds
+        while not any(sub.woken for sub in subs):
+            left = deadline - self.clock.now()
+            if left <= 0:
+                return
+            subs[0].wait(min(left, _EVENT_SLICE), self.clock)  # woken at once by the first; the rest per slice
+
+    def _unsubscribe(self, key: tuple[int, int]) -> None:
+        sub = self._subs.pop(key, None)
+        if sub is not None:
+            sub.close()
+        self._schedules.pop(key, None)
+
+    def _apply_batch(self, job: JobRecord, shard: ShardRecord, batch: Any) -> None:
+        changes = batch_changes(batch)
+        status = changes["batch_status"]
+        if status == "failed" and changes.get("error_code") == "token_limit_exceeded":
+            self._defer(job, shard, str(changes.get("error_message") or ""))
+            return
+        changes["cost_usd"] = self.prices.cost(
+            shard.model, changes.get("input_tokens", 0), changes.get("output_tokens", 0), batch=True
+        )
+        if status in TERMINAL_BATCH_STATUSES:
+            self.store.update_shard(shard, state=ShardState.FINISHED, event=f"batch-{status}", **changes)
+        else:
+            self.store.update_shard(shard, **changes)
+
+    def _defer(self, job: JobRecord, shard: ShardRecord, message: str) -> None:
+        """The batch failed over the enqueued-token limit: learn the limit, resubmit once capacity frees."""
+        limit = parse_token_limit(message)
+        if limit is not None and shard.model not in self.config.token_limits:
+            self.store.set_token_limit(shard.model, limit)
+        if (limit is not None and shard.est_tokens > limit) or shard.deferrals + 1 > self.config.max_deferrals:
+            # It can never fit as it is: its lines go to the retry round, where they are re-packed under the
+            # learned limit (or, out of attempts, reported with this code).
+            with self.store.bulk():
+                self.store.mark_unanswered(job, shard.shard, LineState.RETRY, "token_limit_exceeded")
+                self.store.update_shard(
+                    shard,
+                    state=ShardState.COLLECTED,
+                    batch_status="failed",
+                    error_code="token_limit_exceeded",
+                    error_message=message,
+                    event="token-limit-resplit",
+                )
+            return
+        self.store.update_shard(
+            shard,
+            state=ShardState.UPLOADED,
+            batch_id=None,
+            batch_status=None,
+            deferrals=shard.deferrals + 1,
+            error_code="token_limit_exceeded",
+            error_message=message,
+            event="token-limit-deferred",
+            detail=str(limit),
+        )
+
+    def _token_limit(self, model: str) -> int | None:
+        if model in self.config.token_limits:
+            return self.config.token_limits[model]
+        return self.store.token_limit(model)
+
+    # ------------------------------------------------------------------------------------------ collect
+    def _download(self, file_id: str, target: Path) -> None:
+        if target.exists():
+            return  # renamed into place only when complete
+        part = target.with_name(target.name + ".part")
+        with self.client.files.with_streaming_response.content(file_id) as response, open(part, "wb") as fh:
+            for chunk in response.iter_bytes(1 << 20):
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(part, target)
+
+    def _collect_shard(self, job: JobRecord, shard: ShardRecord) -> None:
+        files: list[tuple[str, Path]] = []
+        for kind, file_id in (("output", shard.output_file_id), ("error", shard.error_file_id)):
+            if file_id:
+                target = self._job_dir(job) / f"{kind}-{shard.shard:05d}-{shard.submit_no}.jsonl"
+                self._download(file_id, target)
+                files.append((kind, target))
+                crash_point("during-collect")
+        with self.store.bulk():
+            for kind, target in files:
+                file_no = self.store.add_file(job, str(target), kind)
+                index_result_file(self.store, job, shard.shard, file_no, target)
+            state, code = unanswered_outcome(shard.batch_status, shard.error_code)
+            self.store.mark_unanswered(job, shard.shard, state, code)
+            self.store.update_shard(shard, state=ShardState.COLLECTED, event="collected")
+
+    def _write_results(self, job: JobRecord, output: Path, *, overwrite: bool) -> CollectSummary:
+        writer = open_results(
+            output,
+            f"batch:{job.name}:{job.nonce}",
+            requests=job.input_path,
+            overwrite=overwrite,
+            extra={"mode": "batch", "job": job.name},
+        )
+        writer.close()
+        return write_ordered_results(self.store, job, output)
+
+    # ------------------------------------------------------------------------------------------ retries
+    def _settle_retries(self, job: JobRecord, shards: list[ShardRecord]) -> bool:
+        """Every shard is collected: answer out-of-attempts lines online (with a fallback) or finalize them."""
+        counts = self.store.line_counts(job)
+        if counts[LineState.RETRY] == 0:
+            return False
+        if self.fallback is not None:
+            self._run_fallback(job, shards)
+        else:
+            self.store.finalize_retries(job, self.config.max_attempts)
+        return self.store.line_counts(job)[LineState.RETRY] > 0
+
+    def _plan_retry(self, job: JobRecord, shards: list[ShardRecord]) -> None:
+        by_no = {s.shard: s for s in shards}
+        writer = ShardWriter(
+            self._job_dir(job),
+            self.config,
+            first_shard=self.store.next_shard_number(job),
+            token_cap=self._token_limit,
+            estimate=exact_token_estimate if self.config.token_estimate == "exact" else None,
+        )
+        moves: list[tuple[int, str]] = []
+        try:
+            for old in self.store.shards_with_state(job, LineState.RETRY):
+                wanted = self.store.custom_ids_in_state(job, old, LineState.RETRY)
+                with open(by_no[old].path, "rb") as fh:
+                    for raw in fh:
+                        line = orjson.loads(raw)
+                        if line["custom_id"] in wanted:
+                            spec = writer.add(line["custom_id"], line["url"], line["body"], raw)
+                            moves.append((spec.shard, line["custom_id"]))
+            specs = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        next_round = max((s.round for s in shards), default=0) + 1
+        with self.store.bulk():
+            self.store.move_lines(job, moves, from_state=LineState.RETRY)
+            for spec in specs:
+                self.store.add_shard(_record(job, spec, round_=next_round))
+            self.store.log(job, "retry-planned", f"{len(moves)} lines in {len(specs)} shards")
+
+    def _run_fallback(self, job: JobRecord, shards: list[ShardRecord]) -> None:
+        """Answer out-of-attempts stragglers through the online API; results are indexed like batch results."""
+        assert self.fallback is not None
+        by_no = {s.shard: s for s in shards}
+        for old in self.store.shards_with_state(job, LineState.RETRY):
+            wanted = self.store.out_of_attempts(job, old, self.config.max_attempts)
+            if not wanted:
+                continue
+            target = self._job_dir(job) / f"online-{old:05d}-{secrets.token_hex(3)}.jsonl"
+            rows: list[tuple[int, int, int, int, str | None, str]] = []
+            file_no = self.store.add_file(job, str(target), "online")
+            with open(by_no[old].path, "rb") as src, open(target, "wb") as out:
+                offset = 0
+                for raw in src:
+                    line = orjson.loads(raw)
+                    cid = line["custom_id"]
+                    if cid not in wanted:
+                        continue
+                    try:
+                        status, request_id, body = self.fallback(line["url"], line["body"])
+                        result = response_result(cid, status, request_id, body)
+                    except Exception as exc:  # a request that got no HTTP answer even after retries
+                        result = error_result(cid, "online_fallback_failed", type(exc).__name__)
+                    data = orjson.dumps(result) + b"\n"
+                    out.write(data)
+                    state, code = line_outcome(result)
+                    final = LineState.DONE if state == LineState.DONE else LineState.FAILED
+                    rows.append((int(final), file_no, offset, len(data), code, cid))
+                    offset += len(data)
+                out.flush()
+                os.fsync(out.fileno())
+            with self.store.bulk():
+                self.store.set_results(job, old, rows, from_state=LineState.RETRY)
+                self.store.log(job, "online-fallback", f"{len(rows)} lines", shard=old)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _job(self, name: str) -> JobRecord:
+        job = self.store.get_job(name)
+        if job is None or job.state == "planning":
+            raise JobNotFoundError(f"no batch job named {name!r} in {self.state_dir}")
+        return job
+
+    def _job_dir(self, job: JobRecord) -> Path:
+        return self.state_dir / "batches" / job.name
+
+    def _materialize(self, requests: Iterable[Mapping[str, Any]], name: str | None) -> tuple[Path, str]:
+        """Write an iterable of requests to a JSONL in the state dir (streaming); fingerprint = content hash."""
+        directory = self.state_dir / "batches" / "_inputs"
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".tmp-{secrets.token_hex(6)}.jsonl"
+        digest = hashlib.sha256()
+        with open(tmp, "wb", buffering=1 << 20) as fh:
+            for item in requests:
+                data = orjson.dumps(item) + b"\n"
+                digest.update(data)
+                fh.write(data)
+        hexdigest = digest.hexdigest()
+        target = directory / f"{name or 'requests'}-{hexdigest[:12]}.jsonl"
+        os.replace(tmp, target)
+        return target, f"sha256:{hexdigest}"
+
+
+def _quiet(shards: list[ShardRecord]) -> bool:
+    return all(s.state == ShardState.COLLECTED for s in shards)
+
+
+def _eta(shards: tuple[ShardRecord, ...]) -> float | None:
+    """Seconds until the running batches finish, from each one's progress rate since it started."""
+    worst: float | None = None
+    for s in shards:
+        if s.state != ShardState.SUBMITTED or not s.in_progress_at or not s.total:
+            continue
+        finished = s.completed + s.failed
+        elapsed = s.updated_at - s.in_progress_at
+        if finished <= 0 or elapsed <= 0:
+            continue
+        eta = (s.total - finished) * elapsed / finished
+        worst = eta if worst is None else max(worst, eta)
+    return worst
+
+
+def _config_dict(config: BatchConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["token_limits"] = dict(config.token_limits)
+    return data

@@ -1,0 +1,182 @@
+"""Sans-IO: what one HTTP request will cost, and what its response says it did cost.
+
+The transport calls :func:`plan_request` before sending (model, scope, the server's admission charge,
+worst-case output) and :func:`usage_from_body` / :class:`SSEUsageScanner` after, so the limiter can be
+settled and the ledger filled. Nothing here touches sockets or clocks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol.tokens import admission_cost, max_output_tokens
+
+__all__ = [
+    "GENERATION_ENDPOINTS",
+    "PRIORITY_HEADER",
+    "REQUESTS_SCOPE",
+    "RequestPlan",
+    "SSEUsageScanner",
+    "Usage",
+    "plan_request",
+    "usage_from_body",
+]
+
+PRIORITY_HEADER = "x-ratepilot-priority"
+"""Per-request priority (``low``/``normal``/``high``); stripped by the transport before sending."""
+
+REQUESTS_SCOPE = "requests"
+"""The limiter scope (the "model" half of ``Scope(key_id, model)``) for calls that name no model: polls,
+file uploads and downloads, batch and thread management. They cost one request and no tokens. Rate limits are
+per model on the server, and these calls have none, so they share one per-key scope that learns its own limit
+from the headers on their responses (the server reports the bucket it charged them to)."""
+
+GENERATION_ENDPOINTS = ("chat/completions", "completions", "responses", "embeddings", "moderations")
+"""POST endpoints whose body's ``model`` is charged tokens at admission."""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens a response reports (``cached`` is part of ``prompt``)."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """What the transport knows about a request before sending it."""
+
+    method: str
+    path: str
+    model: str | None  # the model named in the body of a generation call, else None
+    tokens: int  # the server's TPM admission charge (0 for calls that are not generation calls)
+    max_output: int  # n × max_tokens, 0 when the body sets none
+    stream: bool
+    body: Mapping[str, Any] | None
+
+    @property
+    def scope_model(self) -> str:
+        return self.model if self.model else REQUESTS_SCOPE
+
+    @property
+    def generation(self) -> bool:
+        return self.model is not None
+
+    @property
+    def background(self) -> bool:
+        """A Responses API call with ``background: true``: answered at once, billed when it completes."""
+        return self.body is not None and self.body.get("background") is True
+
+
+def _is_generation(path: str) -> bool:
+    p = path.rstrip("/")
+    return any(p.endswith("/" + e) for e in GENERATION_ENDPOINTS)
+
+
+def plan_request(method: str, path: str, content_type: str | None, body: bytes) -> RequestPlan:
+    """Describe a request. Never raises: a body that is not JSON is simply a 0-token, model-less call."""
+    method = method.upper()
+    parsed: Mapping[str, Any] | None = None
+    if method != "GET" and body and (content_type is None or "json" in content_type.lower()):
+        try:
+            value = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            value = None
+        if isinstance(value, Mapping):
+            parsed = value
+    model = parsed.get("model") if parsed is not None else None
+    if method != "POST" or not isinstance(model, str) or not model or not _is_generation(path):
+        return RequestPlan(method, path, None, 0, 0, False, parsed)
+    assert parsed is not None
+    return RequestPlan(
+        method=method,
+        path=path,
+        model=model,
+        tokens=admission_cost(path, parsed),
+        max_output=max_output_tokens(parsed),
+        stream=parsed.get("stream") is True,
+        body=parsed,
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _usage(u: Any) -> Usage | None:
+    """Chat/completions/embeddings (``prompt_tokens``...) or Responses (``input_tokens``...) usage objects."""
+    if not isinstance(u, Mapping):
+        return None
+    if "input_tokens" in u or "output_tokens" in u:
+        details = u.get("input_tokens_details")
+        cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+        return Usage(_int(u.get("input_tokens")), _int(u.get("output_tokens")), cached)
+    if "prompt_tokens" in u or "completion_tokens" in u:
+        details = u.get("prompt_tokens_details")
+        cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+        return Usage(_int(u.get("prompt_tokens")), _int(u.get("completion_tokens")), cached)
+    return None
+
+
+def usage_from_body(body: bytes) -> Usage | None:
+    """The ``usage`` of a JSON response body, or None when it has none (or is not JSON)."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return _usage(value.get("usage")) if isinstance(value, Mapping) else None
+
+
+def usage_from_event(obj: Any) -> Usage | None:
+    """Usage carried by one streamed event: a chat chunk's ``usage`` or a Responses ``response.completed``."""
+    if not isinstance(obj, Mapping):
+        return None
+    found = _usage(obj.get("usage"))
+    if found is None and isinstance(obj.get("response"), Mapping):
+        found = _usage(obj["response"].get("usage"))
+    return found
+
+
+class SSEUsageScanner:
+    """Feed raw ``text/event-stream`` bytes; remembers the last usage seen in any ``data:`` line.
+
+    Only the unfinished last line is buffered, so memory stays small however long the stream is.
+    """
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def close(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+
+    def _line(self, line: bytes) -> None:
+        line = line.rstrip(b"\r")
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            return
+        payload = line[5:].strip()
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return
+        found = usage_from_event(obj)
+        if found is not None:
+            self.usage = found

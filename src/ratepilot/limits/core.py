@@ -1,0 +1,251 @@
+"""The sans-IO core of the limiter: one scope's state and the pure operations on it.
+
+No clock, no lock, no I/O: every function takes ``now`` (the store's time) and mutates a :class:`ScopeState`.
+The memory and SQLite stores load a state, apply one of these functions and save it in one transaction;
+the Redis store runs the same arithmetic in Lua (``limits/lua/*.lua``, kept line-for-line parallel to this
+module; the shared test body in ``tests/limits`` runs every behaviour against all three).
+
+Each known dimension is a GCRA bucket (see :mod:`ratepilot.limits.gcra`): ``tat`` is the instant the
+bucket would be full again and ``lim`` the effective limit, so the units in use are ``(tat - now) / (window
+/ lim)``. A reservation is admitted in every known dimension at once, or in none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .types import DIMENSIONS, N_DIMS, DimensionView
+
+__all__ = [
+    "DimObservation",
+    "Observation",
+    "ReserveParams",
+    "Reserved",
+    "ScopeState",
+    "Wait",
+    "adjust",
+    "observe",
+    "penalize",
+    "reserve",
+    "view",
+]
+
+EPS = 1e-9
+FOREIGN_TAU = 2.0  # seconds: time constant of the foreign-traffic rate estimate
+WINDOWS = tuple(d.window for d in DIMENSIONS)
+NO_CEILING = (0.0,) * N_DIMS
+
+
+def _zeros() -> list[float]:
+    return [0.0] * N_DIMS
+
+
+@dataclass(slots=True)
+class ScopeState:
+    """Everything the store keeps for one scope (the Redis hash has the same fields)."""
+
+    seq: int = 0  # reservations made so far
+    probe_until: float = 0.0  # while limits are unknown: the probe request's lease
+    blocked_until: float = 0.0  # after a 429: nothing is admitted before this
+    nohdr: int = 0  # responses without headers while limits are unknown
+    lim: list[float] = field(default_factory=_zeros)  # effective limit per dimension (0 = unknown)
+    srv: list[float] = field(default_factory=_zeros)  # the server's limit as last reported (0 = never)
+    tat: list[float] = field(default_factory=_zeros)
+    adj: list[float] = field(default_factory=_zeros)  # cumulative corrections applied from observations
+    oseq: list[int] = field(default_factory=lambda: [0] * N_DIMS)  # seq of the last grant observed
+    frate: list[float] = field(default_factory=_zeros)  # estimated foreign traffic, units per second
+    ft: list[float] = field(default_factory=_zeros)  # when frate was last updated
+
+    @property
+    def known(self) -> bool:
+        return max(self.lim) > 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveParams:
+    """Per-limiter settings a reservation needs (passed to the store on every call)."""
+
+    ceiling: tuple[float, ...] = NO_CEILING  # configured limit per dimension (0 = none)
+    probe_timeout: float = 60.0  # a probe whose response never came is forgotten after this
+    blind_after: int = 3  # header-less responses before a scope without limits stops probing
+    headroom: float = 0.0  # fraction of every bucket this reservation must leave free (LOW priority)
+    foreign_horizon: float = 3.0  # seconds of estimated foreign traffic to keep room for
+
+
+@dataclass(slots=True)  # not frozen: constructed on every reservation, and frozen init is slow
+class Reserved:
+    seq: int
+    used: tuple[float, ...]
+    adj: tuple[float, ...]
+    charged: tuple[bool, ...]
+    probe: bool
+
+
+@dataclass(slots=True)  # not frozen: constructed on every reservation, and frozen init is slow
+class Wait:
+    """Not admitted: try again in ``seconds`` (``probe`` = waiting for the probe's response, not for time)."""
+
+    seconds: float
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DimObservation:
+    dim: int
+    limit: float  # effective limit to adopt
+    server_limit: float
+    used: float  # units the server had in use when it admitted the observed request
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A response's headers, interpreted (:func:`ratepilot.limits.learning.interpret`)."""
+
+    dims: tuple[DimObservation, ...]  # empty: the response had no usable headers
+    age: float  # seconds since the observed request was sent (informational: see observe())
+    ref_seq: int = -1  # the observed request's grant (-1: unknown)
+    ref_used: tuple[float, ...] = (0.0,) * N_DIMS
+    ref_adj: tuple[float, ...] = (0.0,) * N_DIMS
+    damping: float = 0.0  # share of a downward correction applied (upward ones apply in full)
+
+
+def _used(st: ScopeState, d: int, now: float) -> float:
+    return max(0.0, st.tat[d] - now) * st.lim[d] / WINDOWS[d]
+
+
+def reserve(st: ScopeState, costs: tuple[float, ...], now: float, p: ReserveParams) -> Reserved | Wait:
+    """Admit ``costs`` (units per dimension) in every known dimension, or say how long to wait."""
+    if p.ceiling != NO_CEILING:
+        for d in range(N_DIMS):
+            if st.lim[d] <= 0 and p.ceiling[d] > 0:
+                st.lim[d] = p.ceiling[d]
+                st.tat[d] = now
+    if st.blocked_until > now + EPS:
+        return Wait(st.blocked_until - now)
+    if not st.known:
+        if st.nohdr >= p.blind_after:  # the server never reports limits: admit, and rely on 429 penalties
+            st.seq += 1
+            return Reserved(st.seq, (0.0,) * N_DIMS, tuple(st.adj), (False,) * N_DIMS, False)
+        if st.probe_until > now + EPS:
+            return Wait(st.probe_until - now, probe=True)
+        st.probe_until = now + p.probe_timeout
+        st.seq += 1
+        return Reserved(st.seq, (0.0,) * N_DIMS, tuple(st.adj), (False,) * N_DIMS, True)
+    wait = 0.0
+    updates: list[tuple[int, float]] = []
+    keep = 1.0 - p.headroom
+    for d in range(N_DIMS):
+        lim = st.lim[d]
+        if lim <= 0:  # a zero cost is still refused by an over-full bucket, as the server does
+            continue
+        if 0 < st.srv[d] < costs[d]:  # larger than the server's own limit: "Request too large", never fits
+            return Wait(math.inf)
+        window = WINDOWS[d]
+        interval = window / lim
+        # Room kept for traffic we cannot see yet: what others used lately, over the feedback delay.
+        foreign = min(st.frate[d] * p.foreign_horizon, 0.5 * lim)
+        tolerance = window * keep - foreign * interval
+        tat = st.tat[d]
+        base = tat if tat > now else now
+        add = costs[d] * interval
+        # Larger than the whole (effective) bucket: admit only into an empty bucket, so it never deadlocks.
+        w = base - now if add > tolerance else base + add - tolerance - now
+        if w > wait:
+            wait = w
+        updates.append((d, base + add))
+    if wait > EPS:
+        return Wait(wait)
+    charged = [False] * N_DIMS
+    used = [0.0] * N_DIMS
+    for d, new in updates:
+        st.tat[d] = new
+        charged[d] = True
+        used[d] = (new - now) * st.lim[d] / WINDOWS[d]
+    st.seq += 1
+    return Reserved(st.seq, tuple(used), tuple(st.adj), tuple(charged), False)
+
+
+def adjust(
+    st: ScopeState, deltas: tuple[float, ...], charged: tuple[bool, ...], release_probe: bool, now: float
+) -> None:
+    """Settle or cancel: charge (``delta > 0``) or refund (``< 0``) units in the dimensions the grant charged.
+
+    A refund never takes a bucket below empty, so returning capacity late never creates any.
+    """
+    for d in range(N_DIMS):
+        if not charged[d] or st.lim[d] <= 0 or deltas[d] == 0:
+            continue
+        interval = WINDOWS[d] / st.lim[d]
+        base = max(st.tat[d], now)
+        st.tat[d] = max(now, base + deltas[d] * interval)
+    if release_probe:
+        st.probe_until = 0.0
+
+
+def observe(st: ScopeState, obs: Observation, now: float) -> None:
+    """Correct the scope's state from what the server said (see :mod:`ratepilot.limits.learning`)."""
+    if not obs.dims:
+        if not st.known:
+            st.nohdr += 1
+            st.probe_until = 0.0
+        return
+    st.nohdr = 0
+    st.probe_until = 0.0
+    for o in obs.dims:
+        d, window = o.dim, WINDOWS[o.dim]
+        st.srv[d] = o.server_limit
+        if st.lim[d] <= 0:
+            # First sight: adopt the server's state. No refill is credited for the response's age: a server
+            # may report its state at admission or at response time, and assuming the latter is the safe side.
+            st.lim[d] = o.limit
+            st.tat[d] = now + o.used * window / o.limit
+            st.oseq[d] = st.seq  # grants made before this carry no accounting for this dimension
+            st.ft[d] = now
+            continue
+        if st.lim[d] != o.limit:  # the limit changed (server, ceiling or margin): keep the units in use
+            in_use = _used(st, d, now)
+            st.lim[d] = o.limit
+            st.tat[d] = now + in_use * window / o.limit
+        interval = window / st.lim[d]
+        found = 0.0  # units of traffic we had not accounted for
+        if obs.ref_seq > st.oseq[d]:
+            # The server's units in use when it admitted the request, minus ours right after granting it,
+            # minus corrections already applied since: the traffic we did not see (or over-counted).
+            err = o.used - obs.ref_used[d] - (st.adj[d] - obs.ref_adj[d])
+            if err < 0:
+                err *= obs.damping
+            st.tat[d] = max(now, max(st.tat[d], now) + err * interval)
+            st.adj[d] += err
+            st.oseq[d] = obs.ref_seq
+            found += max(0.0, err)
+        # Whatever the moment the server's numbers describe, we never believe in more room than it reports.
+        short = o.used - _used(st, d, now)
+        if short > 0:
+            st.tat[d] = now + o.used * interval
+            st.adj[d] += short
+            found += short
+        # Foreign-rate estimate: every unit found adds 1/tau, the sum decays with time constant tau, so it
+        # averages the foreign units per second over the last ~tau seconds.
+        st.frate[d] = st.frate[d] * math.exp(-max(0.0, now - st.ft[d]) / FOREIGN_TAU) + found / FOREIGN_TAU
+        st.ft[d] = now
+
+
+def penalize(st: ScopeState, wait: float, now: float) -> None:
+    """After a 429: admit nothing in this scope for ``wait`` seconds."""
+    st.blocked_until = max(st.blocked_until, now + wait)
+
+
+def view(st: ScopeState, now: float) -> dict[str, DimensionView]:
+    out: dict[str, DimensionView] = {}
+    for d, dim in enumerate(DIMENSIONS):
+        if st.lim[d] <= 0:
+            continue
+        out[dim.name] = DimensionView(
+            limit=st.lim[d],
+            server_limit=int(st.srv[d]) if st.srv[d] > 0 else None,
+            remaining=max(0.0, st.lim[d] - _used(st, d, now)),
+            reset=max(0.0, st.tat[d] - now),
+            window=dim.window,
+        )
+    return out

@@ -1,0 +1,101 @@
+"""Learning limits from the server's headers.
+
+Algorithm (also in the README):
+
+1. A scope with no known limits admits one request at a time (a *probe*) until a response carries
+   ``x-ratelimit-*`` headers; after ``blind_after`` header-less responses it stops probing and relies on
+   429 penalties alone.
+2. Each header family (``-requests``, ``-tokens``, ``-project-tokens``) describes the *binding* window,
+   a minute or a day. The window is inferred from the refill rate: ``reset × limit / (limit − remaining)``
+   is the bucket's window; above 30 minutes (and with ``reset`` >= 50 ms, so millisecond rounding cannot
+   fool it) it is a daily limit (RPD/TPD), otherwise a per-minute one (RPM/TPM).
+3. The limit adopted is ``min(server_limit × (1 − safety_margin), ceiling)``. A changed limit is adopted at
+   once, keeping the units in use.
+4. The server's units in use (``max(limit − remaining, reset × limit / window)``: the reset also reveals a
+   bucket settled past full) are compared with the store's own count right after granting the observed
+   request (recorded in its :class:`~ratepilot.limits.Grant`), less corrections applied since: a positive
+   difference is traffic the limiter did not see (other processes on other stores, other people on the key)
+   and is added; requests granted after the observed one was sent are thereby kept, not double counted, and
+   observations older than the newest one applied are ignored. A negative difference is *not* applied by
+   default (``damping=0``): it is what a server reporting after settling the request's own tokens, or
+   out-of-order responses, look like, and an over-estimate only delays the burst, never the sustained rate.
+   Whatever moment the numbers describe (admission or response), the limiter never believes in more room
+   than the server reports, and no refill is credited for a response's age.
+5. The unseen traffic found this way feeds a rate estimate (units/s, time constant 2 s); reservations keep
+   ``foreign_horizon`` (3 s) of it free, so another client's steady use is anticipated instead of met with
+   429s. Room kept free costs a one-off burst, not throughput: the bucket still refills at the full rate.
+6. ``retry-after(-ms)`` and "Please try again in Ns" on a 429 block the scope for that long
+   (:func:`retry_wait`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..protocol.headers import DimensionState, RateLimitHeaders, parse_retry_after, parse_try_again_in
+from .core import DimObservation, Observation
+from .types import DIM_INDEX, Grant
+
+__all__ = ["DAILY_THRESHOLD", "infer_window", "interpret", "retry_wait"]
+
+DAILY_THRESHOLD = 1800.0  # seconds: implied windows above this are daily
+MIN_RESET_FOR_DAILY = 0.05  # below this, millisecond rounding of reset makes the inference unreliable
+
+
+def infer_window(state: DimensionState) -> float:
+    """The window (60 or 86400 s) a header family's numbers describe."""
+    used = state.limit - state.remaining
+    if used >= 1 and state.reset >= MIN_RESET_FOR_DAILY:
+        implied = state.reset * state.limit / used
+        if implied > DAILY_THRESHOLD:
+            return 86_400.0
+    return 60.0
+
+
+def _dim_for(family: str, window: float) -> int:
+    if family == "project-tokens":
+        return DIM_INDEX["ptpm"]
+    unit = "rpd" if window > 60 else "rpm"
+    if family == "tokens":
+        unit = "tpd" if window > 60 else "tpm"
+    return DIM_INDEX[unit]
+
+
+def interpret(
+    headers: RateLimitHeaders,
+    *,
+    age: float,
+    grant: Grant | None,
+    ceiling: tuple[float, ...],
+    safety_margin: float,
+    damping: float = 0.0,
+) -> Observation:
+    dims: list[DimObservation] = []
+    for family, state in (
+        ("requests", headers.requests),
+        ("tokens", headers.tokens),
+        ("project-tokens", headers.project_tokens),
+    ):
+        if state is None:
+            continue
+        window = infer_window(state) if family != "project-tokens" else 60.0
+        d = _dim_for(family, window)
+        # remaining is floored and cannot go below 0; reset (time until full) also shows an over-full bucket
+        # (usage settled past the limit). Both round up the units in use, so the larger is the safe one.
+        used = max(float(state.limit - state.remaining), state.reset * state.limit / window)
+        limit = state.limit * (1.0 - safety_margin)
+        if ceiling[d] > 0:
+            limit = min(limit, ceiling[d])
+        limit = max(limit, 1e-6)
+        dims.append(DimObservation(d, limit, float(state.limit), used))
+    if grant is None:
+        return Observation(tuple(dims), max(0.0, age), damping=damping)
+    return Observation(tuple(dims), max(0.0, age), grant.seq, grant.used, grant.adj, damping)
+
+
+def retry_wait(headers: Mapping[str, str] | None, message: str | None = None) -> float | None:
+    """How long a 429 asks us to wait: ``retry-after-ms``/``retry-after``, else "try again in Ns"."""
+    wait = parse_retry_after(headers) if headers is not None else None
+    if wait is None and message:
+        wait = parse_try_again_in(message)
+    return wait

@@ -1,0 +1,363 @@
+"""The Limiter: thin sync (threads) and asyncio drivers around one store of sans-IO scope states.
+
+Waiting is the only thing the drivers do. Per scope, waiters form one queue ordered by (priority, arrival):
+only the head asks the store; everyone else waits for their turn, so admission is FIFO within a priority
+and a LOW waiter (polls) never takes capacity while a NORMAL one waits. LOW reservations must also leave
+``low_headroom`` of every bucket free, which protects NORMAL traffic of *other* processes sharing the store.
+
+The head sleeps for the wait the store computed, on the injected clock; a local settle, cancel or observe
+wakes it early (capacity may have come back). Waiting for a probe's response on a shared store re-checks
+every ``recheck`` seconds, because the probe may belong to another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import heapq
+import itertools
+import math
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+
+from ..clock import Clock, SystemClock
+from ..protocol.headers import RateLimitHeaders
+from .core import Reserved, ReserveParams, Wait, view
+from .learning import interpret
+from .stores import Store, open_store
+from .types import DIM_INDEX, DIMENSIONS, N_DIMS, Cost, CostTooLarge, DimensionView, Grant, Priority, Scope
+
+__all__ = ["Limiter"]
+
+_RECENT_GRANTS = 4096  # per scope, to find the grant of an observed request from its sent_at
+
+
+@dataclass(eq=False)
+class _Waiter:
+    priority: int
+    seq: int
+    loop: asyncio.AbstractEventLoop | None = None
+    turn: asyncio.Future[None] | None = None  # async: resolved when this waiter becomes the head
+    kick: asyncio.Future[None] | None = None  # async: resolved to cut a head's sleep short
+    kicked: bool = False  # sync: a wake-up arrived while sleeping
+    active: bool = True
+
+
+@dataclass(eq=False)
+class _Queue:
+    heap: list[tuple[int, int, _Waiter]] = field(default_factory=list)
+    recent: list[tuple[float, int, Grant]] = field(default_factory=list)  # (granted_at, id, grant)
+
+    def head(self) -> _Waiter | None:
+        while self.heap and not self.heap[0][2].active:
+            heapq.heappop(self.heap)
+        return self.heap[0][2] if self.heap else None
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Limiter:
+    """Admits requests per scope under limits learned from the server (see :mod:`ratepilot.limits`)."""
+
+    def __init__(
+        self,
+        store: str | Store = "memory://",
+        clock: Clock | None = None,
+        ceiling: Mapping[str, float] | None = None,
+        safety_margin: float = 0.0,
+        *,
+        low_headroom: float = 0.1,
+        probe_timeout: float = 60.0,
+        blind_after: int = 3,
+        recheck: float = 0.05,
+        damping: float = 0.0,
+        foreign_horizon: float = 3.0,
+    ) -> None:
+        if not 0.0 <= safety_margin < 1.0:
+            raise ValueError(f"safety_margin must be in [0, 1), got {safety_margin}")
+        if not 0.0 <= low_headroom < 1.0:
+            raise ValueError(f"low_headroom must be in [0, 1), got {low_headroom}")
+        self.clock: Clock = clock or SystemClock()
+        self.store: Store = open_store(store, self.clock) if isinstance(store, str) else store
+        ceil = [0.0] * N_DIMS
+        for name, value in (ceiling or {}).items():
+            if name not in DIM_INDEX:
+                raise ValueError(f"unknown limit {name!r} in ceiling: use {', '.join(d.name for d in DIMENSIONS)}")
+            if not value > 0:
+                raise ValueError(f"ceiling {name} must be positive, got {value}")
+            ceil[DIM_INDEX[name]] = float(value)
+        self.ceiling = tuple(ceil)
+        self.safety_margin = safety_margin
+        self.damping = damping
+        self.recheck = recheck
+        self._params = ReserveParams(self.ceiling, probe_timeout, blind_after, 0.0, foreign_horizon)
+        self._low_params = ReserveParams(self.ceiling, probe_timeout, blind_after, low_headroom, foreign_horizon)
+        self._real_time = isinstance(self.clock, SystemClock)
+        self._mu = threading.Lock()
+        self._cond = threading.Condition(self._mu)
+        self._queues: dict[str, _Queue] = {}
+        self._seq = itertools.count()
+
+    # ----------------------------------------------------------------- the one decision, shared by drivers
+    def _queue(self, scope: Scope) -> _Queue:
+        q = self._queues.get(scope.key)
+        if q is None:
+            q = self._queues[scope.key] = _Queue()
+        return q
+
+    def _try(self, scope: Scope, cost: Cost, priority: Priority) -> Grant | Wait:
+        params = self._low_params if priority >= Priority.LOW else self._params
+        decision = self.store.reserve(scope.key, cost.per_dimension(), params)
+        if isinstance(decision, Wait):
+            if math.isinf(decision.seconds):
+                raise CostTooLarge(
+                    f"a request costing {cost.tokens} tokens exceeds the server's limit for {scope.model or 'this key'}"
+                    f" ({', '.join(f'{k} {v.server_limit}' for k, v in self.state(scope).items() if v.server_limit)})"
+                )
+            return decision
+        return self._grant(scope, cost, decision)
+
+    def _grant(self, scope: Scope, cost: Cost, r: Reserved) -> Grant:
+        now = self.clock.now()
+        grant = Grant(scope, cost, r.seq, now, r.used, r.adj, r.charged, r.probe)
+        with self._mu:
+            recent = self._queue(scope).recent
+            recent.append((now, grant.id, grant))
+            if len(recent) > 2 * _RECENT_GRANTS:
+                del recent[:_RECENT_GRANTS]
+        return grant
+
+    def _timeout(self, wait: Wait) -> float | None:
+        """How long the head sleeps before asking again (None: until a local wake-up)."""
+        if wait.probe:
+            if self.store.shared:
+                return min(wait.seconds, self.recheck)
+            return wait.seconds if self._real_time else None
+        return wait.seconds
+
+    def _nobody_waiting(self, scope: Scope) -> bool:
+        with self._mu:
+            q = self._queues.get(scope.key)
+            return q is None or q.head() is None
+
+    def _enqueue(self, scope: Scope, priority: Priority, loop: asyncio.AbstractEventLoop | None) -> _Waiter:
+        w = _Waiter(int(priority), next(self._seq), loop)
+        with self._mu:
+            q = self._queue(scope)
+            heapq.heappush(q.heap, (w.priority, w.seq, w))
+        return w
+
+    def _is_head_or_arm(self, scope: Scope, w: _Waiter, loop: asyncio.AbstractEventLoop) -> bool:
+        """True if ``w`` heads its queue; otherwise arm its turn future (a higher priority may have arrived)."""
+        with self._mu:
+            if self._queue(scope).head() is w:
+                w.turn = None
+                return True
+            w.turn = loop.create_future()
+            return False
+
+    def _dequeue(self, scope: Scope, w: _Waiter) -> None:
+        with self._mu:
+            w.active = False
+            head = self._queue(scope).head()
+            if head is not None:
+                self._wake_turn(head)
+
+    def _wake_turn(self, w: _Waiter) -> None:
+        # Called with _mu held: the new head may proceed.
+        if w.loop is None:
+            self._cond.notify_all()
+        elif w.turn is not None:
+            w.loop.call_soon_threadsafe(_resolve, w.turn)
+
+    def _kick(self, scope: Scope) -> None:
+        """Capacity may have changed: cut the head's sleep short."""
+        with self._mu:
+            q = self._queues.get(scope.key)
+            head = q.head() if q else None
+            if head is None:
+                return
+            if head.loop is None:
+                head.kicked = True
+                self._cond.notify_all()
+            elif head.kick is not None:
+                head.loop.call_soon_threadsafe(_resolve, head.kick)
+
+    # ----------------------------------------------------------------------------------- sync driver
+    def acquire(self, scope: Scope, cost: Cost | None = None, priority: Priority = Priority.NORMAL) -> Grant:
+        """Block until ``cost`` is admitted in ``scope``; FIFO within a priority."""
+        cost = cost or Cost()
+        if self._nobody_waiting(scope):  # fast path: no queue to respect
+            decision = self._try(scope, cost, priority)
+            if isinstance(decision, Grant):
+                return decision
+        w = self._enqueue(scope, priority, None)
+        try:
+            while True:
+                with self._cond:
+                    while self._queue(scope).head() is not w:
+                        self._cond.wait()
+                    w.kicked = False
+                decision = self._try(scope, cost, priority)
+                if isinstance(decision, Grant):
+                    return decision
+                self._sleep(w, self._timeout(decision))
+        finally:
+            self._dequeue(scope, w)
+
+    def _sleep(self, w: _Waiter, timeout: float | None) -> None:
+        if timeout is not None and not self._real_time:
+            self.clock.sleep(timeout)
+            return
+        with self._cond:
+            if not w.kicked:
+                self._cond.wait(timeout)
+
+    # -------------------------------------------------------------------------------- asyncio driver
+    async def aacquire(self, scope: Scope, cost: Cost | None = None, priority: Priority = Priority.NORMAL) -> Grant:
+        """Wait (without blocking the loop) until ``cost`` is admitted. Cancelling the task leaves the queue
+        and holds no reservation."""
+        cost = cost or Cost()
+        if self._nobody_waiting(scope):  # fast path: no queue to respect
+            decision = self._try(scope, cost, priority)
+            if isinstance(decision, Grant):
+                return decision
+        loop = asyncio.get_running_loop()
+        w = self._enqueue(scope, priority, loop)
+        try:
+            while True:
+                while not self._is_head_or_arm(scope, w, loop):
+                    assert w.turn is not None
+                    await w.turn
+                decision = self._try(scope, cost, priority)
+                if isinstance(decision, Grant):
+                    return decision
+                await self._asleep(w, loop, self._timeout(decision))
+        finally:
+            self._dequeue(scope, w)
+
+    async def _asleep(self, w: _Waiter, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
+        if timeout is not None and not self._real_time:
+            await self.clock.asleep(timeout)
+            return
+        w.kick = loop.create_future()
+        handle = loop.call_later(timeout, _resolve, w.kick) if timeout is not None else None
+        try:
+            await w.kick
+        finally:
+            w.kick = None
+            if handle is not None:
+                handle.cancel()
+
+    # --------------------------------------------------------------------- after the request was sent
+    def settle(self, grant: Grant, actual_tokens: int | None) -> None:
+        """The request finished: correct its token charge to ``actual_tokens`` (None: keep the reservation).
+
+        After a 429 the server counts the request but not its tokens: ``settle(grant, 0)``, then
+        :meth:`penalize`.
+        """
+        if grant.done:
+            return
+        grant.done = True
+        delta = 0.0 if actual_tokens is None else float(actual_tokens - grant.cost.tokens)
+        if delta == 0 and not grant.probe:
+            return  # nothing to correct: no round trip
+        deltas = (0.0, delta, 0.0, delta, delta)  # the token dimensions (DIMENSIONS order)
+        self.store.adjust(grant.scope.key, deltas, grant.charged, grant.probe)
+        self._kick(grant.scope)
+
+    def cancel(self, grant: Grant) -> None:
+        """The request was never sent: give the whole reservation back."""
+        if grant.done:
+            return
+        grant.done = True
+        deltas = tuple(-c for c in grant.cost.per_dimension())
+        self.store.adjust(grant.scope.key, deltas, grant.charged, grant.probe)
+        self._kick(grant.scope)
+
+    def observe(
+        self,
+        scope: Scope,
+        headers: RateLimitHeaders | Mapping[str, str],
+        sent_at: float,
+        grant: Grant | None = None,
+    ) -> None:
+        """Learn from a response's headers (call it on every response, 429s and errors included).
+
+        ``sent_at`` is this limiter's clock when the request was sent; ``grant`` (optional) its grant,
+        otherwise the latest grant of the scope made at or before ``sent_at`` is used (pass the grant when
+        you have it: with many requests granted at once, the guess can be a later request's).
+        """
+        if not isinstance(headers, RateLimitHeaders):
+            headers = RateLimitHeaders.parse(headers)
+        if grant is None:
+            grant = self._grant_before(scope, sent_at)
+        obs = interpret(
+            headers,
+            age=self.clock.now() - sent_at,
+            grant=grant,
+            ceiling=self.ceiling,
+            safety_margin=self.safety_margin,
+            damping=self.damping,
+        )
+        self.store.observe(scope.key, obs)
+        self._kick(scope)
+
+    def _grant_before(self, scope: Scope, sent_at: float) -> Grant | None:
+        with self._mu:
+            q = self._queues.get(scope.key)
+            if q is None or not q.recent:
+                return None
+            # The latest grant made at or before sent_at; among grants made at that same instant, the first
+            # (a later one's accounting would include requests the server has not seen yet).
+            i = bisect.bisect_right(q.recent, sent_at, key=lambda e: e[0])
+            if not i:
+                return None
+            j = bisect.bisect_left(q.recent, q.recent[i - 1][0], key=lambda e: e[0])
+            return q.recent[j][2]
+
+    def penalize(self, scope: Scope, wait_s: float) -> None:
+        """After a 429: admit nothing in ``scope`` for ``wait_s`` seconds (retry-after / "try again in")."""
+        if wait_s > 0:
+            self.store.penalize(scope.key, wait_s)
+
+    def state(self, scope: Scope) -> dict[str, DimensionView]:
+        """Per known dimension (rpm, tpm, rpd, tpd, ptpm): limit, remaining and seconds until full."""
+        st, now = self.store.load(scope.key)
+        return view(st, now) if st is not None else {}
+
+    # ----------------------------------------------------------------------------------- conveniences
+    @contextmanager
+    def slot(self, scope: Scope, cost: Cost | None = None, priority: Priority = Priority.NORMAL) -> Iterator[Grant]:
+        """``with limiter.slot(scope, cost) as grant:`` cancels the grant if the block raises before settling."""
+        grant = self.acquire(scope, cost, priority)
+        try:
+            yield grant
+        except BaseException:
+            self.cancel(grant)
+            raise
+
+    @asynccontextmanager
+    async def aslot(
+        self, scope: Scope, cost: Cost | None = None, priority: Priority = Priority.NORMAL
+    ) -> AsyncIterator[Grant]:
+        grant = await self.aacquire(scope, cost, priority)
+        try:
+            yield grant
+        except BaseException:
+            self.cancel(grant)
+            raise
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Limiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

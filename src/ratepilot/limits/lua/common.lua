@@ -1,0 +1,76 @@
+-- Shared prelude of every limiter script (prepended by stores/redis.py; kept parallel to limits/core.py).
+-- State: one MessagePack sequence of numbers per scope (exact doubles, and no number parsing or formatting
+-- in Lua, which was half of a script's run time), in the order of stores/base.py's text encoding:
+-- seq probe_until blocked_until nohdr, then lim, srv, tat, adj, oseq, frate, ft for each of the N dimensions.
+-- ARGV[1] = now ('' = Redis TIME, so hosts' clocks never matter), ARGV[2] = key TTL in ms,
+-- ARGV[3] = the operation's numbers as little-endian doubles (A[1..n] below); replies are packed the same
+-- way (formatting and parsing numbers as text cost more than the arithmetic).
+local N = 5
+local WIN = {60, 60, 86400, 86400, 60}
+local EPS = 1e-9
+local FOREIGN_TAU = 2.0
+
+local function fmt(x)
+  return string.format('%.17g', x)
+end
+
+local function now_of(arg)
+  if arg ~= '' then
+    return tonumber(arg)
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function load(key)
+  local st = {seq = 0, probe = 0, blocked = 0, nohdr = 0, lim = {}, srv = {}, tat = {}, adj = {}, oseq = {},
+              frate = {}, ft = {}}
+  for d = 1, N do
+    st.lim[d] = 0; st.srv[d] = 0; st.tat[d] = 0; st.adj[d] = 0; st.oseq[d] = 0; st.frate[d] = 0; st.ft[d] = 0
+  end
+  local raw = redis.call('GET', key)
+  if raw then
+    local v = {cmsgpack.unpack(raw)}
+    st.seq = v[1]; st.probe = v[2]; st.blocked = v[3]; st.nohdr = v[4]
+    for d = 1, N do
+      st.lim[d] = v[4 + d]
+      st.srv[d] = v[4 + N + d]
+      st.tat[d] = v[4 + 2 * N + d]
+      st.adj[d] = v[4 + 3 * N + d]
+      st.oseq[d] = v[4 + 4 * N + d]
+      st.frate[d] = v[4 + 5 * N + d]
+      st.ft[d] = v[4 + 6 * N + d]
+    end
+  end
+  return st
+end
+
+local function flat(st)
+  local parts = {st.seq, st.probe, st.blocked, st.nohdr}
+  for _, arr in ipairs({st.lim, st.srv, st.tat, st.adj, st.oseq, st.frate, st.ft}) do
+    for d = 1, N do
+      parts[#parts + 1] = arr[d]
+    end
+  end
+  return parts
+end
+
+local function save(key, st, ttl_ms)
+  redis.call('SET', key, cmsgpack.pack(unpack(flat(st))), 'PX', ttl_ms)
+end
+
+local function used(st, d, now)
+  return math.max(0, st.tat[d] - now) * st.lim[d] / WIN[d]
+end
+
+local function reply(t)
+  return struct.pack('<' .. string.rep('d', #t), unpack(t))
+end
+
+local KEY = KEYS[1]
+local NOW = now_of(ARGV[1])
+local TTL = ARGV[2]
+local A = {}
+if ARGV[3] and #ARGV[3] > 0 then
+  A = {struct.unpack('<' .. string.rep('d', #ARGV[3] / 8), ARGV[3])}
+end

@@ -1,0 +1,63 @@
+-- observe: correct the state from a response's headers, as interpreted by learning.py (core.observe).
+-- A: age (unused), ref_seq, damping, ref_used x N, ref_adj x N, count, then per observed dimension:
+-- index (0-based), limit, server_limit, used.
+local st = load(KEY)
+local now = NOW
+local ref_seq = A[2]
+local damping = A[3]
+local count = A[4 + 2 * N]
+local known = false
+for d = 1, N do
+  if st.lim[d] > 0 then known = true end
+end
+if count == 0 then
+  if not known then
+    st.nohdr = st.nohdr + 1
+    st.probe = 0
+  end
+  save(KEY, st, TTL)
+  return 1
+end
+st.nohdr = 0
+st.probe = 0
+for i = 0, count - 1 do
+  local b = 5 + 2 * N + 4 * i
+  local d = A[b] + 1
+  local limit = A[b + 1]
+  local server_limit = A[b + 2]
+  local o_used = A[b + 3]
+  local window = WIN[d]
+  st.srv[d] = server_limit
+  if st.lim[d] <= 0 then
+    st.lim[d] = limit
+    st.tat[d] = now + o_used * window / limit
+    st.oseq[d] = st.seq
+    st.ft[d] = now
+  else
+    if st.lim[d] ~= limit then
+      local in_use = used(st, d, now)
+      st.lim[d] = limit
+      st.tat[d] = now + in_use * window / limit
+    end
+    local interval = window / st.lim[d]
+    local found = 0
+    if ref_seq > st.oseq[d] then
+      local err = o_used - A[3 + d] - (st.adj[d] - A[3 + N + d])
+      if err < 0 then err = err * damping end
+      st.tat[d] = math.max(now, math.max(st.tat[d], now) + err * interval)
+      st.adj[d] = st.adj[d] + err
+      st.oseq[d] = ref_seq
+      found = found + math.max(0, err)
+    end
+    local short = o_used - used(st, d, now)
+    if short > 0 then
+      st.tat[d] = now + o_used * interval
+      st.adj[d] = st.adj[d] + short
+      found = found + short
+    end
+    st.frate[d] = st.frate[d] * math.exp(-math.max(0, now - st.ft[d]) / FOREIGN_TAU) + found / FOREIGN_TAU
+    st.ft[d] = now
+  end
+end
+save(KEY, st, TTL)
+return 1

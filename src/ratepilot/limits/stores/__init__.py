@@ -1,0 +1,47 @@
+"""Where limiter state lives, chosen by URI: ``memory://``, ``sqlite:///path``, ``redis://host:port/db``.
+
+Every store offers the same five atomic operations on one scope (reserve, adjust, observe, penalize,
+load). Memory and SQLite apply :mod:`ratepilot.limits.core` to a decoded state inside a lock or an
+``BEGIN IMMEDIATE`` transaction; Redis runs the same arithmetic in one Lua script per operation.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from ...clock import Clock, SystemClock
+from .base import Store, decode_state, encode_state
+from .memory import MemoryStore
+
+__all__ = ["MemoryStore", "Store", "decode_state", "encode_state", "open_store"]
+
+
+def open_store(uri: str = "memory://", clock: Clock | None = None) -> Store:
+    """Open the store a URI names.
+
+    * ``memory://`` — this process only (the default);
+    * ``sqlite:///abs/path.db`` (or ``sqlite://rel/path.db``) — processes on one host;
+    * ``redis://host:port/db[?prefix=...]`` — processes on many hosts. Redis ``TIME`` is the clock, unless
+      ``clock`` is not the system clock (tests with a fake clock), in which case the clock's time is sent.
+    """
+    clock = clock or SystemClock()
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        return MemoryStore(clock)
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        path = parts.netloc + parts.path if parts.netloc else parts.path
+        if not path or path == "/":
+            raise ValueError(f"sqlite store URI needs a path: {uri!r} (e.g. sqlite:///tmp/limits.db)")
+        return SQLiteStore(path, clock)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisStore
+
+        query = parse_qs(parts.query)
+        prefix = query.pop("prefix", ["ratepilot:lim:"])[0]
+        rest = "&".join(f"{k}={v[0]}" for k, v in query.items())
+        url = parts._replace(query=rest).geturl()
+        return RedisStore(url, clock, prefix=prefix)
+    raise ValueError(f"unknown limiter store {uri!r}: use memory://, sqlite:///path or redis://host:port/db")

@@ -1,0 +1,60 @@
+"""The store protocol and the one text encoding of a scope's state (shared with the Lua scripts)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..core import Observation, Reserved, ReserveParams, ScopeState, Wait
+from ..types import N_DIMS
+
+__all__ = ["Store", "decode_state", "encode_state"]
+
+
+class Store(Protocol):
+    """Atomic operations on one scope's state, addressed by ``Scope.key``."""
+
+    uri: str
+    shared: bool  # other processes may change the state (drivers re-check instead of trusting wake-ups)
+
+    def reserve(self, key: str, costs: tuple[float, ...], params: ReserveParams) -> Reserved | Wait: ...
+
+    def adjust(self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], release_probe: bool) -> None: ...
+
+    def observe(self, key: str, obs: Observation) -> None: ...
+
+    def penalize(self, key: str, wait: float) -> None: ...
+
+    def load(self, key: str) -> tuple[ScopeState | None, float]:
+        """The scope's state (None if never seen) and the store's current time."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def encode_state(st: ScopeState) -> str:
+    """Space-separated numbers: seq probe_until blocked_until nohdr, then lim, srv, tat, adj, oseq, frate, ft
+    for every dimension."""
+    nums: list[float | int] = [st.seq, st.probe_until, st.blocked_until, st.nohdr]
+    nums += [*st.lim, *st.srv, *st.tat, *st.adj, *st.oseq, *st.frate, *st.ft]
+    return " ".join(repr(float(x)) if isinstance(x, float) else str(x) for x in nums)
+
+
+def decode_state(text: str) -> ScopeState:
+    v = text.split()
+    if len(v) != 4 + 7 * N_DIMS:
+        raise ValueError(f"corrupt limiter state ({len(v)} fields)")
+    n = N_DIMS
+    f = [float(x) for x in v]
+    return ScopeState(
+        seq=int(f[0]),
+        probe_until=f[1],
+        blocked_until=f[2],
+        nohdr=int(f[3]),
+        lim=f[4 : 4 + n],
+        srv=f[4 + n : 4 + 2 * n],
+        tat=f[4 + 2 * n : 4 + 3 * n],
+        adj=f[4 + 3 * n : 4 + 4 * n],
+        oseq=[int(x) for x in f[4 + 4 * n : 4 + 5 * n]],
+        frate=f[4 + 5 * n : 4 + 6 * n],
+        ft=f[4 + 6 * n : 4 + 7 * n],
+    )

@@ -1,0 +1,304 @@
+"""The one result-line format, a durable appending writer, a reader, and the job marker.
+
+Every runner (online ``run`` and the Batch pipeline) writes Batch-API-shaped lines, so downstream code does
+not care how a job ran::
+
+    {"id": "rpreq_...", "custom_id": "...",
+     "response": {"status_code": 200, "request_id": "req_...", "body": {...}} | null,
+     "error": {"code": "...", "message": "..."} | null}
+
+As in the Batch API, a request the server answered — even with an HTTP error such as 400 — has a
+``response`` (the error is in ``response.body``) and ``error: null``; ``error`` is for requests that got no
+HTTP answer (a network failure after every retry, a batch that expired before the request ran).
+
+**Which job wrote this file.** The results file holds only result lines. Next to it, a small sidecar
+``<RESULTS>.ratepilot`` (JSON: format version, job id, the requests file, when created) records the job. It is
+written (atomically, fsynced) *before* the first result, and :func:`open_results` refuses to append to a
+non-empty results file whose sidecar is missing or names another job: a rerun of the same job resumes, a
+different job is told to pick another output (or to overwrite explicitly).
+
+**Durability.** :meth:`ResultWriter.append` only buffers; :meth:`ResultWriter.sync` writes the buffer with one
+``write`` and ``fsync``\\ s it, and returns how many results are now durable. Callers count a result as done
+only after the ``sync`` that covered it returned (group commit: one fsync per batch of results, so throughput
+does not depend on disk latency). A torn last line (the process was killed mid-``write``) is cut off when
+the file is reopened, so a resumed run re-asks exactly the requests whose result is not complete on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "MARKER_SUFFIX",
+    "ForeignResultsError",
+    "JobMarker",
+    "ResultWriter",
+    "error_result",
+    "finished_ids",
+    "job_id_for_file",
+    "marker_path",
+    "new_result_id",
+    "open_results",
+    "read_marker",
+    "read_results",
+    "response_result",
+]
+
+MARKER_SUFFIX = ".ratepilot"
+FORMAT_VERSION = 1
+
+
+def new_result_id() -> str:
+    return f"rpreq_{uuid.uuid4().hex}"
+
+
+def response_result(
+    custom_id: str, status_code: int, request_id: str | None, body: Any, *, id: str | None = None
+) -> dict[str, Any]:
+    """A result line for a request the server answered (any HTTP status)."""
+    return {
+        "id": id or new_result_id(),
+        "custom_id": custom_id,
+        "response": {"status_code": status_code, "request_id": request_id or "", "body": body},
+        "error": None,
+    }
+
+
+def error_result(custom_id: str, code: str, message: str, *, id: str | None = None) -> dict[str, Any]:
+    """A result line for a request that got no HTTP answer."""
+    return {
+        "id": id or new_result_id(),
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
+
+
+# --------------------------------------------------------------------------------------------------- marker
+
+
+@dataclass(frozen=True, slots=True)
+class JobMarker:
+    """The sidecar that says which job a results file belongs to."""
+
+    job_id: str
+    requests: str | None = None
+    created_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "ratepilot_results": FORMAT_VERSION,
+                "job": self.job_id,
+                "requests": self.requests,
+                "created_at": self.created_at,
+                "extra": self.extra,
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+
+
+class ForeignResultsError(ValueError):
+    """The results file exists and belongs to another job (or was not written by ratepilot)."""
+
+
+def marker_path(results: str | os.PathLike[str]) -> Path:
+    path = Path(results)
+    return path.with_name(path.name + MARKER_SUFFIX)
+
+
+def read_marker(results: str | os.PathLike[str]) -> JobMarker | None:
+    path = marker_path(results)
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError as exc:
+        raise ForeignResultsError(f"{path}: unreadable ratepilot marker ({exc})") from None
+    if not isinstance(data, dict) or "job" not in data:
+        raise ForeignResultsError(f"{path}: not a ratepilot results marker")
+    extra = data.get("extra")
+    return JobMarker(str(data["job"]), data.get("requests"), str(data.get("created_at") or ""), extra or {})
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_marker(results: Path, marker: JobMarker) -> None:
+    target = marker_path(results)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(marker.to_json())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
+def job_id_for_file(path: str | os.PathLike[str]) -> str:
+    """A job id from the requests file's content: the same file is the same job, wherever it is."""
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return f"sha256:{digest}"
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a torn last line (no trailing newline) left by a kill mid-write."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as fh:
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        # Walk back in blocks to the last newline.
+        pos = size
+        while pos > 0:
+            step = min(1 << 16, pos)
+            pos -= step
+            fh.seek(pos)
+            block = fh.read(step)
+            idx = block.rfind(b"\n")
+            if idx >= 0:
+                fh.truncate(pos + idx + 1)
+                break
+        else:
+            fh.truncate(0)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def open_results(
+    path: str | os.PathLike[str],
+    job_id: str,
+    *,
+    requests: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> ResultWriter:
+    """Open ``path`` for appending the results of job ``job_id``; create its marker first.
+
+    Raises :class:`ForeignResultsError` when the file already holds results of another job, or results with
+    no marker (not ours). ``overwrite=True`` empties the file and starts the job afresh.
+    """
+    results = Path(path)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    existing = read_marker(results)
+    nonempty = results.exists() and results.stat().st_size > 0
+    if overwrite:
+        if results.exists():
+            results.write_bytes(b"")
+        existing = None
+    elif nonempty and existing is None:
+        raise ForeignResultsError(
+            f"{results} already exists and was not written by ratepilot (no {marker_path(results).name}); "
+            "choose another output file, or overwrite it explicitly"
+        )
+    elif existing is not None and existing.job_id != job_id:
+        raise ForeignResultsError(
+            f"{results} holds results of another job (requests {existing.requests or '?'}, {existing.job_id[:19]}); "
+            "choose another output file, or overwrite it explicitly"
+        )
+    if existing is None:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        req = str(Path(requests).resolve()) if requests is not None else None
+        _write_marker(results, JobMarker(job_id, req, created, extra or {}))
+    if results.exists():
+        _repair_tail(results)
+    return ResultWriter(results)
+
+
+# --------------------------------------------------------------------------------------------------- writer
+
+
+class ResultWriter:
+    """Appends result lines; :meth:`sync` makes everything appended so far durable (write + fsync).
+
+    Thread-safe: the event loop may ``append`` while a worker thread runs ``sync``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fsync = fsync
+        self._buffer: list[bytes] = []
+        self._lock = threading.Lock()  # guards the buffer
+        self._io_lock = threading.Lock()  # one write+fsync at a time, in order
+        self.durable = 0  # results made durable by this writer
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def append(self, line: dict[str, Any]) -> None:
+        data = orjson.dumps(line) + b"\n"
+        with self._lock:
+            self._buffer.append(data)
+
+    def sync(self) -> int:
+        """Write and fsync everything appended so far; return how many results this call made durable."""
+        with self._io_lock:
+            with self._lock:
+                chunk, self._buffer = self._buffer, []
+            if not chunk:
+                return 0
+            data = b"".join(chunk)
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            if self._fsync:
+                os.fsync(self._fd)
+            self.durable += len(chunk)
+            return len(chunk)
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            self.sync()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------- reader
+
+
+def read_results(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Every complete result line of a results file (a torn last line is ignored)."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb", buffering=1 << 20) as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                return  # torn tail
+            if raw.strip():
+                yield orjson.loads(raw)
+
+
+def finished_ids(path: str | os.PathLike[str]) -> set[str]:
+    """The custom_ids that already have a complete result line."""
+    return {line["custom_id"] for line in read_results(path)}

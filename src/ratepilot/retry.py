@@ -1,0 +1,159 @@
+"""Sans-IO retry policy: given what happened, decide ``Retry(after)`` or ``GiveUp(reason)``.
+
+Modelled on tenacity's "iter" loop, but with no sleeping, no clock and no I/O inside: the transport's sync
+and async drivers describe each failed attempt as a :class:`RetryState`, call :meth:`RetryPolicy.decide`,
+and do the waiting themselves. One decision engine, two thin loops.
+
+What is retried: 429 ``rate_limit_exceeded``, 408, 409, 5xx, timeouts and connection errors, with exponential
+backoff and full jitter (``uniform(0, min(cap, base·2^(n-1)))``). When the server says how long to wait, that
+wins, in this order: ``retry-after-ms``, ``retry-after``, the "Please try again in 20s" text, and finally the
+``x-ratelimit-reset-*`` headers (time for one unit of the exhausted bucket to refill).
+
+Never retried (exactly one HTTP call): ``insufficient_quota`` and the billing codes, "Request too large",
+400, 401, 403, 404 and other client errors — :func:`ratepilot.protocol.errors.classify` decides the class.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from .protocol.errors import ErrorClass, ErrorInfo
+from .protocol.headers import RateLimitHeaders, parse_retry_after, parse_try_again_in
+
+__all__ = [
+    "Decision",
+    "FailureKind",
+    "GiveUp",
+    "Retry",
+    "RetryPolicy",
+    "RetryState",
+    "server_wait_hint",
+]
+
+
+class FailureKind(enum.Enum):
+    """How an attempt failed: with an HTTP error response, or without any response at all."""
+
+    RESPONSE = "response"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryState:
+    """Everything the policy may look at after a failed attempt.
+
+    ``attempt`` counts attempts made so far, including the one that just failed (1 after the first);
+    ``waited`` is the time already spent waiting between attempts of this request.
+    """
+
+    attempt: int
+    kind: FailureKind
+    waited: float = 0.0
+    error: ErrorInfo | None = None  # the classified body when kind is RESPONSE
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again after ``after`` seconds."""
+
+    after: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Stop. ``exhausted`` is True when the failure was retryable but a cap was reached."""
+
+    reason: str
+    exhausted: bool = False
+
+
+Decision = Retry | GiveUp
+
+
+def server_wait_hint(error: ErrorInfo | None, headers: Mapping[str, str]) -> float | None:
+    """How long the server asked us to wait, if it said so anywhere (seconds), else ``None``."""
+    hint = parse_retry_after(headers)
+    if hint is not None:
+        return hint
+    if error is not None:
+        hint = parse_try_again_in(error.message)
+        if hint is not None:
+            return hint
+    parsed = RateLimitHeaders.parse(headers)
+    # The bucket named by the error type ("requests"/"tokens") is the one that refused; otherwise take any
+    # exhausted one. reset = time to refill the whole bucket, so one unit takes reset / (limit - remaining).
+    order = [parsed.tokens, parsed.requests] if error is not None and error.type == "tokens" else []
+    order += [parsed.requests, parsed.tokens, parsed.project_tokens]
+    for dim in order:
+        if dim is not None and dim.remaining == 0 and dim.reset > 0:
+            return dim.reset / max(1, dim.limit - dim.remaining)
+    return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Caps and backoff shape. ``rng`` (a seeded ``random.Random`` or any ``() -> float`` in [0, 1)) makes
+    the jitter reproducible in tests.
+
+    * ``max_attempts``: total attempts including the first (8 -> up to 7 retries);
+    * ``max_total_wait``: seconds of waiting between attempts, summed, before giving up;
+    * ``max_single_wait``: a server hint longer than this (a daily limit hours away) gives up at once;
+    * ``base`` / ``cap``: exponential backoff ``min(cap, base·2^(n-1))``, full jitter below it.
+    """
+
+    max_attempts: int = 8
+    max_total_wait: float = 600.0
+    max_single_wait: float = 300.0
+    base: float = 0.5
+    cap: float = 30.0
+    retry_timeouts: bool = True
+    rng: Callable[[], float] = field(default_factory=lambda: random.Random().random)
+
+    @classmethod
+    def seeded(cls, seed: int, **kwargs: object) -> RetryPolicy:
+        return cls(rng=random.Random(seed).random, **kwargs)  # type: ignore[arg-type]
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in ``[0, min(cap, base·2^(attempt-1)))``."""
+        ceiling = min(self.cap, self.base * (2.0 ** max(0, attempt - 1)))
+        return float(self.rng()) * ceiling
+
+    def decide(self, state: RetryState) -> Decision:
+        reason = self._retryable(state)
+        if isinstance(reason, GiveUp):
+            return reason
+        if state.attempt >= self.max_attempts:
+            return GiveUp(f"{state.attempt} attempts made (max_attempts={self.max_attempts})", exhausted=True)
+        hint = server_wait_hint(state.error, state.headers) if state.kind is FailureKind.RESPONSE else None
+        after = hint if hint is not None else self.backoff(state.attempt)
+        if hint is not None and hint > self.max_single_wait:
+            return GiveUp(f"server asks to wait {hint:.1f}s (max_single_wait={self.max_single_wait}s)", True)
+        if state.waited + after > self.max_total_wait:
+            return GiveUp(
+                f"waiting {after:.1f}s more would exceed max_total_wait={self.max_total_wait}s", exhausted=True
+            )
+        return Retry(after, reason)
+
+    def _retryable(self, state: RetryState) -> str | GiveUp:
+        if state.kind is FailureKind.TIMEOUT:
+            return "timeout" if self.retry_timeouts else GiveUp("timeout (retry_timeouts=False)")
+        if state.kind is FailureKind.CONNECTION:
+            return "connection error"
+        err = state.error
+        if err is None:
+            return GiveUp("failed response without a status")
+        if err.error_class is ErrorClass.RATE_LIMITED:
+            return f"429 {err.code or 'rate limited'}"
+        if err.error_class is ErrorClass.TRANSIENT:
+            return f"HTTP {err.status}"
+        if err.error_class is ErrorClass.QUOTA:
+            return GiveUp(f"{err.code or err.type or 'insufficient_quota'}: quota or billing; never retried")
+        if err.error_class is ErrorClass.TOO_LARGE:
+            return GiveUp("request too large for the token limit; never retried")
+        return GiveUp(f"HTTP {err.status}{f' {err.code}' if err.code else ''}: client error; never retried")

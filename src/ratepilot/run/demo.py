@@ -1,0 +1,153 @@
+"""``ratepilot demo``: the embedded simulator and a realistic job, run online and through the Batch API.
+
+The job: classify generated Senate hearing transcripts as nomination hearings (YES/NO). The simulator's
+rule-based ``classify`` responder answers YES when a transcript considers a nomination, so the results can
+be checked against the ground truth. The online run starts with a full bucket (the first minute's requests go
+at once), then follows the refill rate with no 429s; the batch run gets the same answers at half the price.
+Takes about 15-30 seconds; no network, no API key.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["make_transcripts", "run_demo"]
+
+_COMMITTEES = ["Armed Services", "Judiciary", "Foreign Relations", "Finance", "Commerce, Science, and Transportation"]
+_NAMES = ["Jordan Avery", "Morgan Ellis", "Casey Whitfield", "Riley Navarro", "Taylor Brooks", "Quinn Harper"]
+_POSTS = ["Deputy Secretary of Defense", "Ambassador to Japan", "Judge of the Ninth Circuit", "Under Secretary"]
+_TOPICS = [
+    "the budget request for fiscal year 2027",
+    "oversight of pipeline safety",
+    "the reauthorization of the Coast Guard",
+    "cybersecurity of the electric grid",
+    "drug pricing in Medicare",
+]
+_FILLER = [
+    "The committee will come to order.",
+    "I thank the witnesses for appearing today.",
+    "Without objection, the full statements will be entered into the record.",
+    "The ranking member is recognized for five minutes.",
+    "We will now proceed to questions.",
+]
+SYSTEM = (
+    "You read U.S. Senate hearing transcripts. Answer with one word, YES or NO: is this hearing about a nomination?"
+)
+PATTERN = r"(?i)consider the nomination of|the nominee"
+
+
+def make_transcripts(n: int, seed: int = 7) -> list[tuple[str, bool]]:
+    """``n`` synthetic transcripts and whether each is a nomination hearing (about a third are)."""
+    rng = random.Random(seed)
+    out: list[tuple[str, bool]] = []
+    for i in range(n):
+        committee = rng.choice(_COMMITTEES)
+        nomination = rng.random() < 0.35
+        lines = [f"Hearing {i + 1} before the Committee on {committee}."]
+        if nomination:
+            who, post = rng.choice(_NAMES), rng.choice(_POSTS)
+            lines.append(f"We meet today to consider the nomination of {who} to be {post}.")
+            lines.append(f"The nominee's family is with us today; welcome. {who}, please stand to be sworn.")
+        else:
+            lines.append(f"We meet today to examine {rng.choice(_TOPICS)}.")
+        lines.extend(rng.sample(_FILLER, 3))
+        out.append((" ".join(lines), nomination))
+    return out
+
+
+def _write_requests(path: Path, transcripts: list[tuple[str, bool]]) -> None:
+    with open(path, "wb") as fh:
+        for i, (text, _) in enumerate(transcripts):
+            body = {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
+                "max_tokens": 2,
+                "temperature": 0,
+            }
+            line = {"custom_id": f"hearing-{i + 1}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            fh.write(orjson.dumps(line) + b"\n")
+
+
+def _accuracy(results: Path, transcripts: list[tuple[str, bool]]) -> tuple[int, int, int]:
+    from ..results import read_results
+
+    truth = {f"hearing-{i + 1}": nom for i, (_, nom) in enumerate(transcripts)}
+    correct = yes = 0
+    for line in read_results(results):
+        answer = (line.get("response") or {}).get("body", {}).get("choices", [{}])[0].get("message", {}).get("content")
+        said_yes = str(answer).strip().upper().startswith("YES")
+        yes += said_yes
+        correct += said_yes == truth[line["custom_id"]]
+    return correct, yes, len(truth)
+
+
+def run_demo(
+    n: int = 240, rpm: int = 200, tpm: int = 400_000, *, console: Any = None, live: bool = True
+) -> dict[str, Any]:
+    """Run the demo; print the summaries; return both summaries as dicts (for tests)."""
+    from rich.console import Console
+    from rich.panel import Panel
+
+    from ..sim import SimConfig, Simulator
+    from ..sim.longrun import configure
+    from ..sim.longrun.config import LongrunConfig
+    from .job import RunOptions, run_job
+    from .progress import LiveProgress, summary_table
+
+    console = console or Console()
+    transcripts = make_transcripts(n)
+    config = SimConfig(rpm=rpm, tpm=tpm, responder="classify", classify_pattern=PATTERN, latency_ms=40)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ratepilot-demo-") as tmp, Simulator(config) as sim:
+        configure(sim.state, LongrunConfig(time_scale=400.0))  # a batch's minutes pass in a fraction of a second
+        work = Path(tmp)
+        requests = work / "hearings.jsonl"
+        _write_requests(requests, transcripts)
+        console.print(
+            Panel.fit(
+                f"simulator at {sim.base_url} - limits {rpm} requests/min, {tpm:,} tokens/min\n"
+                f"job: classify {n} hearing transcripts as nomination hearings (YES/NO)\n"
+                f"ideal time at these limits: {max(0.0, (n - rpm) / (rpm / 60)):.0f}s (first minute's capacity at "
+                "once, then the refill rate)",
+                title="ratepilot demo",
+            )
+        )
+        for mode in ("online", "batch"):
+            console.rule(f"[bold]{mode}")
+            options = RunOptions(
+                requests=requests,
+                output=work / f"results-{mode}.jsonl",
+                mode=mode,
+                base_url=sim.base_url,
+                api_key="sk-demo-0000000000000001",
+                cache=False,  # show real work both times (a rerun would be free from the cache)
+                batch_poll_interval_s=0.2,
+                state_dir=work / "state",
+            )
+            started = time.monotonic()
+            if live and console.is_terminal and mode == "online":
+                progress = LiveProgress(console)
+                with progress:
+                    summary = run_job(options, on_progress=progress.update)
+            else:
+                summary = run_job(options)
+            console.print(summary_table(summary))
+            correct, yes, total = _accuracy(options.output, transcripts)
+            console.print(
+                f"{mode}: {correct}/{total} classified correctly ({yes} nomination hearings), "
+                f"{time.monotonic() - started:.1f}s, cost ${summary.cost_usd:.5f}"
+            )
+            out[mode] = summary.to_dict()
+        stats = sim.stats()
+        console.print(
+            f"simulator: {stats['requests']['total']} HTTP requests, "
+            f"{stats['rate_limited']['total']} rate-limited (429)"
+        )
+        out["sim"] = stats
+    return out

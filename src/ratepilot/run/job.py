@@ -1,0 +1,421 @@
+"""``ratepilot run``: one job, end to end — validate, open the results, choose the mode, run, summarize.
+
+1. **Validate** the whole requests file first (one streaming pass: every invalid line is collected, named by
+   line and field). With invalid lines and no ``skip_invalid``, stop with :class:`RequestsFileError` before
+   anything is sent and before the results file is touched.
+2. **Open the results file** for this job (the job is the requests file's content): a rerun resumes, skipping
+   every ``custom_id`` that already has a result; a results file of another job is refused.
+3. **Choose the mode** (:func:`~.mode.choose_mode`) and run online (:class:`~.online.OnlineRunner`) or
+   through the Batch pipeline (:class:`ratepilot.batch.runner.BatchRunner`, its results appended here).
+4. **Summarize** (:class:`RunSummary`), with an exit code scripts can rely on (:class:`ExitCode`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cache import ResponseCache
+from ..errors import InputError
+from ..protocol.pricing import PriceTable
+from ..protocol.tokens import admission_cost, max_output_tokens
+from ..requests import InvalidLine, RequestLine, RequestsFileError, read_requests
+from ..results import finished_ids, job_id_for_file, open_results, read_results
+from .mode import ModeChoice, ModeName, choose_mode
+from .online import OnlineRunner, OnlineStats, usage_of
+from .sender import HttpSender, Sender
+from .window import InFlightWindow
+
+__all__ = ["ExitCode", "JobScan", "RunOptions", "RunSummary", "arun_job", "run_job", "scan_requests"]
+
+MAX_REPORTED_ERRORS = 20
+
+
+class ExitCode(enum.IntEnum):
+    """``ratepilot run`` exit codes."""
+
+    OK = 0  # every request has a result line (some may be HTTP errors such as 400: see the summary)
+    ERROR = 1  # an unexpected error (a bug, or an unreadable/unwritable file)
+    BAD_INPUT = 2  # invalid requests lines / flags: nothing was sent
+    QUOTA = 3  # insufficient_quota or a billing limit: stopped at once, progress kept; add credit, rerun
+    BUDGET = 4  # --budget-usd reached: stopped before crossing it, progress kept; raise it, rerun
+    FOREIGN_OUTPUT = 5  # the results file belongs to another job: nothing was written
+    INCOMPLETE = 6  # some requests got no answer after every retry: rerun to ask them again
+    AUTH = 7  # the API key was rejected (401/403): nothing more was sent
+    INTERRUPTED = 130  # Ctrl-C: progress kept, rerun to resume
+
+
+@dataclass
+class RunOptions:
+    requests: Path
+    output: Path
+    mode: ModeName = "online"
+    base_url: str | None = None
+    api_key: str | None = None  # default: $OPENAI_API_KEY
+    budget_usd: float | None = None
+    store: str = "memory://"  # the limiter store (memory:// | sqlite:///path | redis://host:port/db)
+    cache: bool = True
+    cache_path: Path | None = None  # default: <state dir>/cache.sqlite3
+    ordered: bool = False  # write results in input order (a reorder buffer, bounded by the in-flight window)
+    skip_invalid: bool = False
+    overwrite: bool = False  # start the results file afresh (even if it belongs to another job)
+    deadline_s: float | None = None  # for --mode auto: results needed within this many seconds
+    max_in_flight: int = 1024  # a safety ceiling on the limiter-derived in-flight window (not a worker count)
+    limiter_options: dict[str, Any] = field(default_factory=dict)  # extra Limiter(...) keyword arguments
+    batch_min_requests: int = 2_000
+    batch_timeout_s: float | None = None
+    batch_poll_interval_s: float = 60.0  # seconds between polls of running batches
+    state_dir: Path | None = None  # batch pipeline state (default: the ratepilot state dir)
+
+
+@dataclass(frozen=True, slots=True)
+class JobScan:
+    """The validation pass: counts, invalid lines, and estimates for the mode choice."""
+
+    total_lines: int  # non-blank lines
+    valid: int
+    invalid: list[InvalidLine]  # the first MAX_REPORTED_ERRORS
+    invalid_count: int
+    models: dict[str, int]
+    urls: dict[str, int]
+    estimated_cost_usd: float  # at synchronous prices, worst case (admission tokens in, max_tokens out)
+
+
+class _FirstErrors(list[InvalidLine]):
+    """Keeps the first few invalid lines and counts them all (memory stays bounded)."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__()
+        self.keep = keep
+        self.seen = 0
+
+    def append(self, item: InvalidLine) -> None:
+        self.seen += 1
+        if len(self) < self.keep:
+            super().append(item)
+
+
+def scan_requests(path: Path, prices: PriceTable | None = None) -> JobScan:
+    """One streaming pass over the file: validate every line, count, estimate the cost."""
+    prices = prices or PriceTable()
+    invalid = _FirstErrors(MAX_REPORTED_ERRORS)
+    models: dict[str, int] = {}
+    urls: dict[str, int] = {}
+    prompt_by_model: dict[str, int] = {}
+    output_by_model: dict[str, int] = {}
+    valid = 0
+    for req in read_requests(path, invalid=invalid):
+        valid += 1
+        model = req.model
+        models[model] = models.get(model, 0) + 1
+        urls[req.url] = urls.get(req.url, 0) + 1
+        if "embeddings" not in req.url:  # admission_cost tokenizes embeddings: too slow for a scan
+            prompt_by_model[model] = prompt_by_model.get(model, 0) + admission_cost(req.url, req.body)
+        output_by_model[model] = output_by_model.get(model, 0) + max_output_tokens(req.body)
+    cost = sum(prices.cost(m, prompt_by_model.get(m, 0), output_by_model.get(m, 0)) for m in models)
+    return JobScan(valid + invalid.seen, valid, list(invalid), invalid.seen, models, urls, cost)
+
+
+@dataclass
+class RunSummary:
+    """What ``ratepilot run`` did; ``to_dict()`` is the ``--json`` output."""
+
+    requests_file: str
+    results_file: str
+    mode: str
+    mode_reason: str
+    total: int  # valid requests in the file
+    invalid_skipped: int
+    already_done: int  # results present before this run (resumed)
+    cache_hits: int = 0
+    saved_usd: float = 0.0
+    answered: int = 0  # answered by the server in this run (recorded)
+    succeeded: int = 0
+    http_errors: int = 0
+    error_lines: int = 0
+    unfinished: int = 0  # no answer after every retry (not recorded; rerun)
+    not_started: int = 0  # left for a rerun because the job stopped
+    done: int = 0  # results in the file now
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    http_requests: int = 0  # HTTP attempts (retries included), from the Pilot's ledger
+    retries: int = 0
+    rate_limited: int = 0  # 429 responses received
+    elapsed_s: float = 0.0
+    limits: dict[str, Any] = field(default_factory=dict)
+    stop: str | None = None
+    message: str = ""
+    exit_code: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cost_usd"] = round(self.cost_usd, 6)
+        data["saved_usd"] = round(self.saved_usd, 6)
+        data["elapsed_s"] = round(self.elapsed_s, 3)
+        return data
+
+
+def _pending(path: Path, done: set[str], invalid: list[InvalidLine] | None) -> Iterator[RequestLine]:
+    # The validation pass already rejected duplicates (and the job id pins the file's content): a second set
+    # of every custom_id here would double the run's memory on a million-line file.
+    for req in read_requests(path, invalid=invalid, check_duplicates=False):
+        if req.custom_id not in done:
+            yield req
+
+
+def _cache(options: RunOptions) -> ResponseCache | None:
+    return ResponseCache(options.cache_path) if options.cache else None
+
+
+def _api_key(options: RunOptions) -> str:
+    key = options.api_key or os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise InputError("no API key: pass --api-key or set OPENAI_API_KEY", field="api_key")
+    return key
+
+
+async def arun_job(
+    options: RunOptions,
+    *,
+    sender: Sender | None = None,
+    pilot: Any = None,
+    on_progress: Callable[[RunSummary], None] | None = None,
+) -> RunSummary:
+    """Run one job. ``sender``/``pilot``: inject a client (tests, the demo); default: a Pilot-wrapped
+    ``AsyncOpenAI`` for ``options.base_url`` / ``options.api_key``.
+
+    Raises :class:`RequestsFileError` (bad input, nothing sent) and
+    :class:`~ratepilot.results.ForeignResultsError` (the output belongs to another job); every other outcome
+    is in the returned summary's ``stop`` / ``exit_code``.
+    """
+    started = time.monotonic()
+    prices = PriceTable()
+    scan = await asyncio.to_thread(scan_requests, options.requests, prices)
+    if scan.invalid_count and not options.skip_invalid:
+        raise RequestsFileError(str(options.requests), scan.invalid, scan.invalid_count)
+    if sender is None:
+        _api_key(options)  # a missing key is bad input too: fail before the results file is touched
+    job_id = await asyncio.to_thread(job_id_for_file, options.requests)
+    writer = open_results(
+        options.output, job_id, requests=options.requests, overwrite=options.overwrite, extra={"command": "run"}
+    )
+    try:
+        done = await asyncio.to_thread(finished_ids, options.output)
+        already = len(done)
+        pending = max(0, scan.valid - already)
+        choice = choose_mode(
+            options.mode,
+            pending_requests=pending,
+            estimated_cost_usd=scan.estimated_cost_usd * (pending / scan.valid if scan.valid else 0.0),
+            deadline_s=options.deadline_s,
+            batch_min_requests=options.batch_min_requests,
+        )
+        summary = RunSummary(
+            requests_file=str(options.requests),
+            results_file=str(options.output),
+            mode=choice.mode,
+            mode_reason=choice.reason,
+            total=scan.valid,
+            invalid_skipped=scan.invalid_count,
+            already_done=already,
+        )
+        if pending == 0:
+            summary.done = already
+            summary.message = "nothing to do: every request already has a result"
+            return summary
+        if choice.mode == "batch":
+            writer.close()
+            await asyncio.to_thread(_run_batch, options, choice, done, job_id, summary)
+        else:
+            await _run_online(
+                options, writer, done, summary, prices, sender=sender, pilot=pilot, on_progress=on_progress
+            )
+    finally:
+        writer.close()
+    summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+async def _run_online(
+    options: RunOptions,
+    writer: Any,
+    done: set[str],
+    summary: RunSummary,
+    prices: PriceTable,
+    *,
+    sender: Sender | None,
+    pilot: Any,
+    on_progress: Callable[[RunSummary], None] | None,
+) -> None:
+    own_pilot = None
+    http: HttpSender | None = None
+    if sender is None:
+        from ..client import Pilot
+
+        if pilot is None:
+            from ..limits import Limiter
+
+            limiter = Limiter(store=options.store, **options.limiter_options)
+            pilot = own_pilot = Pilot(budget_usd=options.budget_usd, prices=prices, limiter=limiter)
+        base_url = options.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        sender = http = HttpSender(pilot, base_url, _api_key(options))
+    cache = _cache(options)
+    scope = str(options.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
+    runner = OnlineRunner(
+        sender,
+        writer,
+        cache=cache,
+        cache_scope=scope,
+        prices=prices,
+        window=InFlightWindow(ceiling=max(8, options.max_in_flight)),
+        ordered=options.ordered,
+        on_durable=(lambda stats: _progress(summary, stats, pilot, len(done), on_progress)) if on_progress else None,
+    )
+    invalid: list[InvalidLine] | None = _FirstErrors(0) if options.skip_invalid else None  # counted by the scan
+    try:
+        stats = await runner.run(_pending(options.requests, done, invalid))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        _fill_online(summary, runner.stats, pilot, len(done))
+        summary.stop = "interrupted"
+        summary.exit_code = ExitCode.INTERRUPTED
+        summary.message = runner.stats.stop_message
+        raise
+    finally:
+        if http is not None:
+            await http.aclose()
+        if cache is not None:
+            cache.close()
+        if own_pilot is not None:
+            own_pilot.close()
+    _fill_online(summary, stats, pilot, len(done))
+
+
+def _progress(
+    summary: RunSummary, stats: OnlineStats, pilot: Any, already: int, callback: Callable[[RunSummary], None]
+) -> None:
+    _fill_online(summary, stats, pilot, already)
+    summary.elapsed_s = stats.elapsed
+    callback(summary)
+
+
+_STOP_CODES = {"quota": ExitCode.QUOTA, "budget": ExitCode.BUDGET, "auth": ExitCode.AUTH}
+_STOP_ADVICE = {
+    "quota": "Add credit or raise the spend limit (https://platform.openai.com/settings/organization/billing), "
+    "then rerun the same command: it resumes where it stopped.",
+    "budget": "Raise --budget-usd and rerun the same command: it resumes where it stopped.",
+    "auth": "Check the API key (--api-key or OPENAI_API_KEY), then rerun: it resumes where it stopped.",
+}
+
+
+def _fill_online(summary: RunSummary, stats: OnlineStats, pilot: Any, already: int) -> None:
+    summary.cache_hits = stats.cache_hits
+    summary.saved_usd = stats.saved_usd
+    summary.answered = stats.answered
+    summary.succeeded = stats.succeeded
+    summary.http_errors = stats.http_errors
+    summary.error_lines = stats.error_lines
+    summary.unfinished = stats.unfinished
+    summary.cost_usd = stats.cost_usd
+    summary.prompt_tokens = stats.prompt_tokens
+    summary.completion_tokens = stats.completion_tokens
+    summary.done = already + stats.durable
+    summary.not_started = max(0, summary.total - summary.done - stats.unfinished)
+    if stats.limits is not None:
+        for name, dim in (("requests", stats.limits.requests), ("tokens", stats.limits.tokens)):
+            if dim is not None:
+                summary.limits[name] = {"limit": dim.limit, "remaining": dim.remaining, "reset_s": dim.reset}
+    if pilot is not None:
+        usage = pilot.usage()
+        summary.http_requests = usage.requests
+        summary.retries = usage.retries
+        summary.rate_limited = usage.rate_limited
+    summary.stop = stats.stop
+    summary.exit_code = ExitCode.OK
+    summary.message = ""
+    if stats.stop in _STOP_CODES:
+        summary.exit_code = _STOP_CODES[stats.stop]
+        summary.message = f"{stats.stop_message}\n{_STOP_ADVICE[stats.stop]}"
+    elif stats.unfinished or summary.not_started:
+        summary.exit_code = ExitCode.INCOMPLETE
+        summary.message = (
+            f"{stats.unfinished} request(s) got no answer after every retry; rerun the same command to ask them again."
+        )
+
+
+def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: str, summary: RunSummary) -> None:
+    """The Batch pipeline on the requests still to do; its results are appended to our results file."""
+    from openai import OpenAI
+
+    from ..batch.config import BatchConfig
+    from ..batch.runner import BatchRunner
+    from ..client import Pilot
+
+    digest_of = hashlib.sha256()
+    for req in _pending(options.requests, done, _FirstErrors(0)):
+        digest_of.update(req.custom_id.encode() + b"\n")
+    digest = digest_of.hexdigest()
+    pending = _pending(options.requests, done, _FirstErrors(0))
+    name = f"run-{job_id.split(':')[-1][:12]}-{digest[:8]}"
+    with Pilot(store=options.store, budget_usd=options.budget_usd) as pilot:
+        client = pilot.wrap(OpenAI(base_url=options.base_url, api_key=_api_key(options)))
+        try:
+            with (
+                BatchRunner(
+                    client, state_dir=options.state_dir, config=BatchConfig(poll_interval=options.batch_poll_interval_s)
+                ) as runner,
+                tempfile.TemporaryDirectory() as tmp,
+            ):
+                collected = Path(tmp) / "batch-results.jsonl"
+                result = runner.run(
+                    (r.to_batch_line() for r in pending), collected, name=name, timeout=options.batch_timeout_s
+                )
+                status = runner.status(name)
+                writer = open_results(options.output, job_id, requests=options.requests)
+                appended = 0
+                try:
+                    for line in read_results(collected):
+                        if line["custom_id"] not in done:
+                            writer.append(line)
+                            appended += 1
+                            response = line.get("response")
+                            if response:
+                                prompt, completion, _ = usage_of(response.get("body"))
+                                summary.prompt_tokens += prompt
+                                summary.completion_tokens += completion
+                            if response and 200 <= int(response.get("status_code", 0)) < 300:
+                                summary.succeeded += 1
+                            elif response:
+                                summary.http_errors += 1
+                            else:
+                                summary.error_lines += 1
+                finally:
+                    writer.close()
+                summary.answered = appended
+                summary.cost_usd = status.cost_usd
+                summary.done = len(done) + appended
+                summary.not_started = result.missing
+                if result.missing:
+                    summary.exit_code = ExitCode.INCOMPLETE
+                    summary.message = (
+                        f"batch job {name}: {result.missing} request(s) have no result yet; rerun to continue"
+                    )
+        finally:
+            client.close()
+            usage = pilot.usage()
+            summary.http_requests = usage.requests
+            summary.retries = usage.retries
+            summary.rate_limited = usage.rate_limited
+
+
+def run_job(options: RunOptions, **kwargs: Any) -> RunSummary:
+    """Synchronous :func:`arun_job`."""
+    return asyncio.run(arun_job(options, **kwargs))

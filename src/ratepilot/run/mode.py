@@ -1,0 +1,64 @@
+"""``--mode auto``: when is the Batch API worth it? A pure rule, documented here and printed in the summary.
+
+Batch is chosen when **all** of these hold, otherwise online:
+
+1. the job is large enough: at least ``batch_min_requests`` (default 2,000) requests still to do, **or** an
+   estimated online cost of at least ``batch_min_saving_usd × 2`` (default $2, i.e. a saving of $1 or more —
+   the Batch API costs 50%);
+2. no ``--deadline`` tighter than the batch completion window (24 h): the Batch API promises results within
+   the window, not sooner;
+3. every endpoint in the job is one the Batch API accepts (always true for a valid requests file).
+
+Below the threshold an online run finishes in minutes at the edge of the limits and the saving is small;
+above it, half price and a separate rate-limit pool win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["BATCH_WINDOW_S", "ModeChoice", "ModeName", "choose_mode"]
+
+ModeName = Literal["online", "batch", "auto"]
+BATCH_WINDOW_S = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModeChoice:
+    mode: Literal["online", "batch"]
+    reason: str
+
+
+def choose_mode(
+    requested: ModeName,
+    *,
+    pending_requests: int,
+    estimated_cost_usd: float,
+    deadline_s: float | None = None,
+    batch_min_requests: int = 2_000,
+    batch_min_saving_usd: float = 1.0,
+) -> ModeChoice:
+    """Resolve ``requested`` (``online``/``batch``/``auto``) to a mode and say why."""
+    if requested == "online":
+        return ModeChoice("online", "--mode online")
+    if requested == "batch":
+        if deadline_s is not None and deadline_s < BATCH_WINDOW_S:
+            return ModeChoice("batch", "--mode batch (note: the Batch API only promises results within 24h)")
+        return ModeChoice("batch", "--mode batch")
+    saving = estimated_cost_usd / 2
+    if deadline_s is not None and deadline_s < BATCH_WINDOW_S:
+        return ModeChoice("online", f"auto: --deadline {deadline_s:g}s is tighter than the 24h batch window")
+    if pending_requests >= batch_min_requests:
+        return ModeChoice(
+            "batch",
+            f"auto: {pending_requests:,} requests to do >= {batch_min_requests:,}; the Batch API halves the cost"
+            f" (est. saving ${saving:.2f}) and has its own rate-limit pool",
+        )
+    if saving >= batch_min_saving_usd:
+        return ModeChoice("batch", f"auto: est. saving ${saving:.2f} >= ${batch_min_saving_usd:.2f} at batch prices")
+    return ModeChoice(
+        "online",
+        f"auto: small job ({pending_requests:,} requests < {batch_min_requests:,}, est. saving ${saving:.2f}"
+        f" < ${batch_min_saving_usd:.2f}); online finishes sooner",
+    )

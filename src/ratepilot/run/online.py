@@ -1,0 +1,287 @@
+"""The online runner: requests stream in, results stream out, as fast as the limits allow.
+
+One event loop. The producer reads the next request, answers it from the cache if it can, and otherwise
+starts a task for it as soon as the in-flight window (:class:`~.window.InFlightWindow`) has room; *when* the
+request actually goes out is the Pilot's limiter's decision, inside the wrapped client's transport. Each
+answer becomes a result line in the writer's buffer; a flusher task group-commits the buffer (one write + one
+fsync per batch, in a worker thread) and only then counts those results as done — and writes their cache
+rows, so the cache never holds an answer the result file lost.
+
+Stopping: ``insufficient_quota`` (and the billing codes) and a rejected key stop the job at once (the other
+tasks are cancelled; their limiter reservations are returned); the budget stops *issuing* (requests already
+admitted hold budget reservations and finish). Whatever stops it, everything answered so far is durable and a
+rerun resumes from there. Requests that got no answer after every retry are not recorded either, so a rerun
+asks them again; requests answered with an HTTP error (400, 404...) are recorded, as the Batch API does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..cache import CacheEntry, ResponseCache, cache_key
+from ..errors import BudgetExceeded, QuotaExhausted, RatePilotError, RequestTooLarge, RetriesExhausted
+from ..protocol.headers import RateLimitHeaders
+from ..protocol.pricing import PriceTable
+from ..requests import RequestLine
+from ..results import ResultWriter, error_result, response_result
+from .sender import AuthFailed, Sender, TransientFailure
+from .window import InFlightWindow
+
+__all__ = ["OnlineRunner", "OnlineStats", "StopReason", "usage_of"]
+
+StopReason = str  # "quota" | "budget" | "auth" | "interrupted"
+
+
+def usage_of(body: Any) -> tuple[int, int, int]:
+    """(prompt, completion, cached) tokens from a response body of any endpoint; zeros when absent."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0, 0
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+    if type(prompt) is int and type(completion) is int and type(cached) is int:
+        return prompt, completion, cached
+    return 0, 0, 0
+
+
+@dataclass
+class OnlineStats:
+    """What an online run did. ``durable`` results are on disk (fsynced)."""
+
+    issued: int = 0  # requests handed to the client
+    answered: int = 0  # got an HTTP answer (recorded)
+    succeeded: int = 0  # ... with a 2xx status
+    http_errors: int = 0  # ... with an error status (recorded, as the Batch API does)
+    error_lines: int = 0  # recorded without an HTTP answer (request too large)
+    unfinished: int = 0  # no answer after every retry: not recorded, a rerun asks again
+    cache_hits: int = 0
+    saved_usd: float = 0.0
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    durable: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_answer_at: float | None = None
+    finished: float | None = None
+    limits: RateLimitHeaders | None = None  # the latest rate-limit headers seen
+    model: str = ""
+    stop: StopReason | None = None
+    stop_message: str = ""
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+
+class OnlineRunner:
+    """Run requests through ``sender``, appending results to ``writer``. One instance per run."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        writer: ResultWriter,
+        *,
+        cache: ResponseCache | None = None,
+        cache_scope: str = "",
+        prices: PriceTable | None = None,
+        window: InFlightWindow | None = None,
+        ordered: bool = False,
+        flush_interval: float = 0.05,
+        on_durable: Callable[[OnlineStats], None] | None = None,
+    ) -> None:
+        self.sender = sender
+        self.writer = writer
+        self.cache = cache
+        self.cache_scope = cache_scope  # the base url: answers from one server never serve another
+        self.prices = prices or PriceTable()
+        self.window = window or InFlightWindow()
+        self.ordered = ordered
+        self.flush_interval = flush_interval
+        self.on_durable = on_durable
+        self.stats = OnlineStats()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._closing = False
+        self._next_seq = 0
+        self._held: dict[int, dict[str, Any] | None] = {}
+        self._pending_cache: list[CacheEntry] = []
+        # --ordered: answers held back behind a slower earlier request. Bounded, so one request retrying for
+        # minutes pauses the producer instead of growing memory without limit.
+        self.max_held = 8 * self.window.ceiling
+
+    # -- the producer -------------------------------------------------------------------------------------
+
+    async def run(self, requests: Iterable[RequestLine]) -> OnlineStats:
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            await self._produce(requests)
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+        except BaseException:
+            self._stop("interrupted", "interrupted; everything answered so far is saved - rerun to resume")
+            self._cancel_all()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+            raise
+        finally:
+            self._closing = True
+            self._dirty.set()
+            await asyncio.shield(flusher)
+            self.stats.finished = time.monotonic()
+        return self.stats
+
+    async def _produce(self, requests: Iterable[RequestLine]) -> None:
+        seq = 0
+        for request in requests:
+            if self.stats.stop:
+                return
+            key = cache_key(self.cache_scope + request.url, request.body) if self.cache is not None else None
+            if key is not None and self._answer_from_cache(request, key, seq):
+                seq += 1
+                if seq % 256 == 0:
+                    await asyncio.sleep(0)  # let the flusher and progress run during a run of hits
+                continue
+            while (self._in_flight >= self.window.size or len(self._held) > self.max_held) and not self.stats.stop:
+                self._room.clear()
+                await self._room.wait()
+            if self.stats.stop:
+                return
+            self._in_flight += 1
+            self.stats.issued += 1
+            task = asyncio.create_task(self._one(request, seq, key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            seq += 1
+
+    def _answer_from_cache(self, request: RequestLine, key: bytes, seq: int) -> bool:
+        assert self.cache is not None
+        hit = self.cache.get(key)
+        if hit is None:
+            return False
+        self.stats.cache_hits += 1
+        self.stats.saved_usd += hit.cost_usd
+        self._emit(seq, response_result(request.custom_id, 200, hit.request_id, orjson.loads(hit.body)))
+        return True
+
+    # -- one request --------------------------------------------------------------------------------------
+
+    async def _one(self, request: RequestLine, seq: int, key: bytes | None) -> None:
+        line: dict[str, Any] | None = None
+        started = time.monotonic()
+        try:
+            answer = await self.sender.send(request)
+        except asyncio.CancelledError:
+            raise
+        except QuotaExhausted as exc:
+            self._stop("quota", exc.message)
+            self._cancel_all()
+        except AuthFailed as exc:
+            self._stop("auth", exc.message)
+            self._cancel_all()
+        except BudgetExceeded as exc:
+            self._stop("budget", exc.message)  # admitted requests hold reservations: let them finish
+        except RequestTooLarge as exc:
+            line = error_result(request.custom_id, "request_too_large", exc.message)
+            self.stats.error_lines += 1
+        except (RetriesExhausted, TransientFailure):
+            self.stats.unfinished += 1
+        except RatePilotError:
+            self.stats.unfinished += 1
+        else:
+            now = time.monotonic()
+            stats = self.stats
+            if stats.first_answer_at is None:
+                stats.first_answer_at = now
+            stats.answered += 1
+            body = answer.body
+            prompt, completion, cached = usage_of(body)
+            model = request.model
+            cost = self.prices.cost(model, prompt, completion, cached) if prompt or completion else 0.0
+            stats.cost_usd += cost
+            stats.prompt_tokens += prompt
+            stats.completion_tokens += completion
+            stats.model = stats.model or model
+            # The transport already fed these headers to the limiter; the window only needs a fresh view now
+            # and then, so parse them for the first answers and every 8th after that (CPU per request).
+            headers = None
+            if stats.answered <= 32 or stats.answered % 8 == 0:
+                headers = RateLimitHeaders.parse(answer.headers)
+                if not headers.empty:
+                    stats.limits = headers
+            self.window.observe(headers, now - started, prompt + completion)
+            if 200 <= answer.status_code < 300:
+                stats.succeeded += 1
+                if key is not None:
+                    raw = orjson.dumps(body)
+                    self._pending_cache.append(
+                        CacheEntry(key, self.cache_scope + request.url, model, answer.request_id, raw, cost)
+                    )
+            else:
+                stats.http_errors += 1
+            line = response_result(request.custom_id, answer.status_code, answer.request_id, body)
+        finally:
+            self._in_flight -= 1
+            self._room.set()
+            # A cancelled or unanswered request still occupies its place in the output order.
+            self._emit(seq, line)
+
+    def _emit(self, seq: int, line: dict[str, Any] | None) -> None:
+        if not self.ordered:
+            if line is not None:
+                self.writer.append(line)
+                self._dirty.set()
+            return
+        self._held[seq] = line
+        if self._next_seq not in self._held:
+            return
+        while self._next_seq in self._held:
+            held = self._held.pop(self._next_seq)
+            self._next_seq += 1
+            if held is not None:
+                self.writer.append(held)
+                self._dirty.set()
+        self._room.set()  # the producer may be waiting for held answers to drain
+
+    def _stop(self, reason: StopReason, message: str) -> None:
+        if self.stats.stop is None:
+            self.stats.stop = reason
+            self.stats.stop_message = message
+        self._room.set()
+
+    def _cancel_all(self) -> None:
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+
+    # -- durability ---------------------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            if not self._closing:
+                await asyncio.sleep(self.flush_interval)  # group commit: gather a batch per fsync
+            self._dirty.clear()
+            entries, self._pending_cache = self._pending_cache, []
+            n = await asyncio.to_thread(self._sync, entries)
+            self.stats.durable += n
+            if self.on_durable is not None and n:
+                self.on_durable(self.stats)
+            if self._closing and not self.writer.pending and not self._pending_cache:
+                return
+
+    def _sync(self, entries: list[CacheEntry]) -> int:
+        n = self.writer.sync()
+        if entries and self.cache is not None:
+            self.cache.put_many(entries)  # after the results they answer are durable
+        return n

@@ -1,0 +1,139 @@
+"""Sending one request and reporting what came back: the only place the runner touches HTTP.
+
+:class:`HttpSender` (what ``ratepilot run`` uses) posts the request body with an ``httpx2.AsyncClient`` whose
+transport is the Pilot's :class:`~ratepilot.client.AsyncPilotTransport` — the very transport
+``pilot.wrap(AsyncOpenAI())`` installs, so every request is throttled, retried, classified and accounted
+exactly as through the SDK, without the SDK's per-request work (options models, header copies), which would
+be most of the runner's CPU per request.
+
+:class:`SdkSender` sends a request through an ``AsyncOpenAI`` client wrapped by a
+:class:`~ratepilot.Pilot` (so the Pilot's transport throttles, retries and accounts it), asking the SDK for
+the raw HTTP response so the body is kept exactly as the server sent it (no pydantic round trip — cheaper,
+and lossless for the result file). Errors the Pilot raises (quota, budget, too large, retries exhausted)
+reach the runner as themselves, unwrapped from whatever the SDK put around them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx2
+import orjson
+
+from ..errors import RatePilotError
+from ..requests import RequestLine
+
+__all__ = ["Answer", "AuthFailed", "HttpSender", "SdkSender", "Sender", "TransientFailure"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer from the server (any status): what goes into the result line."""
+
+    status_code: int
+    request_id: str
+    body: Any  # parsed JSON (or the text, when the server did not answer JSON)
+    headers: Any  # a case-insensitive mapping (the limits in x-ratelimit-* are read from it)
+
+
+class AuthFailed(RatePilotError):
+    """401/403: the key is wrong for every request, not this one. The job stops; nothing is recorded."""
+
+
+class TransientFailure(RatePilotError):
+    """No answer after every retry (connection, timeout, 5xx, 429): not recorded; a rerun asks again."""
+
+
+class Sender(Protocol):
+    async def send(self, request: RequestLine) -> Answer: ...
+
+
+def _pilot_error(exc: BaseException) -> RatePilotError | None:
+    """The RatePilotError behind an SDK exception, if any (the SDK may wrap transport errors)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, RatePilotError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _parse_body(content: bytes) -> Any:
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return content.decode("utf-8", "replace")
+
+
+class SdkSender:
+    """Sends through a (Pilot-wrapped) ``AsyncOpenAI`` client."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def send(self, request: RequestLine) -> Answer:
+        import openai
+
+        # The client's base_url already ends in /v1; the requests file names /v1/... paths.
+        path = request.url[3:] if request.url.startswith("/v1/") else request.url
+        try:
+            response: httpx2.Response = await self.client.post(path, cast_to=httpx2.Response, body=request.body)
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status in (401, 403):
+                raise AuthFailed(f"HTTP {status} from the server: {exc.message}") from None
+            resp = exc.response
+            return Answer(status, resp.headers.get("x-request-id") or "", _parse_body(resp.content), resp.headers)
+        except Exception as exc:
+            inner = _pilot_error(exc)
+            if inner is not None:
+                raise inner from None
+            if isinstance(exc, openai.APIConnectionError):
+                raise TransientFailure(f"no answer from the server ({type(exc).__name__})") from None
+            raise
+        return Answer(
+            response.status_code,
+            response.headers.get("x-request-id") or "",
+            _parse_body(response.content),
+            response.headers,
+        )
+
+
+class HttpSender:
+    """Posts through the Pilot's transport on a plain ``httpx2.AsyncClient``. Close it with :meth:`aclose`."""
+
+    def __init__(self, pilot: Any, base_url: str, api_key: str, *, max_connections: int = 1000) -> None:
+        from ..client import AsyncPilotTransport
+
+        inner = httpx2.AsyncHTTPTransport(
+            limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # Plain http (a local simulator) needs no TLS context; building one loads the CA bundle (~0.2 s).
+            verify=not base_url.startswith("http://"),
+        )
+        self.client = httpx2.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            transport=AsyncPilotTransport(pilot, inner),
+            timeout=httpx2.Timeout(600.0, connect=10.0),
+            headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"},
+        )
+
+    async def send(self, request: RequestLine) -> Answer:
+        path = request.url[3:] if request.url.startswith("/v1/") else request.url
+        try:
+            response = await self.client.post(path, content=orjson.dumps(request.body))
+        except RatePilotError:
+            raise
+        except httpx2.HTTPError as exc:
+            raise TransientFailure(f"no answer from the server ({type(exc).__name__})") from None
+        status = response.status_code
+        body = _parse_body(response.content)
+        if status in (401, 403):
+            message = body.get("error", {}).get("message", "") if isinstance(body, dict) else ""
+            raise AuthFailed(f"HTTP {status} from the server: {message}")
+        return Answer(status, response.headers.get("x-request-id") or "", body, response.headers)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,442 @@
+"""The simulator's mutable state and the operations every endpoint is built from.
+
+One :class:`SimState` per simulator. The ASGI app (:mod:`ratepilot.sim.app`) and the long-running-object
+routes (:mod:`ratepilot.sim.longrun`) use only the methods below; they run on the server's event-loop
+thread, while ``Simulator.stats()``/``reset()`` may be called from other threads, hence one lock.
+
+Public surface (stable; used by ``sim.longrun``):
+
+``state.clock``, ``state.config``
+    The injected clock (``now()`` drives the buckets, ``wall()`` the timestamps) and the :class:`SimConfig`.
+``state.authenticate(request) -> str | Response``
+    The organization id of the request's bearer key, or the 401 response to return.
+``state.charge(org, model, cost_tokens, endpoint) -> Response | None``
+    Count one request (and ``cost_tokens`` tokens) against the org's RPM/TPM/RPD/TPD buckets for ``model``
+    (``model=None``: the org-wide bucket GETs use). ``None`` = admitted; else the 429 response to return
+    (rate limit, "Request too large", or ``insufficient_quota`` once the org's credit is spent). The
+    rate-limit headers of the bucket charged are added to the response of the current request
+    automatically.
+``state.execute(endpoint, body, org, *, batch=False, bill=True) -> (status, body_dict)``
+    Validation + responder + usage, WITHOUT rate limiting (batch lines use it). Bills the org (at the batch
+    price with ``batch=True``) unless ``bill=False``.
+``state.bill(org, model, usage, batch=False) -> float``
+    Add a usage dict (``prompt_tokens``/``completion_tokens`` or ``input_tokens``/``output_tokens``) to the
+    org's usage and billed cost; returns the USD billed.
+``state.settle(org, model, charged, actual)`` / ``state.complete(org, model, charged, usage, actual)``
+    Correct the token buckets to the actual usage (``complete`` also bills); see the README.
+``state.stats()`` / ``state.reset()``
+    The ``GET /sim/stats`` dict; ``reset`` clears buckets, usage, credit and stats (and calls
+    ``state.reset_hooks``).
+``state.new_id(prefix)``
+    A fresh id (``chatcmpl-…``, ``req_…``); reproducible with ``SimConfig(deterministic_ids=True)``.
+``state.background_response``
+    Hook for ``POST /v1/responses`` with ``background: true``: ``(org, body) -> (status, dict)``; the
+    long-running-objects module sets it. ``None``: such requests get a 400.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..clock import Clock, SystemClock
+from ..protocol.errors import (
+    insufficient_quota_error,
+    invalid_api_key_error,
+    model_not_found_error,
+    rate_limit_error,
+    redact_key,
+    request_too_large_error,
+)
+from ..protocol.tokens import admission_cost
+from .config import Limits, ModelSpec, SimConfig
+from .content import generate
+from .enforcement import Enforcer, PoolBuckets
+from .validation import ApiError, validate_body
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+__all__ = ["Identity", "RequestContext", "SimState", "current_request"]
+
+ORG_WIDE_POOL = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a key belongs to. ``key_label`` is the redacted key (``sk-...abcd``), safe to show."""
+
+    org: str
+    project: str | None
+    key_label: str
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Per-request facts the response headers are built from (filled in as the request is processed)."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    org: str | None = None
+    project: str | None = None
+    buckets: PoolBuckets | None = None
+    omit_ratelimit: bool = False
+
+
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("ratepilot_sim_request", default=None)
+
+
+def current_request() -> RequestContext | None:
+    return _current.get()
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.by_status: Counter[str] = Counter()
+        self.by_endpoint: Counter[str] = Counter()
+        self.rate_limited: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.usage: dict[str, dict[str, float]] = {}
+        self.keys: dict[str, dict[str, Any]] = {}
+
+    def org_usage(self, org: str) -> dict[str, float]:
+        found = self.usage.get(org)
+        if found is None:
+            found = self.usage[org] = {
+                "requests": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "total_tokens": 0,
+                "cost_usd": 0.0,
+            }
+        return found
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": {
+                "total": sum(self.by_status.values()),
+                "by_status": dict(self.by_status),
+                "by_endpoint": dict(self.by_endpoint),
+            },
+            "rate_limited": {
+                "total": sum(self.rate_limited.values()),
+                **{k: self.rate_limited.get(k, 0) for k in ("RPM", "TPM", "RPD", "TPD", "too_large")},
+                "insufficient_quota": self.rate_limited.get("insufficient_quota", 0),
+            },
+            "faults": dict(self.faults),
+            "usage": {org: dict(u) for org, u in self.usage.items()},
+            "keys": {label: dict(v) for label, v in self.keys.items()},
+        }
+
+
+class SimState:
+    """Buckets, credit, usage and stats of one simulator, plus the request pipeline's building blocks."""
+
+    def __init__(self, config: SimConfig | None = None, clock: Clock | None = None) -> None:
+        self.config = config or SimConfig()
+        self.clock: Clock = clock or SystemClock()
+        self.lock = threading.RLock()
+        self.enforcer = Enforcer()
+        self._stats = _Stats()
+        self._fault_rng = random.Random(self.config.seed)
+        # Ids are unique across simulators and runs (clients may key on them) unless made reproducible.
+        self._id_rng = random.Random(self.config.seed ^ 0x5EED) if self.config.deterministic_ids else random.Random()
+        self._models: dict[str, ModelSpec] = {m.id: m for m in self.config.models}
+        self._pools: dict[str, tuple[str, Limits]] = {}
+        for model in self._models.values():
+            pool = self.config.pool_of(model.id)
+            if pool is not None:
+                self._pools[model.id] = (
+                    pool.name,
+                    pool.limits.merged_over(model.limits).merged_over(self.config.default_limits),
+                )
+            else:
+                self._pools[model.id] = (model.id, model.limits.merged_over(self.config.default_limits))
+        self._identities: dict[str, Identity] = {}
+        self.reset_hooks: list[Callable[[], None]] = []
+        self.background_response: Callable[[str, Mapping[str, Any]], tuple[int, dict[str, Any]]] | None = None
+        self.extras: dict[str, Any] = {}  # free space for extensions (e.g. sim.longrun's stores)
+
+    # -- identity -----------------------------------------------------------------------------------------
+
+    def identify(self, authorization: str | None) -> Identity:
+        """The identity of an ``Authorization`` header value; raises the 401 :class:`ApiError`."""
+        key = ""
+        if authorization:
+            scheme, _, rest = authorization.strip().partition(" ")
+            key = rest.strip() if scheme.lower() == "bearer" else ""
+        if not key:
+            raise ApiError(401, invalid_api_key_error(None))
+        found = self._identities.get(key)
+        if found is not None:
+            return found
+        if self.config.keys:
+            spec = self.config.keys.get(key)
+            if spec is None:
+                raise ApiError(401, invalid_api_key_error(key))
+            ident = Identity(spec.org, spec.project, redact_key(key))
+        else:
+            # Each distinct key is its own organization; the id is derived, never the key itself.
+            digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+            ident = Identity(f"org-{digest}", None, redact_key(key))
+        with self.lock:
+            self._identities[key] = ident
+            self._stats.keys.setdefault(ident.key_label, {"org": ident.org, "requests": 0})
+        return ident
+
+    def authenticate(self, request: Request) -> str | Response:
+        try:
+            ident = self.identify(request.headers.get("authorization"))
+        except ApiError as exc:
+            return self.error_response(exc)
+        self.note_request(ident)
+        return ident.org
+
+    def note_request(self, ident: Identity) -> None:
+        ctx = _current.get()
+        if ctx is not None:
+            ctx.org = ident.org
+            ctx.project = ident.project
+        with self.lock:
+            stats = self._stats
+            per_key = stats.keys.get(ident.key_label)
+            if per_key is None:
+                per_key = stats.keys[ident.key_label] = {"org": ident.org, "requests": 0}
+            per_key["requests"] += 1
+            stats.org_usage(ident.org)["requests"] += 1
+
+    # -- models and buckets ---------------------------------------------------------------------------
+
+    def model(self, model_id: str) -> ModelSpec | None:
+        return self._models.get(model_id)
+
+    @property
+    def models(self) -> list[ModelSpec]:
+        return list(self._models.values())
+
+    def pool(self, model: str | None) -> tuple[str, Limits]:
+        if model is None:
+            return ORG_WIDE_POOL, self.config.default_limits
+        return self._pools.get(model) or (ORG_WIDE_POOL, self.config.default_limits)
+
+    def _buckets(self, org: str, model: str | None) -> PoolBuckets:
+        name, limits = self.pool(model)
+        buckets = self.enforcer.buckets(org, name, limits)
+        ctx = _current.get()
+        if ctx is not None:
+            ctx.org = org
+            ctx.buckets = buckets
+        return buckets
+
+    def admit(self, org: str, model: str | None, cost_tokens: int) -> ApiError | None:
+        """The sans-response core of :meth:`charge`: ``None`` when admitted, else the 429 as an ApiError."""
+        config = self.config
+        with self.lock:
+            buckets = self._buckets(org, model)
+            if config.credit_usd is not None and self._stats.org_usage(org)["cost_usd"] >= config.credit_usd:
+                self._stats.rate_limited["insufficient_quota"] += 1
+                ctx = _current.get()
+                if ctx is not None:
+                    ctx.omit_ratelimit = True
+                return ApiError(429, insufficient_quota_error())
+            now = self.clock.now()
+            refusal = buckets.admit(1, cost_tokens, now, count_refused=config.count_refused_requests)
+            if refusal is None:
+                return None
+            label = model or "requests"
+            org_name = org
+            if refusal.too_large:
+                self._stats.rate_limited["too_large"] += 1
+                return ApiError(
+                    429, request_too_large_error(label, org_name, refusal.kind, refusal.limit, refusal.requested)
+                )
+            self._stats.rate_limited[refusal.kind.name] += 1
+            body = rate_limit_error(
+                label, org_name, refusal.kind, refusal.limit, refusal.used, refusal.requested, refusal.wait
+            )
+            headers: dict[str, str] = {}
+            if config.retry_after == "ceil":
+                headers["retry-after"] = str(max(1, math.ceil(refusal.wait)))
+            elif config.retry_after == "exact":
+                headers["retry-after"] = f"{refusal.wait:.3f}".rstrip("0").rstrip(".")
+            if config.retry_after_ms:
+                headers["retry-after-ms"] = str(math.ceil(refusal.wait * 1000))
+            if config.faults.missing_headers_on_429:
+                ctx = _current.get()
+                if ctx is not None:
+                    ctx.omit_ratelimit = True
+            return ApiError(429, body, headers)
+
+    def admit_request(self, org: str, model: str | None, cost_tokens: int, endpoint: str) -> ApiError | None:
+        """:meth:`charge` without building a response (the ASGI app's fast path)."""
+        with self.lock:
+            self._stats.by_endpoint[endpoint] += 1
+            if model is None and not self.config.count_get_requests:
+                self._buckets(org, None)
+                return None
+            return self.admit(org, model, cost_tokens)  # re-entrant lock: one acquisition in effect
+
+    def charge(self, org: str, model: str | None, cost_tokens: int, endpoint: str) -> Response | None:
+        error = self.admit_request(org, model, cost_tokens, endpoint)
+        return None if error is None else self.error_response(error)
+
+    def count_request(self, org: str, model: str | None) -> None:
+        """Count a request that is answered without admission (a 400/404): it still costs one request."""
+        if model is not None and model not in self._models:
+            model = None
+        with self.lock:
+            self._buckets(org, model).charge_requests(1, self.clock.now())
+
+    def settle(self, org: str, model: str, charged_tokens: int, actual_tokens: int) -> None:
+        """Correct the token buckets from the admission charge to the actual usage (see the README)."""
+        if self.config.settle_actual_tokens and actual_tokens != charged_tokens:
+            with self.lock:
+                self._buckets(org, model).settle(actual_tokens - charged_tokens, self.clock.now())
+
+    # -- content, usage and billing -----------------------------------------------------------------------
+
+    def new_id(self, prefix: str) -> str:
+        # No lock: Random.getrandbits is a single C call, atomic under the GIL.
+        return f"{prefix}{self._id_rng.getrandbits(96):024x}"
+
+    def validated_model(self, endpoint: str, body: Any) -> ModelSpec:
+        """Validate ``body`` for ``endpoint`` and return its model; raises 400/404 :class:`ApiError`."""
+        validate_body(endpoint, body)
+        spec = self._models.get(body["model"])
+        if spec is None:
+            raise ApiError(404, model_not_found_error(body["model"]))
+        return spec
+
+    def execute(
+        self, endpoint: str, body: Any, org: str, *, batch: bool = False, bill: bool = True
+    ) -> tuple[int, dict[str, Any]]:
+        """The responder pipeline without rate limiting: ``(status, body)`` for any input, never raises."""
+        try:
+            spec = self.validated_model(endpoint, body)
+            generated = generate(self.config, endpoint, body, spec, self.new_id, int(self.clock.wall()))
+        except ApiError as exc:
+            return exc.status, exc.body
+        if bill:
+            self.bill(org, spec.id, generated.body.get("usage") or {}, batch=batch)
+        return 200, generated.body
+
+    def admission_cost(self, endpoint: str, body: Mapping[str, Any]) -> int:
+        return admission_cost(endpoint, body)
+
+    def complete(self, org: str, model: str, charged_tokens: int, usage: Mapping[str, Any], actual_tokens: int) -> None:
+        """After a response is produced: :meth:`settle` the token buckets and :meth:`bill` the org, in one go."""
+        with self.lock:
+            self.settle(org, model, charged_tokens, actual_tokens)
+            self.bill(org, model, usage)
+
+    def bill(self, org: str, model: str, usage: Mapping[str, Any], batch: bool = False) -> float:
+        prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
+        completion = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
+        cost = self.config.prices.cost(model, prompt, completion, batch=batch)
+        with self.lock:
+            u = self._stats.org_usage(org)
+            u["prompt_tokens"] += prompt
+            u["completion_tokens"] += completion
+            u["total_tokens"] += prompt + completion
+            u["cost_usd"] += cost
+        return cost
+
+    # -- faults -------------------------------------------------------------------------------------------
+
+    def draw_fault(self) -> str | None:
+        """One seeded draw: ``"500"``, ``"503"``, ``"drop"``, ``"stall"`` or ``None``."""
+        faults = self.config.faults
+        if not faults.any_random:
+            return None
+        with self.lock:
+            r = self._fault_rng.random()
+            missing = faults.missing_headers > 0 and self._fault_rng.random() < faults.missing_headers
+        if missing:
+            ctx = _current.get()
+            if ctx is not None:
+                ctx.omit_ratelimit = True
+            self.note_fault("missing_headers")
+        for name, p in (
+            ("500", faults.error_500),
+            ("503", faults.error_503),
+            ("drop", faults.drop),
+            ("stall", faults.stall),
+        ):
+            if r < p:
+                self.note_fault(name)
+                return name
+            r -= p
+        return None
+
+    def latency_jitter(self) -> float:
+        """A factor in ``[1 - jitter, 1 + jitter]`` (seeded)."""
+        jitter = self.config.latency_jitter
+        if jitter <= 0:
+            return 1.0
+        with self.lock:
+            return 1.0 + self._fault_rng.uniform(-jitter, jitter)
+
+    def note_fault(self, name: str) -> None:
+        with self.lock:
+            self._stats.faults[name] += 1
+
+    # -- responses ---------------------------------------------------------------------------------------
+
+    def note_status(self, status: int) -> None:
+        with self.lock:
+            self._stats.by_status[str(status)] += 1
+
+    def ratelimit_headers(self) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers for the current request's bucket (empty if none or omitted)."""
+        ctx = _current.get()
+        if ctx is None or ctx.buckets is None or ctx.omit_ratelimit:
+            return {}
+        with self.lock:
+            return ctx.buckets.headers(self.clock.now()).to_headers()
+
+    def error_response(self, error: ApiError) -> Response:
+        from starlette.responses import Response
+
+        return Response(orjson.dumps(error.body), error.status, error.headers, media_type="application/json")
+
+    # -- introspection -------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            out = self._stats.as_dict()
+        from . import longrun  # the long-running objects add their own counts
+
+        longrun_stats = getattr(longrun, "stats", None)
+        if longrun_stats is not None:
+            out["longrun"] = longrun_stats(self)
+        return out
+
+    def reset(self) -> None:
+        with self.lock:
+            self.enforcer.reset()
+            self._stats = _Stats()
+            self._identities.clear()
+            self._fault_rng = random.Random(self.config.seed)
+        for hook in list(self.reset_hooks):
+            hook()
+
+    # -- request context ---------------------------------------------------------------------------------
+
+    def begin_request(self) -> tuple[RequestContext, contextvars.Token[RequestContext | None]]:
+        ctx = RequestContext(self.new_id("req_"))
+        return ctx, _current.set(ctx)
+
+    @staticmethod
+    def end_request(token: contextvars.Token[RequestContext | None]) -> None:
+        _current.reset(token)

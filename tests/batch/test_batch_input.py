@@ -1,0 +1,120 @@
+"""Bad input files get clear errors naming line and field, exit code 2, and nothing is uploaded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from ratepilot.cli import app
+from ratepilot.sim import SimConfig, Simulator
+
+from .conftest import API_KEY, chat_line, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Simulator]:
+    with Simulator(SimConfig(latency_ms=0)) as s:
+        yield s
+
+
+def _submit(sim: Simulator, path: Path, state: Path) -> tuple[int, str]:
+    env = {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": sim.base_url, "RATEPILOT_HOME": str(state)}
+    result = CliRunner().invoke(app, ["batch", "submit", str(path), "--poll-interval", "0"], env=env)
+    return result.exit_code, result.output
+
+
+def _good(i: int) -> bytes:
+    return orjson.dumps(chat_line(i)) + b"\n"
+
+
+CASES = {
+    "invalid_json": (
+        [_good(0), _good(1), b'{"custom_id": "x", "method": "POST",\n', _good(3)],
+        ["line 3", "invalid JSON"],
+    ),
+    "duplicate_ids": (
+        [_good(0), _good(1), _good(2), _good(1)],
+        ["line 4", "field 'custom_id'", "duplicate custom_id 'req-00001'"],
+    ),
+    "mixed_urls": (
+        [
+            _good(0),
+            _good(1),
+            orjson.dumps(
+                {
+                    "custom_id": "e",
+                    "method": "POST",
+                    "url": "/v1/embeddings",
+                    "body": {"model": "text-embedding-3-small", "input": "x"},
+                }
+            )
+            + b"\n",
+        ],
+        ["line 3", "field 'url'", "line 1", "one job has one endpoint"],
+    ),
+    "empty_file": ([], ["empty file", "nothing uploaded"]),
+    "blank_lines_only": ([b"\n", b"   \n"], ["empty file"]),
+    "missing_model": (
+        [
+            _good(0),
+            orjson.dumps(
+                {
+                    "custom_id": "m",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"messages": [{"role": "user", "content": "hi"}]},
+                }
+            )
+            + b"\n",
+        ],
+        ["line 2", "field 'body.model'"],
+    ),
+    "get_method": (
+        [orjson.dumps({**chat_line(0), "method": "GET"}) + b"\n"],
+        ["line 1", "field 'method'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_file_is_refused_with_line_numbers_and_nothing_is_uploaded(
+    case: str, sim: Simulator, tmp_path: Path
+) -> None:
+    lines, expected = CASES[case]
+    path = write_jsonl(tmp_path / f"{case}.jsonl", list(lines))
+    before = sim.stats()["requests"]["total"]
+    code, output = _submit(sim, path, tmp_path / "state")
+    assert code == 2, output
+    for fragment in expected:
+        assert fragment in output, (fragment, output)
+    assert sim.stats()["requests"]["total"] == before  # not a single API call: nothing uploaded
+    assert not any((tmp_path / "state" / "batches").glob("*/shard-*.jsonl"))  # no shard files left behind
+
+
+def test_many_errors_are_listed_then_counted(sim: Simulator, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", [b"nope\n"] * 30)
+    code, output = _submit(sim, path, tmp_path / "state")
+    assert code == 2
+    assert "30 invalid lines" in output and "line 1:" in output and "line 20:" in output and "10 more" in output
+
+
+def test_missing_file_and_bad_name(sim: Simulator, tmp_path: Path) -> None:
+    code, output = _submit(sim, tmp_path / "absent.jsonl", tmp_path / "state")
+    assert code == 2 and "no such file" in output
+    env = {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": sim.base_url, "RATEPILOT_HOME": str(tmp_path / "s")}
+    path = write_jsonl(tmp_path / "ok.jsonl", [chat_line(0)])
+    result = CliRunner().invoke(app, ["batch", "submit", str(path), "--name", "../evil"], env=env)
+    assert result.exit_code == 2 and "job names" in result.output
+
+
+def test_fixed_file_can_be_submitted_after_a_refusal(sim: Simulator, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", [_good(0), b"{bad\n"])
+    assert _submit(sim, path, tmp_path / "state")[0] == 2
+    write_jsonl(path, [_good(0), _good(1)])
+    code, output = _submit(sim, path, tmp_path / "state")
+    assert code == 0, output
+    assert "requests 2" in output

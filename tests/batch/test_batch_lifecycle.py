@@ -1,0 +1,170 @@
+"""Cancel keeps partial results and resumes; retries run out into reported failures or the online fallback;
+polling is budgeted; large files are validated in parallel with the same line numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from openai import OpenAI
+
+from ratepilot.batch import BatchConfig, BatchInputError, BatchRunner, sdk_fallback
+from ratepilot.batch import prepare as prepare_mod
+from ratepilot.sim import Simulator
+from ratepilot.sim.longrun import LongrunConfig
+
+from .conftest import API_KEY, chat_line, read_results, write_jsonl
+
+
+def _endpoint_calls(sim: Simulator, endpoint: str) -> int:
+    return int(sim.stats()["requests"]["by_endpoint"].get(endpoint, 0))
+
+
+def test_cancel_keeps_partial_results_and_submit_resumes(
+    tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
+) -> None:
+    runner = make_runner(
+        config=BatchConfig(max_requests=10, poll_interval=1.0),
+        longrun=LongrunConfig(batch_lines_per_second=1.0, seed=2),
+    )
+    lines = [chat_line(i) for i in range(20)]
+    requests = write_jsonl(tmp_path / "r.jsonl", lines)
+    runner.submit(requests, name="c")
+    fake_sim.clock.advance(7.0)  # validation (2 s) + about 5 lines of each batch done
+    status = runner.cancel("c")
+    assert status.state == "cancelled"
+    assert all(s.batch_status == "cancelled" for s in status.shards)
+    assert 0 < status.done < 20 and status.retry == 20 - status.done and status.pending == 0
+
+    partial = runner.collect("c", tmp_path / "out.jsonl")
+    assert not partial.complete and partial.written == status.done and partial.missing == 20 - status.done
+    got = [r["custom_id"] for r in read_results(tmp_path / "out.jsonl")]
+    assert got == sorted(got) and len(got) == status.done  # partial, but in input order
+
+    runner.submit(requests, name="c")  # the same input again: resume what did not finish
+    final = runner.wait("c")
+    assert final.complete and final.done == 20
+    summary = runner.collect("c", tmp_path / "out.jsonl")
+    assert summary.complete
+    assert [r["custom_id"] for r in read_results(tmp_path / "out.jsonl")] == [ln["custom_id"] for ln in lines]
+
+
+def test_out_of_attempts_failures_are_reported_with_their_error_line(
+    tmp_path: Path, make_runner: Callable[..., BatchRunner]
+) -> None:
+    runner = make_runner(
+        config=BatchConfig(max_attempts=1, poll_interval=1.0),
+        longrun=LongrunConfig(batch_line_failure_rate=0.4, seed=11),
+    )
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(20)])
+    status = runner.wait(runner.submit(requests, name="f").name)
+    assert status.complete and status.failed > 0 and status.done + status.failed == 20
+    assert status.failure_codes == {"server_error": status.failed}
+    runner.collect("f", tmp_path / "out.jsonl")
+    results = read_results(tmp_path / "out.jsonl")
+    assert len(results) == 20
+    assert sum(r["response"]["status_code"] == 500 for r in results) == status.failed
+
+
+def test_online_fallback_answers_the_stragglers(
+    tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
+) -> None:
+    with OpenAI(base_url=fake_sim.base_url, api_key=API_KEY, max_retries=0) as online:
+        runner = make_runner(
+            config=BatchConfig(max_attempts=1, poll_interval=1.0),
+            longrun=LongrunConfig(batch_line_failure_rate=0.4, seed=11),
+            fallback=sdk_fallback(online),
+        )
+        requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(20)])
+        status = runner.wait(runner.submit(requests, name="fb").name)
+    assert status.complete and status.done == 20 and status.failed == 0
+    online_calls = _endpoint_calls(fake_sim, "/v1/chat/completions")
+    assert 0 < online_calls < 20  # only the stragglers went online
+    runner.collect("fb", tmp_path / "out.jsonl")
+    results = read_results(tmp_path / "out.jsonl")
+    assert [r["custom_id"] for r in results] == [f"req-{i:05d}" for i in range(20)]
+    assert all(r["response"]["status_code"] == 200 for r in results)
+
+
+def test_adaptive_polling_is_budgeted(
+    tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
+) -> None:
+    runner = make_runner(config=BatchConfig(), longrun=LongrunConfig(batch_lines_per_second=0.02))  # ~17 min
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(20)])
+    status = runner.wait(runner.submit(requests, name="slow").name)
+    assert status.complete
+    assert _endpoint_calls(fake_sim, "/v1/batches/{id}") <= 15
+
+
+def test_token_limit_too_small_for_a_shard_resplits_it(
+    tmp_path: Path, make_runner: Callable[..., BatchRunner], fake_sim: Simulator
+) -> None:
+    # The server's limit is below one shard's tokens: learn it, re-pack the lines under it, finish.
+    runner = make_runner(
+        config=BatchConfig(max_requests=20, max_attempts=3, poll_interval=1.0, token_estimate="exact"),
+        longrun=LongrunConfig(enqueued_token_limit=120),
+    )
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(12)])
+    status = runner.wait(runner.submit(requests, name="split").name)
+    assert status.complete and status.done == 12
+    assert len(status.shards) > 2 and all(s.est_tokens <= 120 for s in status.shards if s.round > 0)
+
+
+def test_parallel_validation_keeps_line_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prepare_mod, "CHUNK_BYTES", 2048)  # many chunks from a small file
+    bodies = [
+        orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]}) + b"\n"
+        for i in range(120)
+    ]
+    good = write_jsonl(tmp_path / "good.jsonl", bodies)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [*bodies[:97], b"{oops\n", *bodies[98:]])
+    with OpenAI(base_url="http://127.0.0.1:9/v1", api_key=API_KEY) as client:
+        cfg = BatchConfig(parse_workers=2)
+        with BatchRunner(client, state_dir=tmp_path / "s", config=cfg) as runner:
+            job = runner.prepare(good, name="par")
+            shard = runner.store.shards(job)[0]
+            ids = [orjson.loads(raw)["custom_id"] for raw in Path(shard.path).read_bytes().splitlines()]
+            assert ids == [f"line-{i}" for i in range(1, 121)]  # global line numbers across chunks
+            with pytest.raises(BatchInputError) as err:
+                runner.prepare(bad, name="par-bad")
+            assert "line 98:" in str(err.value)
+
+
+def test_webhooks_replace_polling(tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]) -> None:
+    from ratepilot.protocol.webhooks import new_secret
+    from ratepilot.webhooks import ReceiverServer, WebhookReceiver
+
+    secret = new_secret()
+    receiver = WebhookReceiver(secret)
+    with ReceiverServer(receiver) as server:
+        runner = make_runner(
+            config=BatchConfig(max_requests=5),
+            longrun=LongrunConfig(batch_lines_per_second=0.05, webhook_url=server.url, webhook_secret=secret),
+            receiver=receiver,
+        )
+        requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(10)])
+        status = runner.wait(runner.submit(requests, name="hooks").name)
+        assert status.complete and status.done == 10
+    # Two batches of 100 s each: no polling, one confirming retrieve per batch event. (The fake clock runs
+    # ahead while a delivery is in flight on a real thread: on a very busy machine the 1800 s backstop poll
+    # may fire once per batch first; adaptive polling alone takes 18 retrieves here.)
+    assert 2 <= _endpoint_calls(fake_sim, "/v1/batches/{id}") <= 4
+    assert sorted(e.type for e in receiver.events) == ["batch.completed", "batch.completed"]
+
+
+def test_collect_mid_job_writes_what_is_answered_so_far(
+    tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
+) -> None:
+    runner = make_runner(config=BatchConfig(max_requests=10), longrun=LongrunConfig(batch_lines_per_second=1.0))
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(12)])  # shards of 10 and 2
+    runner.submit(requests, name="mid")
+    fake_sim.clock.advance(7.0)  # the 2-line batch is completed, the 10-line one is still running
+    partial = runner.collect("mid", tmp_path / "out.jsonl")
+    assert (partial.written, partial.missing) == (2, 10)
+    assert [r["custom_id"] for r in read_results(tmp_path / "out.jsonl")] == ["req-00010", "req-00011"]
+    runner.wait("mid")
+    final = runner.collect("mid", tmp_path / "out.jsonl")
+    assert final.complete and final.written == 12
+    assert [r["custom_id"] for r in read_results(tmp_path / "out.jsonl")] == [f"req-{i:05d}" for i in range(12)]

@@ -1,0 +1,220 @@
+"""Failures through a wrapped client: retried when they can succeed, one HTTP call when they cannot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx2
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from ratepilot.client import Pilot
+from ratepilot.clock import FakeClock
+from ratepilot.errors import QuotaExhausted, RequestTooLarge, RetriesExhausted
+from ratepilot.protocol.errors import server_error
+from ratepilot.retry import RetryPolicy
+from ratepilot.sim import Simulator
+
+from .helpers import sim_429s, total_requests
+
+MSG = [{"role": "user", "content": "hello there"}]
+OK_BODY = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+}
+
+
+def _scripted(*steps: httpx2.Response | Exception) -> tuple[httpx2.MockTransport, list[httpx2.Request]]:
+    """A transport that plays ``steps`` in order (an exception is raised, a response returned)."""
+    sent: list[httpx2.Request] = []
+    it: Iterator[httpx2.Response | Exception] = iter(steps)
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        step = next(it)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    return httpx2.MockTransport(handler), sent
+
+
+def _client(pilot: Pilot, transport: httpx2.MockTransport, api_key: str) -> OpenAI:
+    http = httpx2.Client(transport=transport)
+    return pilot.wrap(OpenAI(base_url="http://mock.test/v1", api_key=api_key, http_client=http))
+
+
+def test_insufficient_quota_one_request_then_quota_exhausted(
+    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
+) -> None:
+    sim = make_sim(rpm=60, tpm=100_000, credit_usd=0.0)
+    pilot = Pilot(clock=clock)
+    with (
+        pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client,
+        pytest.raises(QuotaExhausted) as info,
+    ):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+    assert total_requests(sim) == 1  # exactly one HTTP request reached the simulator
+    assert info.value.code == "insufficient_quota"
+    assert "plan and billing" in str(info.value)
+    assert pilot.usage().retries == 0
+
+
+async def test_insufficient_quota_async(make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str) -> None:
+    sim = make_sim(credit_usd=0.0)
+    pilot = Pilot(clock=clock)
+    async with pilot.wrap(AsyncOpenAI(base_url=sim.base_url, api_key=api_key)) as client:
+        with pytest.raises(QuotaExhausted):
+            await client.embeddings.create(model="text-embedding-3-small", input="x")
+    assert total_requests(sim) == 1
+
+
+def test_request_too_large_server_side_then_before_sending(
+    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
+) -> None:
+    sim = make_sim(rpm=60, tpm=1_000)
+    pilot = Pilot(clock=clock)
+    with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)  # learns TPM = 1000
+        assert total_requests(sim) == 1
+        with pytest.raises(RequestTooLarge) as info:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=2_000)
+        assert total_requests(sim) == 1  # refused before sending
+        assert info.value.limit == 1_000 and info.value.requested == 2_000
+        # A fresh pilot knows nothing yet: the server refuses it, once, and it is never retried.
+        fresh = Pilot(clock=clock)
+        with fresh.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as other, pytest.raises(RequestTooLarge):
+            other.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=2_000)
+        assert total_requests(sim) == 2
+
+
+def test_429_from_foreign_traffic_is_retried_after_the_hint(
+    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
+) -> None:
+    sim = make_sim(rpm=3, tpm=100_000)
+    pilot = Pilot(clock=clock)
+    with (
+        OpenAI(base_url=sim.base_url, api_key=api_key, max_retries=0) as foreign,
+        pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client,
+    ):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)  # learn the limits
+        for _ in range(2):  # someone else uses the rest of the minute
+            foreign.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+        before = clock.now()
+        done = client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)  # no exception
+        assert done.choices[0].message.content
+        assert clock.now() > before
+    assert sim_429s(sim) == 1  # the limiter could not know about the foreign requests: one 429, then a wait
+    usage = pilot.usage()
+    assert usage.rate_limited == sim_429s(sim) and usage.retries == usage.rate_limited
+
+
+def test_5xx_and_connection_errors_are_retried(clock: FakeClock, api_key: str) -> None:
+    transport, sent = _scripted(
+        httpx2.Response(500, json=server_error()),
+        httpx2.ConnectError("refused"),
+        httpx2.ReadTimeout("slow"),
+        httpx2.Response(503, json=server_error(overloaded=True)),
+        httpx2.Response(200, json=OK_BODY),
+    )
+    pilot = Pilot(clock=clock, retry=RetryPolicy.seeded(5))
+    with _client(pilot, transport, api_key) as client:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+        done = raw.parse()
+    assert done.choices[0].message.content == "ok"
+    assert len(sent) == 5
+    assert raw.headers["x-ratepilot-attempts"] == "5" and int(raw.headers["x-ratepilot-waited-ms"]) >= 0
+    usage = pilot.usage()
+    assert (usage.requests, usage.retries, usage.errors) == (5, 4, 4)
+    assert usage.models["gpt-4o-mini"].prompt_tokens == 9
+    assert len(clock.slept) >= 4
+
+
+def test_retries_exhausted_carries_the_last_error(clock: FakeClock, api_key: str) -> None:
+    transport, sent = _scripted(*[httpx2.Response(503, json=server_error(overloaded=True)) for _ in range(3)])
+    pilot = Pilot(clock=clock, retry=RetryPolicy.seeded(5, max_attempts=3))
+    with _client(pilot, transport, api_key) as client, pytest.raises(RetriesExhausted) as info:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert len(sent) == 3
+    assert info.value.attempts == 3 and info.value.last_status == 503
+    assert "overloaded" in info.value.last_message
+
+
+def test_connection_errors_exhausted_chain_the_exception(clock: FakeClock, api_key: str) -> None:
+    transport, sent = _scripted(*[httpx2.ConnectError("refused") for _ in range(2)])
+    pilot = Pilot(clock=clock, retry=RetryPolicy.seeded(5, max_attempts=2))
+    with _client(pilot, transport, api_key) as client, pytest.raises(RetriesExhausted) as info:
+        client.models.list()
+    assert len(sent) == 2
+    assert isinstance(info.value.last_error, httpx2.ConnectError)
+    assert info.value.__cause__ is info.value.last_error
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "sdk_error"),
+    [
+        (400, "context_length_exceeded", openai.BadRequestError),
+        (401, "invalid_api_key", openai.AuthenticationError),
+        (403, None, openai.PermissionDeniedError),
+        (404, "model_not_found", openai.NotFoundError),
+    ],
+)
+def test_client_errors_one_call_and_the_sdk_error_type(
+    clock: FakeClock, api_key: str, status: int, code: str | None, sdk_error: type[Exception]
+) -> None:
+    body = {"error": {"message": "nope", "type": "invalid_request_error", "param": None, "code": code}}
+    transport, sent = _scripted(httpx2.Response(status, json=body))
+    pilot = Pilot(clock=clock)
+    with _client(pilot, transport, api_key) as client, pytest.raises(sdk_error):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert len(sent) == 1
+    assert pilot.usage().retries == 0
+
+
+def test_model_not_found_from_the_simulator(make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str) -> None:
+    sim = make_sim(rpm=60)
+    with (
+        Pilot(clock=clock).wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client,
+        pytest.raises(openai.NotFoundError),
+    ):
+        client.chat.completions.create(model="no-such-model", messages=MSG)
+    assert total_requests(sim) == 1
+
+
+def test_simulator_faults_are_absorbed(make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str) -> None:
+    from ratepilot.sim import FaultConfig
+
+    sim = make_sim(rpm=1_000, tpm=1_000_000, seed=3, faults=FaultConfig(error_500=0.2, error_503=0.1, drop=0.15))
+    pilot = Pilot(clock=clock, retry=RetryPolicy.seeded(11, max_attempts=10))
+    with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:
+        for i in range(20):
+            done = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"q{i}"}], max_tokens=3
+            )
+            assert done.choices[0].message.content
+    usage = pilot.usage()
+    assert usage.retries > 0 and usage.requests == 20 + usage.retries
+    assert usage.requests == total_requests(sim)
+    assert usage.models["gpt-4o-mini"].requests == 20
+
+
+def test_works_without_rate_limit_headers(make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str) -> None:
+    from ratepilot.sim import FaultConfig
+
+    sim = make_sim(rpm=3, tpm=100_000, faults=FaultConfig(missing_headers=1.0, missing_headers_on_429=True))
+    pilot = Pilot(clock=clock, retry=RetryPolicy.seeded(2))
+    with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:
+        for i in range(7):  # no headers to learn from: 429s are retried after the "try again in" wait
+            done = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"h{i}"}], max_tokens=3
+            )
+            assert done.choices[0].message.content
+    usage = pilot.usage()
+    assert usage.models["gpt-4o-mini"].requests == 7
+    assert usage.rate_limited == sim_429s(sim) and usage.retries == usage.rate_limited
+    assert pilot.limits("gpt-4o-mini").server == {}

@@ -1,0 +1,99 @@
+"""The sans-IO retry policy: what is retried, how long it waits, and when it gives up."""
+
+from __future__ import annotations
+
+import pytest
+
+from ratepilot.protocol.errors import (
+    BILLING_CODES,
+    LimitKind,
+    classify,
+    insufficient_quota_error,
+    rate_limit_error,
+    request_too_large_error,
+    server_error,
+)
+from ratepilot.retry import FailureKind, GiveUp, Retry, RetryPolicy, RetryState, server_wait_hint
+
+
+def _state(status: int, body: object, headers: dict[str, str] | None = None, attempt: int = 1) -> RetryState:
+    h = headers or {}
+    return RetryState(attempt, FailureKind.RESPONSE, 0.0, classify(status, body, h), h)
+
+
+RPM_429 = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPM, 3, 3, 1, 20.0)
+
+
+def test_rate_limit_waits_what_the_message_says() -> None:
+    decision = RetryPolicy.seeded(1).decide(_state(429, RPM_429))
+    assert decision == Retry(20.0, "429 rate_limit_exceeded")
+
+
+def test_hint_precedence_retry_after_ms_then_retry_after_then_text_then_reset() -> None:
+    err = classify(429, RPM_429)
+    assert server_wait_hint(err, {"retry-after-ms": "1500", "retry-after": "7"}) == 1.5
+    assert server_wait_hint(err, {"retry-after": "7"}) == 7.0
+    assert server_wait_hint(err, {}) == 20.0
+    no_text = classify(429, {"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}})
+    reset = {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1m0s",
+    }
+    # One request refills in 60s / 60 = 1s.
+    assert server_wait_hint(no_text, reset) == pytest.approx(1.0)
+    assert server_wait_hint(no_text, {}) is None
+
+
+@pytest.mark.parametrize("status", [408, 409, 500, 502, 503, 504])
+def test_transient_statuses_back_off_with_full_jitter(status: int) -> None:
+    policy = RetryPolicy.seeded(7, base=0.5, cap=8.0)
+    waits = []
+    for attempt in range(1, 7):
+        d = policy.decide(_state(status, server_error(), attempt=attempt))
+        assert isinstance(d, Retry)
+        assert 0.0 <= d.after <= min(8.0, 0.5 * 2 ** (attempt - 1))
+        waits.append(d.after)
+    again = RetryPolicy.seeded(7, base=0.5, cap=8.0)
+    assert waits == [again.decide(_state(status, server_error(), attempt=a)).after for a in range(1, 7)]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", [FailureKind.TIMEOUT, FailureKind.CONNECTION])
+def test_timeouts_and_connection_errors_are_retried(kind: FailureKind) -> None:
+    assert isinstance(RetryPolicy.seeded(3).decide(RetryState(1, kind)), Retry)
+
+
+@pytest.mark.parametrize("code", sorted(BILLING_CODES))
+def test_billing_codes_are_never_retried(code: str) -> None:
+    d = RetryPolicy().decide(_state(429, insufficient_quota_error(code)))
+    assert isinstance(d, GiveUp) and not d.exhausted
+    assert "never retried" in d.reason
+
+
+def test_request_too_large_is_never_retried() -> None:
+    body = request_too_large_error("gpt-4o-mini", "org-x", LimitKind.TPM, 30_000, 30_601)
+    d = RetryPolicy().decide(_state(429, body))
+    assert isinstance(d, GiveUp) and not d.exhausted
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_client_errors_are_never_retried(status: int) -> None:
+    d = RetryPolicy().decide(_state(status, {"error": {"message": "no", "type": "invalid_request_error"}}))
+    assert isinstance(d, GiveUp) and not d.exhausted
+
+
+def test_caps_attempts_total_wait_and_single_wait() -> None:
+    policy = RetryPolicy.seeded(1, max_attempts=3, max_total_wait=30.0, max_single_wait=25.0)
+    assert isinstance(policy.decide(_state(429, RPM_429, attempt=2)), Retry)
+    capped = policy.decide(_state(429, RPM_429, attempt=3))
+    assert isinstance(capped, GiveUp) and capped.exhausted
+    waited = policy.decide(RetryState(1, FailureKind.RESPONSE, 15.0, classify(429, RPM_429), {}))
+    assert isinstance(waited, GiveUp) and waited.exhausted  # 15 s waited + 20 s > 30 s
+    daily = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPD, 10, 10, 1, 3600.0)
+    too_long = policy.decide(_state(429, daily))
+    assert isinstance(too_long, GiveUp) and too_long.exhausted and "max_single_wait" in too_long.reason
+
+
+def test_x_should_retry_false_stops_a_5xx() -> None:
+    d = RetryPolicy().decide(_state(500, server_error(), {"x-should-retry": "false"}))
+    assert isinstance(d, GiveUp)

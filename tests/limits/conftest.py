@@ -1,0 +1,37 @@
+"""Fixtures: one limiter test body runs against every store (memory, SQLite, real Redis)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from limits_helpers import REDIS_URL, redis_available
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A unique key prefix, deleted afterwards (never FLUSHALL: the server is shared)."""
+    if not redis_available():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    prefix = f"rptest:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'limits.db'}"
+    prefix = request.getfixturevalue("redis_prefix")
+    return f"{REDIS_URL}?prefix={prefix}"

@@ -1,0 +1,394 @@
+"""One test body per behaviour, run against every store (memory, SQLite, real Redis) on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+from limits_helpers import REDIS_URL, headers
+
+from ratepilot.clock import FakeClock, SystemClock
+from ratepilot.limits import Cost, CostTooLarge, Limiter, Priority, Scope, key_id_for, retry_wait
+from ratepilot.protocol.errors import LimitKind, rate_limit_error
+from ratepilot.protocol.headers import RateLimitHeaders
+
+SCOPE = Scope(key_id_for("sk-test-limiter"), "gpt-4o-mini")
+
+
+@pytest.fixture
+def limiter(store_uri: str, clock: FakeClock) -> Iterator[Limiter]:
+    lim = Limiter(store_uri, clock=clock)
+    yield lim
+    lim.close()
+
+
+def learn(lim: Limiter, rpm: tuple[int, int] | None = (60, 59), tpm: tuple[int, int] | None = (10_000, 9_900)) -> None:
+    """Send the probe and observe its response."""
+    g = lim.acquire(SCOPE, Cost(1, 100))
+    assert g.probe
+    lim.observe(SCOPE, headers(rpm, tpm), sent_at=g.granted_at, grant=g)
+    lim.settle(g, 100)
+
+
+def remaining(lim: Limiter, dim: str) -> float:
+    return lim.state(SCOPE)[dim].remaining
+
+
+def test_scope_key_is_never_the_api_key() -> None:
+    with pytest.raises(ValueError, match="hash of the API key"):
+        Scope("sk-test-secret")
+    assert "sk-" not in key_id_for("sk-test-secret")
+
+
+def test_unknown_scope_admits_one_probe_until_headers(limiter: Limiter, clock: FakeClock) -> None:
+    assert limiter.state(SCOPE) == {}
+    probe = limiter.acquire(SCOPE, Cost(1, 50))
+    assert probe.probe
+    assert limiter._try(SCOPE, Cost(1, 50), Priority.NORMAL).probe  # type: ignore[union-attr]
+    limiter.observe(SCOPE, headers((100, 99), (20_000, 19_950)), sent_at=probe.granted_at, grant=probe)
+    limiter.settle(probe, 50)
+    after = limiter.acquire(SCOPE, Cost(1, 50))
+    assert not after.probe
+    assert clock.now() == 1_000.0  # no waiting at all once learned
+
+
+async def test_async_waiter_waits_for_the_probe_response(limiter: Limiter, clock: FakeClock) -> None:
+    probe = await limiter.aacquire(SCOPE, Cost(1, 10))
+    second = asyncio.create_task(limiter.aacquire(SCOPE, Cost(1, 10)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not second.done()
+    limiter.observe(SCOPE, headers((100, 99), (20_000, 19_990)), sent_at=probe.granted_at, grant=probe)
+    limiter.settle(probe, 10)
+    grant = await asyncio.wait_for(second, timeout=5)
+    assert not grant.probe
+
+
+def test_learns_limits_and_remaining_from_first_response(limiter: Limiter) -> None:
+    learn(limiter, (60, 50), (10_000, 4_000))
+    state = limiter.state(SCOPE)
+    assert state["rpm"].limit == 60 and state["rpm"].server_limit == 60
+    assert state["rpm"].remaining == pytest.approx(50)
+    assert state["tpm"].remaining == pytest.approx(4_000)
+    assert state["rpm"].reset == pytest.approx(10.0)
+
+
+def test_requests_per_minute_enforced(limiter: Limiter, clock: FakeClock) -> None:
+    learn(limiter, (60, 59), (1_000_000, 999_900))
+    start = clock.now()
+    for _ in range(59):
+        limiter.settle(limiter.acquire(SCOPE, Cost(1, 1)), 1)
+    assert clock.now() == start  # the burst left in the bucket
+    for _ in range(10):
+        limiter.settle(limiter.acquire(SCOPE, Cost(1, 1)), 1)
+    assert clock.now() - start == pytest.approx(10.0)  # then one per second
+
+
+def test_all_dimensions_reserved_atomically(limiter: Limiter, clock: FakeClock) -> None:
+    learn(limiter, (100, 99), (1_000, 950))
+    limiter.acquire(SCOPE, Cost(1, 900))
+    before = limiter.state(SCOPE)
+    decision = limiter._try(SCOPE, Cost(1, 100), Priority.NORMAL)  # tokens refuse, requests would fit
+    assert not hasattr(decision, "seq")
+    after = limiter.state(SCOPE)
+    assert after["rpm"].remaining == pytest.approx(before["rpm"].remaining)  # nothing charged anywhere
+    assert after["tpm"].remaining == pytest.approx(before["tpm"].remaining)
+    limiter.acquire(SCOPE, Cost(1, 100))
+    assert clock.now() - 1_000.0 == pytest.approx(50 * 60 / 1_000)  # waited for 50 tokens to refill
+
+
+def test_settle_refunds_and_charges_the_difference(limiter: Limiter) -> None:
+    learn(limiter, (100, 99), (10_000, 9_900))
+    g = limiter.acquire(SCOPE, Cost(1, 1_000))
+    assert remaining(limiter, "tpm") == pytest.approx(8_900)
+    limiter.settle(g, 400)
+    assert remaining(limiter, "tpm") == pytest.approx(9_500)
+    g2 = limiter.acquire(SCOPE, Cost(1, 100))
+    limiter.settle(g2, 600)  # used more than reserved: charged past the estimate
+    assert remaining(limiter, "tpm") == pytest.approx(8_900)
+    limiter.settle(g2, 0)  # a second settle is ignored
+    assert remaining(limiter, "tpm") == pytest.approx(8_900)
+
+
+def test_cancel_gives_everything_back(limiter: Limiter) -> None:
+    learn(limiter, (100, 99), (10_000, 9_900))
+    before = limiter.state(SCOPE)
+    g = limiter.acquire(SCOPE, Cost(1, 2_000))
+    limiter.cancel(g)
+    limiter.cancel(g)  # idempotent
+    after = limiter.state(SCOPE)
+    assert after["rpm"].remaining == pytest.approx(before["rpm"].remaining)
+    assert after["tpm"].remaining == pytest.approx(before["tpm"].remaining)
+
+
+def test_foreign_usage_in_headers_is_absorbed(limiter: Limiter) -> None:
+    learn(limiter, (100, 99), (10_000, 9_900))
+    g = limiter.acquire(SCOPE, Cost(1, 100))  # we think 98 requests / 9_800 tokens remain
+    # Someone else used 20 requests and 3_000 tokens of the same key meanwhile.
+    limiter.observe(SCOPE, headers((100, 78), (10_000, 6_800)), sent_at=g.granted_at, grant=g)
+    assert remaining(limiter, "rpm") == pytest.approx(78)
+    assert remaining(limiter, "tpm") == pytest.approx(6_800)
+
+
+def test_requests_granted_after_the_observed_one_still_count(limiter: Limiter) -> None:
+    learn(limiter, (100, 99), (10_000, 9_900))
+    g = limiter.acquire(SCOPE, Cost(1, 100))
+    for _ in range(10):  # sent while g's response was in flight: the server had not seen them
+        limiter.acquire(SCOPE, Cost(1, 100))
+    limiter.observe(SCOPE, headers((100, 98), (10_000, 9_800)), sent_at=g.granted_at, grant=g)
+    assert remaining(limiter, "rpm") == pytest.approx(88)
+    assert remaining(limiter, "tpm") == pytest.approx(8_800)
+    # Observing by sent_at alone finds the same grant.
+    limiter.observe(SCOPE, headers((100, 98), (10_000, 9_800)), sent_at=g.granted_at)
+    assert remaining(limiter, "rpm") == pytest.approx(88)
+
+
+def test_the_same_foreign_usage_is_not_counted_twice(limiter: Limiter) -> None:
+    learn(limiter, (100, 99), (10_000, 9_900))
+    a = limiter.acquire(SCOPE, Cost(1, 100))
+    b = limiter.acquire(SCOPE, Cost(1, 100))
+    limiter.observe(SCOPE, headers((100, 88), (10_000, 9_800)), sent_at=a.granted_at, grant=a)  # 10 foreign
+    limiter.observe(SCOPE, headers((100, 87), (10_000, 9_700)), sent_at=b.granted_at, grant=b)  # same 10
+    assert remaining(limiter, "rpm") == pytest.approx(87)
+    # A late response of a's, showing an older, emptier bucket, neither re-adds nor gives anything back.
+    limiter.observe(SCOPE, headers((100, 95), (10_000, 9_900)), sent_at=a.granted_at, grant=a)
+    assert remaining(limiter, "rpm") == pytest.approx(87)
+    # But no report, however late, is ever believed to show less usage than the server has.
+    limiter.observe(SCOPE, headers((100, 50), (10_000, 1_000)), sent_at=a.granted_at, grant=a)
+    assert remaining(limiter, "rpm") == pytest.approx(50)
+
+
+def test_limit_change_mid_run_is_adopted(limiter: Limiter) -> None:
+    learn(limiter, (100, 99), (10_000, 9_900))
+    g = limiter.acquire(SCOPE, Cost(1, 100))
+    limiter.observe(SCOPE, headers((500, 498), (50_000, 49_800)), sent_at=g.granted_at, grant=g)
+    state = limiter.state(SCOPE)
+    assert state["rpm"].limit == 500 and state["tpm"].limit == 50_000
+    assert state["rpm"].remaining == pytest.approx(498)
+    g = limiter.acquire(SCOPE, Cost(1, 100))
+    limiter.observe(SCOPE, headers((20, 17), (50_000, 49_700)), sent_at=g.granted_at, grant=g)  # lowered
+    assert limiter.state(SCOPE)["rpm"].limit == 20
+    assert limiter.state(SCOPE)["rpm"].remaining == pytest.approx(17)
+
+
+def test_daily_limit_is_recognised_from_its_long_reset(limiter: Limiter, clock: FakeClock) -> None:
+    g = limiter.acquire(SCOPE, Cost(1, 10))
+    # 200 requests per day, 1 used: reset 432 s; the minute limit is not binding so not reported.
+    limiter.observe(SCOPE, headers(rpd=(200, 199), tpm=(10_000, 9_990)), sent_at=g.granted_at, grant=g)
+    state = limiter.state(SCOPE)
+    assert "rpm" not in state and state["rpd"].limit == 200 and state["rpd"].window == 86_400
+    assert state["rpd"].remaining == pytest.approx(199)
+    for _ in range(199):
+        limiter.acquire(SCOPE, Cost(1, 1))
+    start = clock.now()
+    limiter.acquire(SCOPE, Cost(1, 1))
+    assert clock.now() - start == pytest.approx(432.0)
+
+
+def test_missing_headers_keep_state_and_eventually_stop_probing(limiter: Limiter) -> None:
+    learn(limiter, (100, 99), (10_000, 9_900))
+    before = limiter.state(SCOPE)
+    g = limiter.acquire(SCOPE, Cost(1, 100))
+    limiter.observe(SCOPE, {}, sent_at=g.granted_at, grant=g)  # a response without headers changes nothing
+    assert limiter.state(SCOPE)["rpm"].remaining == pytest.approx(before["rpm"].remaining - 1)
+
+    other = Scope(SCOPE.key_id, "no-headers-model")
+    for _ in range(3):  # probes whose responses never carry headers
+        p = limiter.acquire(other, Cost(1, 1))
+        assert p.probe
+        limiter.observe(other, RateLimitHeaders(None, None), sent_at=p.granted_at, grant=p)
+        limiter.settle(p, 1)
+    grants = [limiter.acquire(other, Cost(1, 1)) for _ in range(5)]  # then: no more one-at-a-time
+    assert not any(g.probe for g in grants)
+
+
+def test_penalty_after_429_blocks_the_scope(limiter: Limiter, clock: FakeClock) -> None:
+    learn(limiter, (100, 99), (10_000, 9_900))
+    body = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPD, 2000, 2000, 1, 43.2)
+    wait = retry_wait({}, body["error"]["message"])
+    assert wait == pytest.approx(43.2)
+    assert retry_wait({"retry-after": "20"}, body["error"]["message"]) == 20
+    limiter.penalize(SCOPE, wait)
+    start = clock.now()
+    limiter.acquire(SCOPE, Cost(1, 1))
+    assert clock.now() - start == pytest.approx(43.2)
+
+
+def test_ceiling_and_safety_margin(store_uri: str, clock: FakeClock) -> None:
+    with Limiter(store_uri, clock=clock, ceiling={"rpm": 30}, safety_margin=0.1) as lim:
+        g = lim.acquire(SCOPE, Cost(1, 10))
+        assert not g.probe  # a configured ceiling is a known limit: no probing
+        lim.observe(SCOPE, headers((100, 99), (10_000, 9_990)), sent_at=g.granted_at, grant=g)
+        state = lim.state(SCOPE)
+        assert state["rpm"].limit == 30  # the ceiling caps the server's 100
+        assert state["rpm"].server_limit == 100
+        assert state["tpm"].limit == pytest.approx(9_000)  # 10% margin
+    with pytest.raises(ValueError, match="unknown limit 'rps'"):
+        Limiter("memory://", ceiling={"rps": 1})
+
+
+async def test_fifo_among_async_waiters(limiter: Limiter) -> None:
+    learn(limiter, (60, 60), (1_000_000, 1_000_000))
+    for _ in range(59):
+        await limiter.aacquire(SCOPE, Cost(1, 1))
+    order: list[int] = []
+
+    async def one(i: int) -> None:
+        await limiter.aacquire(SCOPE, Cost(1, 1))
+        order.append(i)
+
+    await asyncio.gather(*(one(i) for i in range(20)))
+    assert order == list(range(20))
+
+
+async def test_low_priority_never_overtakes_normal(limiter: Limiter, clock: FakeClock) -> None:
+    learn(limiter, (60, 60), (1_000_000, 1_000_000))
+    for _ in range(59):
+        await limiter.aacquire(SCOPE, Cost(1, 1))
+    order: list[str] = []
+
+    async def one(name: str, priority: Priority) -> None:
+        await limiter.aacquire(SCOPE, Cost(1, 1), priority)
+        order.append(name)
+
+    clock.autojump = False  # time moves only when the test says, so all waiters are queued first
+    tasks = [asyncio.create_task(one(f"low{i}", Priority.LOW)) for i in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    tasks += [asyncio.create_task(one(f"normal{i}", Priority.NORMAL)) for i in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    while not all(t.done() for t in tasks):
+        clock.advance(0.5)
+        for _ in range(5):
+            await asyncio.sleep(0)
+    assert order[:3] == ["normal0", "normal1", "normal2"]
+    assert sorted(order[3:]) == ["low0", "low1", "low2"]
+
+
+def test_low_priority_leaves_headroom(limiter: Limiter, clock: FakeClock) -> None:
+    learn(limiter, (100, 100), (1_000_000, 1_000_000))
+    for _ in range(89):
+        limiter.acquire(SCOPE, Cost(1, 1), Priority.LOW)
+    start = clock.now()
+    limiter.acquire(SCOPE, Cost(1, 1), Priority.NORMAL)  # NORMAL may use the last 10%
+    assert clock.now() == start
+    limiter.acquire(SCOPE, Cost(1, 1), Priority.LOW)  # LOW waits until 10% is free again
+    assert clock.now() > start
+
+
+async def test_cancelled_waiter_gives_its_place_back(limiter: Limiter, clock: FakeClock) -> None:
+    clock.autojump = False
+    learn_clock_free = limiter.acquire(SCOPE, Cost(1, 1))  # the probe (no waiting involved)
+    limiter.observe(SCOPE, headers((60, 59), (1_000_000, 999_999)), sent_at=clock.now(), grant=learn_clock_free)
+    for _ in range(59):
+        await limiter.aacquire(SCOPE, Cost(1, 1))
+    waiting = asyncio.create_task(limiter.aacquire(SCOPE, Cost(1, 1)))
+    behind = asyncio.create_task(limiter.aacquire(SCOPE, Cost(1, 1)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    clock.advance(1.0)
+    grant = await asyncio.wait_for(behind, timeout=5)
+    assert grant.seq == 61  # the cancelled waiter reserved nothing
+    assert remaining(limiter, "rpm") == pytest.approx(0, abs=1e-6)
+
+
+def test_threads_share_the_limit(limiter: Limiter, clock: FakeClock) -> None:
+    learn(limiter, (600, 600), (1_000_000, 1_000_000))
+    grants: list[int] = []
+
+    def worker() -> None:
+        for _ in range(50):
+            grants.append(limiter.acquire(SCOPE, Cost(1, 1)).seq)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(grants) == 200 and len(set(grants)) == 200
+    assert remaining(limiter, "rpm") >= 400 - 1e-6
+
+
+def test_a_cost_over_the_server_limit_raises_instead_of_waiting(limiter: Limiter) -> None:
+    learn(limiter, (100, 99), (10_000, 9_900))
+    with pytest.raises(CostTooLarge, match="10001 tokens exceeds the server's limit"):
+        limiter.acquire(SCOPE, Cost(1, 10_001))
+    limiter.acquire(SCOPE, Cost(1, 9_000))  # the queue is free again; nothing was reserved
+
+
+def test_slot_cancels_on_error(limiter: Limiter) -> None:
+    learn(limiter, (100, 99), (10_000, 9_900))
+    before = remaining(limiter, "tpm")
+    with pytest.raises(RuntimeError), limiter.slot(SCOPE, Cost(1, 500)):
+        raise RuntimeError("send failed")
+    assert remaining(limiter, "tpm") == pytest.approx(before)
+
+
+def test_raw_header_strings_daily_limit_from_the_docs(limiter: Limiter) -> None:
+    """The documented example: 10,000 requests/day shows as reset-requests 8.64s after one request."""
+    g = limiter.acquire(SCOPE, Cost(1, 10))
+    raw = {
+        "x-ratelimit-limit-requests": "10000",
+        "x-ratelimit-remaining-requests": "9999",
+        "x-ratelimit-reset-requests": "8.64s",
+        "x-ratelimit-limit-tokens": "150000",
+        "x-ratelimit-remaining-tokens": "149990",
+        "x-ratelimit-reset-tokens": "4ms",
+    }
+    limiter.observe(SCOPE, raw, sent_at=g.granted_at, grant=g)
+    state = limiter.state(SCOPE)
+    assert state["rpd"].limit == 10_000 and state["rpd"].window == 86_400
+    assert state["tpm"].limit == 150_000 and state["tpm"].window == 60
+
+
+def test_real_clock_probe_waiter_is_woken_by_the_response() -> None:
+    """On the system clock a thread waiting for the probe sleeps on a condition, and the response wakes it
+    at once (the probe lease is a minute: a timeout here would mean the wake-up was lost)."""
+    with Limiter("memory://") as lim:
+        probe = lim.acquire(SCOPE, Cost(1, 10))
+        got: list[bool] = []
+        waiter = threading.Thread(target=lambda: got.append(lim.acquire(SCOPE, Cost(1, 10)).probe))
+        waiter.start()
+        lim.observe(SCOPE, headers((100, 99), (10_000, 9_990)), sent_at=probe.granted_at, grant=probe)
+        lim.settle(probe, 10)
+        waiter.join(timeout=10)
+        assert got == [False]
+
+
+async def test_real_clock_async_probe_waiter_is_woken_by_the_response() -> None:
+    with Limiter("memory://") as lim:
+        probe = await lim.aacquire(SCOPE, Cost(1, 10))
+        second = asyncio.create_task(lim.aacquire(SCOPE, Cost(1, 10)))
+        await asyncio.sleep(0)
+        lim.observe(SCOPE, headers((100, 99), (10_000, 9_990)), sent_at=probe.granted_at, grant=probe)
+        lim.settle(probe, 10)
+        grant = await asyncio.wait_for(second, timeout=10)
+        assert not grant.probe
+
+
+class SkewedClock(SystemClock):
+    """A host whose clock is a day ahead of everyone else's."""
+
+    def now(self) -> float:
+        return super().now() + 86_400.0
+
+
+def test_redis_time_is_the_clock_so_host_clocks_do_not_matter(redis_prefix: str) -> None:
+    uri = f"{REDIS_URL}?prefix={redis_prefix}"
+    with Limiter(uri) as here, Limiter(uri, clock=SkewedClock()) as there:
+        probe = here.acquire(SCOPE, Cost(1, 10))
+        here.observe(SCOPE, headers((100, 99), (1_000_000, 999_990)), sent_at=probe.granted_at, grant=probe)
+        here.settle(probe, 10)
+        for _ in range(10):
+            there.settle(there.acquire(SCOPE, Cost(1, 10)), 10)
+            here.settle(here.acquire(SCOPE, Cost(1, 10)), 10)
+        # A day of skew would have refilled (or frozen) the bucket; with Redis TIME both see the same one.
+        seen_here, seen_there = here.state(SCOPE)["rpm"], there.state(SCOPE)["rpm"]
+        assert seen_here.remaining == pytest.approx(79, abs=0.5)
+        assert seen_there.remaining == pytest.approx(seen_here.remaining, abs=0.5)

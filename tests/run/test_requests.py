@@ -1,0 +1,124 @@
+"""The requests reader: both line shapes, url inference, and errors that name the line and field."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ratepilot.requests import InvalidLine, RequestLine, RequestsFileError, infer_url, parse_line, read_requests
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+def _write(path: Path, lines: list[object | str]) -> Path:
+    with open(path, "wb") as fh:
+        for line in lines:
+            fh.write((line.encode() if isinstance(line, str) else orjson.dumps(line)) + b"\n")
+    return path
+
+
+def test_batch_lines_and_bare_bodies_mixed(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "r.jsonl",
+        [
+            {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": CHAT},
+            "",
+            {**CHAT, "metadata": {"row": 7}},
+            {"model": "text-embedding-3-small", "input": "x"},
+            {"model": "gpt-4o-mini", "input": "x", "metadata": {"custom_id": "resp-1"}},
+        ],
+    )
+    got = list(read_requests(path))
+    assert [(r.line_no, r.custom_id, r.url) for r in got] == [
+        (1, "a", "/v1/chat/completions"),
+        (3, "line-3", "/v1/chat/completions"),
+        (4, "line-4", "/v1/embeddings"),
+        (5, "resp-1", "/v1/responses"),
+    ]
+    assert got[1].metadata == {"row": 7} and "metadata" not in got[1].body  # ours, not sent to the API
+    assert got[0].to_batch_line() == {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": CHAT}
+
+
+@pytest.mark.parametrize(
+    ("body", "url"),
+    [
+        ({"model": "m", "messages": []}, "/v1/chat/completions"),
+        ({"model": "text-embedding-3-large", "input": ["a"]}, "/v1/embeddings"),
+        ({"model": "omni-moderation-latest", "input": "a"}, "/v1/moderations"),
+        ({"input": "a"}, "/v1/moderations"),
+        ({"model": "gpt-4.1", "input": "a"}, "/v1/responses"),
+        ({"model": "gpt-3.5-turbo-instruct", "prompt": "a"}, "/v1/completions"),
+    ],
+)
+def test_url_inference(body: dict[str, object], url: str) -> None:
+    assert infer_url(body) == url
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "words"),
+    [
+        ("{not json", None, "invalid JSON"),
+        ("[1, 2]", None, "expected a JSON object"),
+        ('{"method": "POST", "url": "/v1/chat/completions", "body": {}}', "custom_id", "missing"),
+        ('{"custom_id": 5, "method": "POST", "url": "/v1/chat/completions", "body": {}}', "custom_id", "string"),
+        ('{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": {}}', "method", "POST"),
+        ('{"custom_id": "a", "method": "POST", "url": "/v1/images", "body": {}}', "url", "unsupported"),
+        ('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": []}', "body", "object"),
+        (
+            '{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}',
+            "body.model",
+            "missing",
+        ),
+        ('{"model": "m", "messages": "hi"}', "messages", "array"),
+        ('{"model": "m", "messages": [{"content": "hi"}]}', "messages[0].role", "missing"),
+        ('{"model": "m", "messages": [{"role": "user"}], "max_tokens": "5"}', "max_tokens", "integer"),
+        ('{"model": "m", "messages": [{"role": "user"}], "stream": true}', "stream", "streaming"),
+        ('{"model": 3, "messages": [{"role": "user"}]}', "model", "string"),
+        ('{"model": "m"}', None, "cannot tell the endpoint"),
+        ('{"model": "m", "messages": [{"role": "user"}], "metadata": 3}', "metadata", "object"),
+    ],
+)
+def test_each_invalid_line_names_line_and_field(line: str, field: str | None, words: str) -> None:
+    got = parse_line(line.encode(), 42)
+    assert isinstance(got, InvalidLine), got
+    assert (got.line_no, got.field) == (42, field)
+    assert words in got.message
+    assert str(got).startswith("line 42")
+
+
+def test_first_invalid_line_raises_with_line_number(tmp_path: Path) -> None:
+    path = _write(tmp_path / "r.jsonl", [CHAT, CHAT, "{oops", CHAT])
+    with pytest.raises(RequestsFileError) as info:
+        list(read_requests(path))
+    assert "line 3" in str(info.value) and "invalid JSON" in str(info.value)
+    assert info.value.errors[0].line_no == 3
+
+
+def test_duplicate_custom_id_is_an_error_at_the_second_line(tmp_path: Path) -> None:
+    line = {"custom_id": "same", "method": "POST", "url": "/v1/chat/completions", "body": CHAT}
+    path = _write(tmp_path / "r.jsonl", [line, CHAT, line])
+    invalid: list[InvalidLine] = []
+    got = list(read_requests(path, invalid=invalid))
+    assert [r.custom_id for r in got] == ["same", "line-2"]
+    assert [(e.line_no, e.field, e.custom_id) for e in invalid] == [(3, "custom_id", "same")]
+    assert "duplicate" in str(invalid[0])
+
+
+def test_collect_mode_keeps_going_and_reads_streams() -> None:
+    data = b"{bad\n" + orjson.dumps(CHAT) + b"\n" + b'{"model": "m"}\n'
+    invalid: list[InvalidLine] = []
+    got = list(read_requests(io.BytesIO(data), invalid=invalid))
+    assert [r.line_no for r in got] == [2]
+    assert [e.line_no for e in invalid] == [1, 3]
+    err = RequestsFileError("r.jsonl", invalid[:1], total_invalid=2)
+    assert "2 invalid lines" in str(err) and "and 1 more" in str(err)
+
+
+def test_requestline_model_and_last_line_without_newline(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(orjson.dumps(CHAT))
+    (req,) = list(read_requests(path))
+    assert isinstance(req, RequestLine) and req.model == "gpt-4o-mini" and req.custom_id == "line-1"

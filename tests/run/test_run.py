@@ -1,0 +1,145 @@
+"""The online runner against the real simulator, through the real SDK and the Pilot."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ratepilot.requests import RequestsFileError
+from ratepilot.results import ForeignResultsError, read_results
+from ratepilot.run import ExitCode, RunOptions, run_job
+from ratepilot.sim import Simulator
+
+from .conftest import KEY
+
+
+def _opts(req: Path, out: Path, sim: Simulator, **kw: object) -> RunOptions:
+    return RunOptions(requests=req, output=out, base_url=sim.base_url, api_key=KEY, **kw)  # type: ignore[arg-type]
+
+
+def _sent(sim: Simulator) -> int:
+    return int(sim.stats()["requests"]["total"])
+
+
+def _ids(out: Path) -> Counter[str]:
+    return Counter(line["custom_id"] for line in read_results(out))
+
+
+def test_run_answers_every_request_once_then_resumes_and_caches(
+    make_sim: Callable[..., Simulator], requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    sim = make_sim()
+    req = requests_file(40)
+    out = tmp_path / "out.jsonl"
+    summary = run_job(_opts(req, out, sim))
+    assert summary.exit_code == ExitCode.OK and summary.done == 40 and summary.succeeded == 40
+    assert _ids(out) == Counter({f"req-{i}": 1 for i in range(40)})
+    line = next(read_results(out))
+    assert line["response"]["status_code"] == 200 and line["response"]["body"]["choices"][0]["message"]["content"]
+    assert _sent(sim) == 40 and summary.cost_usd > 0
+
+    again = run_job(_opts(req, out, sim))  # resume: nothing left to do, nothing sent
+    assert again.already_done == 40 and again.answered == 0 and _sent(sim) == 40
+
+    fresh = run_job(_opts(req, tmp_path / "out2.jsonl", sim))  # same requests, new output: all from the cache
+    assert fresh.cache_hits == 40 and fresh.answered == 0 and _sent(sim) == 40
+    assert fresh.saved_usd == pytest.approx(summary.cost_usd)
+    assert _ids(tmp_path / "out2.jsonl") == _ids(out)
+
+    nocache = run_job(_opts(req, tmp_path / "out3.jsonl", sim, cache=False))
+    assert nocache.cache_hits == 0 and _sent(sim) == 80
+
+
+def test_bad_lines_stop_before_anything_is_sent(
+    make_sim: Callable[..., Simulator], requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    sim = make_sim()
+    dup = '{"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "input": 1}}'
+    req = requests_file(5, extra=["{not json", dup, '{"model": "gpt-4o-mini"}'])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(RequestsFileError) as info:
+        run_job(_opts(req, out, sim))
+    text = str(info.value)
+    assert "3 invalid lines" in text and "line 6" in text and "line 7" in text and "line 8" in text
+    assert "invalid JSON" in text
+    assert _sent(sim) == 0 and not out.exists()  # nothing sent, nothing written
+
+    summary = run_job(_opts(req, out, sim, skip_invalid=True))
+    assert summary.invalid_skipped == 3 and summary.done == 5 and _sent(sim) == 5
+
+
+def test_results_file_of_another_job_is_refused(
+    make_sim: Callable[..., Simulator], requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    sim = make_sim()
+    out = tmp_path / "out.jsonl"
+    run_job(_opts(requests_file(3, name="a.jsonl"), out, sim))
+    other = requests_file(4, name="b.jsonl", batch_lines=False)
+    with pytest.raises(ForeignResultsError):
+        run_job(_opts(other, out, sim))
+    assert len(list(read_results(out))) == 3
+    summary = run_job(_opts(other, out, sim, overwrite=True))
+    assert summary.done == 4 and set(_ids(out)) == {f"line-{i}" for i in range(1, 5)}
+
+
+def test_insufficient_quota_stops_at_once_and_keeps_progress(
+    make_sim: Callable[..., Simulator], requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    sim = make_sim(credit_usd=0.00005)  # a handful of requests' worth
+    req = requests_file(60)
+    out = tmp_path / "out.jsonl"
+    summary = run_job(_opts(req, out, sim, cache=False))
+    assert summary.exit_code == ExitCode.QUOTA and summary.stop == "quota"
+    assert "billing" in summary.message and "rerun" in summary.message
+    done = _ids(out)
+    assert 0 < len(done) < 60 and max(done.values()) == 1
+    assert summary.done == len(done)
+    quota_429s = sim.stats()["rate_limited"]["insufficient_quota"]
+    assert quota_429s <= 8  # stopped at once: no retry storm against a billing error
+
+    sim2 = make_sim()  # credit added: the same command resumes
+    resumed = run_job(_opts(req, out, sim2, cache=False))
+    assert resumed.exit_code == ExitCode.OK and resumed.already_done == len(done)
+    assert _ids(out) == Counter({f"req-{i}": 1 for i in range(60)})
+    assert _sent(sim2) == 60 - len(done)
+
+
+def test_budget_stops_before_crossing_and_resumes(
+    make_sim: Callable[..., Simulator], requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    sim = make_sim()
+    req = requests_file(50)
+    out = tmp_path / "out.jsonl"
+    budget = 0.00005
+    summary = run_job(_opts(req, out, sim, budget_usd=budget, cache=False))
+    assert summary.exit_code == ExitCode.BUDGET and summary.stop == "budget"
+    assert 0 < summary.done < 50 and summary.cost_usd <= budget
+    assert "--budget-usd" in summary.message
+    resumed = run_job(_opts(req, out, sim, cache=False))
+    assert resumed.exit_code == ExitCode.OK
+    assert _ids(out) == Counter({f"req-{i}": 1 for i in range(50)})
+
+
+def test_ordered_output_follows_input_order(
+    make_sim: Callable[..., Simulator], requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    sim = make_sim(latency_ms=5, latency_jitter=1.0)
+    out = tmp_path / "out.jsonl"
+    summary = run_job(_opts(requests_file(30), out, sim, ordered=True))
+    assert summary.done == 30
+    assert [line["custom_id"] for line in read_results(out)] == [f"req-{i}" for i in range(30)]
+
+
+def test_http_errors_are_recorded_like_the_batch_api(make_sim: Callable[..., Simulator], tmp_path: Path) -> None:
+    sim = make_sim()
+    req = tmp_path / "req.jsonl"
+    req.write_text('{"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}\n')
+    out = tmp_path / "out.jsonl"
+    summary = run_job(_opts(req, out, sim))
+    (line,) = list(read_results(out))
+    assert summary.exit_code == ExitCode.OK and summary.http_errors == 1
+    assert line["response"]["status_code"] == 404 and line["error"] is None
+    assert line["response"]["body"]["error"]["code"] == "model_not_found"
