@@ -157,7 +157,7 @@ def write_requests(path: Path, bodies: list[dict[str, Any]]) -> None:
 def run_ratepilot(base_url: str, requests: Path, out: Path) -> dict[str, Any]:
     from ratepilot.run import RunOptions, arun_job
 
-    options = RunOptions(requests, out, base_url=base_url, api_key="sk-bench-ratepilot-0001", cache=False)
+    options = RunOptions(requests, out, base_url=base_url, api_key="sk-bench-rp-1", cache=False)
     cpu0, t0 = time.process_time(), time.perf_counter()
     summary = asyncio.run(arun_job(options))
     elapsed = time.perf_counter() - t0
@@ -277,7 +277,7 @@ def run_peer(
         **os.environ,
         "TIKTOKEN_CACHE_DIR": str(offline_tiktoken_cache(PEERS_VENV / "tiktoken-cache")),
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # litellm would fetch its price list from GitHub
-        "OPENAI_API_KEY": "sk-bench-peer-000000001",
+        "OPENAI_API_KEY": "sk-bench-peer-1",
     }
     try:
         r = subprocess.run(

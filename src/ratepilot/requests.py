@@ -30,8 +30,9 @@ Parsing one line is a pure function (:func:`parse_line`); :func:`read_requests` 
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -44,9 +45,15 @@ __all__ = [
     "InvalidLine",
     "RequestLine",
     "RequestsFileError",
+    "UploadLine",
+    "batch_line_bytes",
+    "embedding_inputs",
+    "fast_token_estimate",
     "infer_url",
+    "iter_upload_lines",
     "parse_line",
     "read_requests",
+    "read_upload_lines",
 ]
 
 SUPPORTED_URLS = frozenset(
@@ -192,7 +199,66 @@ def _bad_message(messages: list[Any], prefix: str) -> None:
             raise _Invalid(f"{prefix}messages[{i}].role", "missing or not a string")
 
 
+_CHAT_URL = "/v1/chat/completions"
+
+
+def _fast_request(obj: Any) -> tuple[str | None, dict[str, Any]] | None:
+    """``(custom_id, body)`` when ``obj`` is a valid line of a common shape, else ``None`` (use :func:`_parse`).
+
+    Common shapes: a Batch-API chat-completions line (its ``custom_id`` is returned) and a bare chat body
+    without ``metadata`` (``custom_id`` ``None``: the caller assigns ``line-N``). The checks are those of
+    :func:`_parse` and :func:`_check_body`, in one straight line of subscripts and exact type checks with no
+    error wording and no calls (this runs once per line, and calls are what costs). ``None`` only means "take
+    the detailed path", which then names the field — so this must never accept a line that path rejects.
+    """
+    if obj.__class__ is not dict:
+        return None
+    try:
+        if "body" in obj:
+            body = obj["body"]
+            if len(obj) != 4 or body.__class__ is not dict or obj["url"] != _CHAT_URL or obj["method"] != "POST":
+                return None
+            custom_id = obj["custom_id"]
+            if custom_id.__class__ is not str or not custom_id:
+                return None
+        elif "messages" in obj and "metadata" not in obj:
+            body = obj
+            custom_id = None
+        else:
+            return None
+        model = body["model"]
+        messages = body["messages"]
+        if model.__class__ is not str or not model or messages.__class__ is not list or not messages:
+            return None
+        for message in messages:
+            if message.__class__ is not dict or message["role"].__class__ is not str:
+                return None
+    except KeyError:
+        return None
+    if len(body) > 2:  # the optional checked keys; `in` first: most bodies have one or two of them
+        if "stream" in body and body["stream"] is True:
+            return None
+        if "max_tokens" in body and (v := body["max_tokens"]) is not None and (v.__class__ is not int or v < 0):
+            return None
+        if (
+            "max_completion_tokens" in body
+            and (v := body["max_completion_tokens"]) is not None
+            and (v.__class__ is not int or v < 0)
+        ):
+            return None
+        if (
+            "max_output_tokens" in body
+            and (v := body["max_output_tokens"]) is not None
+            and (v.__class__ is not int or v < 0)
+        ):
+            return None
+        if "n" in body and (v := body["n"]) is not None and (v.__class__ is not int or v < 0):
+            return None
+    return custom_id, body
+
+
 def _parse(obj: Any, line_no: int) -> RequestLine:
+    """The detailed path: every shape, every check, errors that name the field. Raises :class:`_Invalid`."""
     if not isinstance(obj, dict):
         raise _Invalid(None, f"expected a JSON object, got {_type_name(obj)}")
     if "body" in obj:  # a Batch-API line
@@ -235,19 +301,28 @@ def _parse(obj: Any, line_no: int) -> RequestLine:
     return RequestLine(line_no, custom_id, "POST", url, obj, metadata)
 
 
-def parse_line(raw: bytes | str, line_no: int) -> RequestLine | InvalidLine | None:
-    """Parse and validate one line. ``None`` for a blank line. Pure: no duplicate check (that needs state)."""
-    if raw.isspace() or not raw:
-        return None
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return InvalidLine(line_no, None, f"invalid JSON ({exc})")
+def _parse_detailed(obj: Any, line_no: int) -> RequestLine | InvalidLine:
     try:
         return _parse(obj, line_no)
     except _Invalid as exc:
         cid = obj.get("custom_id") if isinstance(obj, dict) else None
         return InvalidLine(line_no, exc.field, exc.message, cid if isinstance(cid, str) else None)
+
+
+def parse_line(raw: bytes | str, line_no: int) -> RequestLine | InvalidLine | None:
+    """Parse and validate one line. ``None`` for a blank line. Pure: no duplicate check (that needs state)."""
+    if not raw:
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # Blank lines are rare: test for them only once the parser has refused the line.
+        return None if raw.isspace() else InvalidLine(line_no, None, f"invalid JSON ({exc})")
+    common = _fast_request(obj)
+    if common is None:
+        return _parse_detailed(obj, line_no)
+    custom_id, body = common
+    return RequestLine(line_no, f"line-{line_no}" if custom_id is None else custom_id, "POST", _CHAT_URL, body)
 
 
 def read_requests(
@@ -289,3 +364,107 @@ def _read(fh: IO[bytes], name: str, invalid: list[InvalidLine] | None, check_dup
         if invalid is None:
             raise RequestsFileError(name, [result])
         invalid.append(result)
+
+
+# --- Batch-API upload lines ---------------------------------------------------------------------------------
+# `ratepilot batch` plans a job from upload-ready lines. They are made here, in a module with light imports, so
+# that the processes that validate a large file in parallel start in a fraction of a second instead of each
+# importing the whole batch pipeline (and the OpenAI SDK) — seconds of CPU per worker.
+
+UploadLine = tuple[int, str, str, str, bytes, int, int]
+"""A valid request as a Batch-API input line: ``(line_no, custom_id, url, model, line bytes with newline,
+embedding inputs, estimated enqueued tokens)``. Small and picklable (parsing can run in other processes)."""
+
+
+def batch_line_bytes(custom_id: str, url: str, body: Mapping[str, Any]) -> bytes:
+    """The Batch-API input line (with its newline) as uploaded."""
+    return orjson.dumps(
+        {"custom_id": custom_id, "method": "POST", "url": url, "body": body}, option=orjson.OPT_APPEND_NEWLINE
+    )
+
+
+def embedding_inputs(url: str, body: Mapping[str, Any]) -> int:
+    """How many inputs an embeddings request carries (the Batch API caps them per file); 0 for other endpoints."""
+    if url != "/v1/embeddings":
+        return 0
+    value = body.get("input")
+    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
+        return len(value)
+    return 1
+
+
+def fast_token_estimate(data: bytes) -> int:
+    """A cheap upper bound for Latin-script prompts: a quarter of the whole line's bytes (keys included).
+
+    The real tokenizer costs ~60 µs per chat request, which would cap planning far below disk speed; the
+    byte count over-estimates English prompt tokens (~4 characters per token, plus JSON framing) so shards
+    are admitted conservatively. An under-estimate (e.g. CJK text) is caught by the server's
+    ``token_limit_exceeded`` and learned from. ``BatchConfig.token_estimate="exact"`` uses the tokenizer.
+    """
+    return len(data) // 4 + 1
+
+
+def iter_upload_lines(
+    path: str, start: int = 0, end: int | None = None, first_line: int = 1, *, exact_tokens: bool = False
+) -> Iterator[UploadLine | InvalidLine]:
+    """Validate the lines of ``path`` in bytes ``[start, end)`` (``end=None``: to the end of the file) as
+    Batch-API input lines, streaming. The first line there is line ``first_line`` of the file (bare bodies take
+    their ``line-N`` ids from it); ``start`` and ``end`` must fall just after a newline. Blank lines skipped.
+
+    A valid Batch-API line is uploaded as read (only its newline normalized); a bare body is serialized once.
+    ``exact_tokens``: estimate tokens with the real tokenizer instead of :func:`fast_token_estimate`.
+    """
+    # The hot loop of planning a batch job: one orjson parse, the straight-line checks of _fast_request, and
+    # the raw bytes reused when they already are the upload line; anything else goes the detailed way.
+    estimate = _exact_estimator() if exact_tokens else None
+    loads = orjson.loads
+    line_no = first_line - 1
+    with open(path, "rb", buffering=1 << 20) as fh:
+        fh.seek(start)
+        # A range is read at once (a few MB): then no byte counting per line to stop at `end`.
+        lines: Iterable[bytes] = fh if end is None else io.BytesIO(fh.read(end - start))
+        for raw in lines:
+            line_no += 1
+            try:
+                obj = loads(raw)
+            except orjson.JSONDecodeError as exc:
+                if not raw.isspace():
+                    yield InvalidLine(line_no, None, f"invalid JSON ({exc})")
+                continue
+            common = _fast_request(obj)
+            if common is not None:
+                custom_id, body = common
+                url = _CHAT_URL
+                if custom_id is None:
+                    custom_id = f"line-{line_no}"
+                    data = batch_line_bytes(custom_id, url, body)
+                elif raw[-1] == 10 and raw[-2] != 13:  # ends in "\n", not "\r\n": already the upload line
+                    data = raw
+                else:
+                    data = raw.rstrip(b"\r\n") + b"\n"
+                model: str = body["model"]
+                inputs = 0
+            else:
+                line = _parse_detailed(obj, line_no)
+                if isinstance(line, InvalidLine):
+                    yield line
+                    continue
+                custom_id, url, body, model = line.custom_id, line.url, line.body, line.model
+                # A bare body (metadata already taken off) is serialized; a Batch-API line is uploaded as read.
+                data = batch_line_bytes(custom_id, url, body) if body is obj else raw.rstrip(b"\r\n") + b"\n"
+                inputs = embedding_inputs(url, body)
+            tokens = fast_token_estimate(data) if estimate is None else estimate(url, body)
+            yield (line_no, custom_id, url, model, data, inputs, tokens)
+
+
+def read_upload_lines(
+    path: str, start: int, end: int, first_line: int, exact_tokens: bool = False
+) -> list[UploadLine | InvalidLine]:
+    """:func:`iter_upload_lines` as a list: the job of a parsing worker process (one chunk of a large file)."""
+    return list(iter_upload_lines(path, start, end, first_line, exact_tokens=exact_tokens))
+
+
+def _exact_estimator() -> Callable[[str, Mapping[str, Any]], int]:
+    from .protocol.tokens import estimate_prompt_tokens  # the tokenizer: loaded only when asked for
+
+    return estimate_prompt_tokens

@@ -45,6 +45,7 @@ __all__ = [
     "ResultWriter",
     "error_result",
     "finished_ids",
+    "fsync_dir",
     "job_id_for_file",
     "marker_path",
     "new_result_id",
@@ -132,7 +133,8 @@ def read_marker(results: str | os.PathLike[str]) -> JobMarker | None:
     return JobMarker(str(data["job"]), data.get("requests"), str(data.get("created_at") or ""), extra or {})
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename (or a new file) in ``path`` durable: fsync the directory itself."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -148,7 +150,7 @@ def _write_marker(results: Path, marker: JobMarker) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def job_id_for_file(path: str | os.PathLike[str]) -> str:

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -30,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from .clock import Clock, SystemClock
 from .protocol.webhooks import DEFAULT_TOLERANCE, WebhookVerificationError, decode_secret, verify_signature
+from .serving import BackgroundServer, bind_socket
 
 __all__ = ["Delivery", "ReceiverServer", "Subscription", "WebhookEvent", "WebhookReceiver"]
 
@@ -109,31 +108,41 @@ class Subscription:
             return self._event.wait(timeout)
         # An injected clock cannot be interrupted by a threading.Event, so sleep on it in short slices and
         # look at the event between them (tests and simulations; the real clock takes the branch above).
-        deadline = None if timeout is None else clock.now() + timeout
+        deadline = _deadline(timeout, clock)
         while not self._event.is_set():
-            left = None if deadline is None else deadline - clock.now()
-            if left is not None and left <= 0:
+            step = _next_slice(deadline, clock)
+            if step is None:
                 return False
-            clock.sleep(_SLICE if left is None else min(_SLICE, left))
-            self._event.wait(0.001)  # yield to the thread delivering the webhook
+            clock.sleep(step)
+            self._event.wait(_YIELD)  # yield (real time) to the thread delivering the webhook
         return True
 
     async def wait_async(self, timeout: float | None, clock: Clock) -> bool:
-        """Await until woken (True) or ``timeout`` seconds of ``clock`` time pass (False)."""
+        """Await until woken (True) or ``timeout`` seconds of ``clock`` time pass (False).
+
+        Same time model as :meth:`wait`: on an injected clock the sleep is sliced, so an autojumping
+        ``FakeClock`` does not leap to the deadline in one step while the webhook is still on its way (the
+        waiter would then end on its timeout's confirming retrieve, never on the event).
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         with self._lock:
             if self._event.is_set():
                 return True
             self._futures.append((loop, fut))
-        if timeout is None:
-            await fut
-            return True
-        sleeper = asyncio.ensure_future(clock.asleep(timeout))
         try:
-            await asyncio.wait({fut, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            if isinstance(clock, SystemClock):
+                await _first_of(fut, None if timeout is None else clock.asleep(timeout))
+            else:
+                deadline = _deadline(timeout, clock)
+                while not self._event.is_set():
+                    step = _next_slice(deadline, clock)
+                    if step is None:
+                        return False
+                    await _first_of(fut, clock.asleep(step))
+                    if not fut.done():
+                        await asyncio.wait({fut}, timeout=_YIELD)  # yield (real time) to the delivering thread
         finally:
-            sleeper.cancel()
             with self._lock:
                 self._futures = [(lp, f) for lp, f in self._futures if f is not fut]
             fut.cancel()
@@ -150,6 +159,31 @@ class Subscription:
 
 
 _SLICE = 1.0  # seconds of injected-clock time between looks at the event
+_YIELD = 0.001  # real seconds given to a delivering thread between two slices of an injected clock
+
+
+def _deadline(timeout: float | None, clock: Clock) -> float | None:
+    return None if timeout is None else clock.now() + timeout
+
+
+def _next_slice(deadline: float | None, clock: Clock) -> float | None:
+    """The next sleep of a sliced wait on an injected clock; None once the deadline has passed."""
+    if deadline is None:
+        return _SLICE
+    left = deadline - clock.now()
+    return None if left <= 0 else min(_SLICE, left)
+
+
+async def _first_of(fut: asyncio.Future[None], sleep: Coroutine[Any, Any, None] | None) -> None:
+    """Await ``fut`` or ``sleep``, whichever ends first (the sleep is cancelled if still running)."""
+    if sleep is None:
+        await fut
+        return
+    sleeper = asyncio.ensure_future(sleep)
+    try:
+        await asyncio.wait({fut, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -332,9 +366,7 @@ class ReceiverServer:
         self.receiver = receiver
         self.host = host
         self.port = port
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._background: BackgroundServer | None = None
 
     @property
     def url(self) -> str:
@@ -343,40 +375,23 @@ class ReceiverServer:
     def start(self, timeout: float = 10.0) -> ReceiverServer:
         import uvicorn
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self._socket = sock
+        if self._background is not None:
+            return self
+        sock = bind_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.receiver, lifespan="off", access_log=False, log_level="warning", log_config=None)
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # the host process owns signals
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name=f"ratepilot-webhooks-{self.port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the webhook receiver did not start on {self.url}")
-            time.sleep(0.002)  # readiness of a real server
+        background = BackgroundServer(uvicorn.Server(config), sock, f"ratepilot-webhooks-{self.port}")
+        try:
+            background.start(timeout)
+        except RuntimeError:
+            raise RuntimeError(f"the webhook receiver did not start on {self.url}") from None
+        self._background = background
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        self._server = None
+        if self._background is not None:
+            self._background.stop()
+            self._background = None
 
     def __enter__(self) -> ReceiverServer:
         return self.start()

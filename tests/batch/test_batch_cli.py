@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ratepilot.cli import app
+from ratepilot.exitcodes import ExitCode
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
 
@@ -69,14 +70,14 @@ def test_submit_wait_collect_status_list(sim: Simulator, tmp_path: Path) -> None
 def test_unknown_job_and_foreign_results_file(sim: Simulator, tmp_path: Path) -> None:
     state = tmp_path / "state"
     code, out = _invoke(sim, state, "status", "nope")
-    assert code == 2 and "no batch job named 'nope'" in out
+    assert code == ExitCode.BAD_INPUT and "no batch job named 'nope'" in out
     requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(0)])
     foreign = tmp_path / "taken.jsonl"
     foreign.write_text('{"something": "else"}\n')
     code, out = _invoke(
         sim, state, "submit", str(requests), "--name", "x", "--wait", "-o", str(foreign), "--poll-interval", "0.01"
     )
-    assert code == 2 and "not written by ratepilot" in out
+    assert code == ExitCode.CONFLICT and "not written by ratepilot" in out
     assert foreign.read_text() == '{"something": "else"}\n'  # nothing lost
 
 
@@ -86,18 +87,19 @@ def test_same_name_for_other_input_is_refused(sim: Simulator, tmp_path: Path) ->
     b = write_jsonl(tmp_path / "b.jsonl", [chat_line(1), chat_line(2)])
     assert _invoke(sim, state, "submit", str(a), "--name", "dup", "--poll-interval", "0.01")[0] == 0
     code, out = _invoke(sim, state, "submit", str(b), "--name", "dup", "--poll-interval", "0.01")
-    assert code == 2 and "planned from different input" in out
+    assert code == ExitCode.CONFLICT and "planned from different input" in out
     code, out = _invoke(sim, state, "forget", "dup")
     assert code == 0
     assert _invoke(sim, state, "submit", str(b), "--name", "dup", "--poll-interval", "0.01")[0] == 0
 
 
-def test_wait_timeout_exits_3(sim: Simulator, tmp_path: Path) -> None:
+def test_wait_timeout_exits_incomplete(sim: Simulator, tmp_path: Path) -> None:
     configure(sim.state, LongrunConfig(time_scale=1.0))  # seconds per batch: a 0 s wait cannot see it finish
     state = tmp_path / "state"
     requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(3)])
     assert _invoke(sim, state, "submit", str(requests), "--name", "t", "--poll-interval", "0.01")[0] == 0
     code, out = _invoke(sim, state, "wait", "t", "--timeout", "0", "--poll-interval", "0.01")
-    assert code == 3, out
+    assert code == ExitCode.INCOMPLETE, out
     code, out = _invoke(sim, state, "collect", "t", "-o", str(tmp_path / "o.jsonl"))
-    assert code in (0, 3)  # 3 while unanswered requests remain; the file holds what is answered
+    # 6 while unanswered requests remain; the file holds what is answered
+    assert code in (ExitCode.OK, ExitCode.INCOMPLETE)

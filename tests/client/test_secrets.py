@@ -36,9 +36,11 @@ def test_key_never_in_logs_exceptions_or_ledger(
     plain = make_sim(rpm=2, tpm=1_000)
     broke = make_sim(credit_usd=0.0)
     pilot = Pilot(clock=clock, budget_usd=0.000006, retry=RetryPolicy.seeded(1))
+    unbudgeted = Pilot(clock=clock)  # a budget refuses a huge max_tokens before the size check can
     errors: list[BaseException] = []
     with (
         pilot.wrap(OpenAI(base_url=plain.base_url, api_key=api_key)) as client,
+        unbudgeted.wrap(OpenAI(base_url=plain.base_url, api_key=api_key)) as sized_client,
         pilot.wrap(OpenAI(base_url=broke.base_url, api_key=api_key)) as broke_client,
     ):
         for _ in range(6):  # throttled (fake-clock waits), then the budget stops it
@@ -47,7 +49,8 @@ def test_key_never_in_logs_exceptions_or_ledger(
             except BudgetExceeded as exc:
                 errors.append(exc)
         for call in (
-            lambda: client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5_000),
+            lambda: sized_client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=1),
+            lambda: sized_client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5_000),
             lambda: broke_client.embeddings.create(model="text-embedding-3-small", input="x"),
             lambda: client.chat.completions.create(model="no-such-model", messages=MSG, max_tokens=1),
         ):

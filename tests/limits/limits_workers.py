@@ -1,8 +1,9 @@
 """Worker processes for the multi-process and foreign-traffic tests: the official SDK driven through a Limiter.
 
 The client transport (``ratepilot.client``) is tested on its own; here the limiter is exercised directly
-around ``with_raw_response`` calls, exactly as the transport uses it: acquire, send, observe, settle (or
-settle 0 + penalize after a 429).
+around ``with_raw_response`` calls, exactly as the transport uses it: acquire, send, settle, observe (or
+settle 0, observe, penalize after a 429). Settling first matters: the server's headers already include this
+request's actual usage, so a pending refund must not hide other clients' traffic.
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ def send_one(client: openai.OpenAI, limiter: Limiter, scope: Scope, cost: Cost, 
         raw = client.chat.completions.with_raw_response.create(**BODY)
     except openai.APIStatusError as exc:
         headers = exc.response.headers
-        limiter.observe(scope, headers, sent, grant=grant)
         limiter.settle(grant, 0)
+        limiter.observe(scope, headers, sent, grant=grant)
         if exc.status_code == 429:
             limiter.penalize(scope, retry_wait(headers, str(exc.message)) or 1.0)
         return Record(sent, exc.status_code, 0, limiter.clock.now())
     usage = raw.parse().usage
     tokens = usage.total_tokens if usage else 0
-    limiter.observe(scope, raw.headers, sent, grant=grant)
     limiter.settle(grant, tokens)
+    limiter.observe(scope, raw.headers, sent, grant=grant)
     remaining = int(raw.headers.get("x-ratelimit-remaining-tokens", "-1"))
     return Record(sent, raw.status_code, tokens, limiter.clock.now(), remaining)
 

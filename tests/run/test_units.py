@@ -81,7 +81,7 @@ def test_cli_exit_codes(make_sim: Callable[..., Simulator], requests_file: Calla
     assert '"done": 3' in result.output.splitlines()[-1]
 
     result = runner.invoke(app, [*base, str(out), str(requests_file(1, name="other.jsonl", batch_lines=False))])
-    assert result.exit_code == ExitCode.FOREIGN_OUTPUT and "another job" in result.output
+    assert result.exit_code == ExitCode.CONFLICT and "another job" in result.output
 
     result = runner.invoke(app, [*base, str(out), str(good), "--mode", "sometimes"])
     assert result.exit_code == ExitCode.BAD_INPUT

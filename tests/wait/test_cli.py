@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 
 from ratepilot.cli import app
 from ratepilot.clock import SystemClock
+from ratepilot.exitcodes import ExitCode
 
 from .conftest import delivery, event_body
 
 
 def test_bad_secret_is_a_usage_error_that_does_not_echo_it() -> None:
     result = CliRunner().invoke(app, ["webhooks", "serve", "--secret", "whsec_!!!hunter2hunter2"])
-    assert result.exit_code == 2
+    assert result.exit_code == ExitCode.BAD_INPUT
     assert "not valid base64" in result.output and "hunter2" not in result.output
 
 
@@ -33,7 +34,7 @@ def test_busy_port_is_a_clear_error(secret: str) -> None:
         busy.listen(1)
         port = busy.getsockname()[1]
         result = CliRunner().invoke(app, ["webhooks", "serve", "--secret", secret, "--port", str(port)])
-    assert result.exit_code == 3 and f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert result.exit_code == ExitCode.CANNOT_LISTEN and f"cannot listen on 127.0.0.1:{port}" in result.output
 
 
 @pytest.fixture

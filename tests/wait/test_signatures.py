@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 from openai import OpenAI
 
-from ratepilot.clock import FakeClock
+from ratepilot.clock import FakeClock, SystemClock
 from ratepilot.protocol.webhooks import WebhookVerificationError, new_secret, sign, verify_signature
-from ratepilot.webhooks import WebhookReceiver
+from ratepilot.webhooks import WebhookEvent, WebhookReceiver
 
 from .conftest import delivery, event_body
 
 
 def test_valid_delivery_is_acted_on(secret: str, clock: FakeClock) -> None:
-    seen = []
+    seen: list[WebhookEvent] = []
     r = WebhookReceiver(secret, clock=clock, on_event=seen.append)
     body = event_body("batch_1")
     result = r.deliver(delivery(secret, clock, body), body)
@@ -62,7 +63,7 @@ def test_timestamp_tolerance_boundary(secret: str, clock: FakeClock) -> None:
 
 
 def test_replay_is_refused_and_not_acted_on_twice(secret: str, clock: FakeClock) -> None:
-    seen = []
+    seen: list[WebhookEvent] = []
     r = WebhookReceiver(secret, clock=clock, on_event=seen.append)
     body = event_body("batch_1")
     headers = delivery(secret, clock, body)
@@ -76,7 +77,7 @@ def test_replay_is_refused_and_not_acted_on_twice(secret: str, clock: FakeClock)
 def test_sender_retry_is_acknowledged_but_acted_on_once(secret: str, clock: FakeClock) -> None:
     # OpenAI (and the simulator) re-sign each retry with a fresh timestamp and the same webhook-id: only the
     # secret's holder can do that, so it is a duplicate to acknowledge (else the sender retries for 72 h).
-    seen = []
+    seen: list[WebhookEvent] = []
     r = WebhookReceiver(secret, clock=clock, on_event=seen.append)
     body = event_body("batch_1")
     first = delivery(secret, clock, body, webhook_id="evt_same")
@@ -178,8 +179,6 @@ async def test_asgi_endpoint_answers_200_and_400(secret: str, clock: FakeClock) 
 def test_a_thread_blocked_on_the_real_clock_is_woken_by_a_delivery(secret: str) -> None:
     import threading
 
-    from ratepilot.clock import SystemClock
-
     clock = SystemClock()
     r = WebhookReceiver(secret)
     sub = r.subscribe("batch_t")
@@ -214,6 +213,36 @@ async def test_async_wait_times_out_on_the_injected_clock(secret: str, clock: Fa
         start = clock.now()
         assert await sub.wait_async(120.0, clock) is False
         assert clock.now() - start == 120.0
+
+
+class _AlarmClock(FakeClock):
+    """An autojumping FakeClock that runs ``alarm`` once, when its time first reaches ``at``."""
+
+    def __init__(self, at: float, alarm: Callable[[], object]) -> None:
+        super().__init__()
+        self.at = self.now() + at
+        self.alarm: Callable[[], object] | None = alarm
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        if self.alarm is not None and self.now() >= self.at:
+            alarm, self.alarm = self.alarm, None
+            alarm()
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+async def test_an_autojumping_clock_does_not_leap_over_an_event_to_the_deadline(secret: str, driver: str) -> None:
+    # A webhook lands 10 s (of the injected clock) into a wait with a 1 h deadline: both drivers sleep in
+    # slices, so they wake at 10 s on the event instead of jumping to 3600 s and ending on the timeout.
+    r = WebhookReceiver(secret)
+    body = event_body("batch_late")
+    headers = delivery(secret, SystemClock(), body)
+    clock = _AlarmClock(10.0, lambda: r.deliver(headers, body))
+    with r.subscribe("batch_late") as sub:
+        start = clock.now()
+        woken = sub.wait(3600.0, clock) if driver == "sync" else await sub.wait_async(3600.0, clock)
+        assert woken is True and sub.event is not None and sub.event.object_id == "batch_late"
+        assert clock.now() - start == 10.0
 
 
 def test_an_event_that_arrived_before_the_wait_is_not_lost(secret: str, clock: FakeClock) -> None:

@@ -20,7 +20,7 @@ from ratepilot.webhooks import ReceiverServer, WebhookReceiver
 
 from .conftest import create_batch, longrun_for
 
-KEY = "sk-test-wait-0123456789"
+KEY = "sk-test-wait-1"
 
 
 @pytest.fixture
@@ -129,7 +129,12 @@ def test_webhooks_replace_polling(clock: FakeClock) -> None:
         assert [e.type for e in receiver.events] == ["batch.completed"]
 
 
-async def test_webhooks_wake_an_async_waiter(clock: FakeClock) -> None:
+async def test_webhooks_wake_an_async_waiter() -> None:
+    # Time moves only when the test says. With an autojumping clock the waiter's sleep reaches its deadline at
+    # once, and the wait can end on the deadline's confirming retrieve (which itself completes the response)
+    # while the webhook is still in flight: then nothing here would show the event woke the waiter. Here the
+    # deadline is unreachable, so only the webhook can end the wait.
+    clock = FakeClock(autojump=False)
     secret = new_secret()
     receiver = WebhookReceiver(secret)
     with ReceiverServer(receiver) as server, Simulator(SimConfig(), clock=clock) as sim:
@@ -138,12 +143,15 @@ async def test_webhooks_wake_an_async_waiter(clock: FakeClock) -> None:
         )
         async with AsyncOpenAI(base_url=sim.base_url, api_key=KEY, max_retries=0) as client:
             resp = await client.responses.create(model="gpt-4o-mini", input="hello", background=True)
+            start = clock.now()
             task = asyncio.create_task(wait_async(client, resp, receiver=receiver, clock=clock, timeout=3600))
             await asyncio.sleep(0)
             clock.advance(60)  # the response ends at 51 s; the simulator's sender thread notices and posts
-            done = await asyncio.wait_for(task, 10)
+            done = await asyncio.wait_for(task, 10)  # a real bound: a lost webhook fails here, it does not hang
         assert done.status == "completed"
+        assert clock.now() - start == 60  # woken by the event, not by the deadline
         assert polls_seen(sim, "/v1/responses/{id}") == 1
+        # The receiver records an event before it wakes the waiters, so it is there once the wait is over.
         assert [e.type for e in receiver.events] == ["response.completed"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from ..results import error_result
+from ..results import error_result, fsync_dir
 from ..store import JobRecord, LineState, Store
 from .crash import crash_point
 from .machine import line_outcome
@@ -68,7 +68,8 @@ _NO_LINE_REASONS = {
 def write_ordered_results(store: Store, job: JobRecord, output: Path) -> CollectSummary:
     """Rewrite ``output`` with every indexed result line, in input order; memory bounded by open buffers.
 
-    Written to ``<output>.part``, fsynced and renamed, so the results file is always a complete snapshot.
+    Written to ``<output>.part``, fsynced, renamed and the directory fsynced, so the results file is always a
+    complete snapshot, and a durable one once this returns (a crash after "done" cannot lose the rename).
     Lines are copied byte for byte from the downloaded files (``os.pread`` at the indexed offset).
     """
     files = store.file_paths(job)
@@ -103,6 +104,7 @@ def write_ordered_results(store: Store, job: JobRecord, output: Path) -> Collect
             os.fsync(out.fileno())
         crash_point("during-collect-write")
         os.replace(part, output)
+        fsync_dir(output.parent)
     finally:
         for fd in fds.values():
             os.close(fd)

@@ -17,20 +17,18 @@ def sdk_fallback(client: OpenAI) -> OnlineFallback:
     """An :data:`~ratepilot.batch.runner.OnlineFallback` posting through ``client`` (ideally ``pilot.wrap``-ped,
     so the stragglers are throttled and retried like any online request).
 
-    Any HTTP answer — including a 4xx — becomes a response result; only a request that got no answer raises.
+    Any HTTP answer — including a 4xx — becomes a response result; a request that got no answer raises (the
+    Pilot's own errors, such as ``QuotaExhausted``, as themselves). The post is the runner's
+    (:func:`ratepilot.run.sender.sdk_post`): one raw-SDK code path for both.
     """
-    import httpx2
-    import openai
+    from ..run.sender import sdk_post
 
     def call(url: str, body: Mapping[str, Any]) -> tuple[int, str | None, Any]:
-        path = url.removeprefix("/v1")
-        try:
-            response = client.post(path, cast_to=httpx2.Response, body=dict(body))
-        except openai.APIStatusError as exc:
-            error: Any = exc.body
-            if not (isinstance(error, dict) and "error" in error):
-                error = {"error": error if isinstance(error, dict) else {"message": str(exc)}}
-            return exc.status_code, exc.request_id, error
-        return response.status_code, response.headers.get("x-request-id"), response.json()
+        answer = sdk_post(client, url, dict(body))
+        result: Any = answer.body
+        if answer.status_code >= 400 and not (isinstance(result, dict) and "error" in result):
+            # A result line's error body is always {"error": {...}}, even when the server answered otherwise.
+            result = {"error": result if isinstance(result, dict) else {"message": str(result)}}
+        return answer.status_code, answer.request_id or None, result
 
     return call

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
-
 from ..protocol.tokens import estimate_prompt_tokens
+from ..requests import batch_line_bytes, embedding_inputs, fast_token_estimate
 from .config import BatchConfig
 
 __all__ = [
@@ -36,17 +35,6 @@ TokenEstimator = Callable[[str, Mapping[str, Any]], int]
 """``(url, body) -> tokens`` counted against the model's enqueued-token limit."""
 
 
-def fast_token_estimate(data: bytes) -> int:
-    """A cheap upper bound for Latin-script prompts: a quarter of the whole line's bytes (keys included).
-
-    The real tokenizer costs ~60 µs per chat request, which would cap planning far below disk speed; the
-    byte count over-estimates English prompt tokens (~4 characters per token, plus JSON framing) so shards
-    are admitted conservatively. An under-estimate (e.g. CJK text) is caught by the server's
-    ``token_limit_exceeded`` and learned from. ``BatchConfig.token_estimate="exact"`` uses the tokenizer.
-    """
-    return len(data) // 4 + 1
-
-
 def exact_token_estimate(url: str, body: Mapping[str, Any]) -> int:
     """Prompt tokens by the real tokenizer (what the server counts as enqueued); ~60 µs per chat request."""
     return estimate_prompt_tokens(url, body)
@@ -54,21 +42,6 @@ def exact_token_estimate(url: str, body: Mapping[str, Any]) -> int:
 
 def shard_file_name(shard: int) -> str:
     return f"shard-{shard:05d}.jsonl"
-
-
-def batch_line_bytes(custom_id: str, url: str, body: Mapping[str, Any]) -> bytes:
-    """The Batch-API input line (with its newline) as uploaded."""
-    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body}) + b"\n"
-
-
-def embedding_inputs(url: str, body: Mapping[str, Any]) -> int:
-    """How many inputs an embeddings request carries (the Batch API caps them per file); 0 for other endpoints."""
-    if url != "/v1/embeddings":
-        return 0
-    value = body.get("input")
-    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
-        return len(value)
-    return 1
 
 
 @dataclass(slots=True)
@@ -105,12 +78,13 @@ class ShardPacker:
 
 
 class _OpenShard:
-    __slots__ = ("fh", "packer", "spec")
+    __slots__ = ("fh", "packer", "spec", "write")
 
     def __init__(self, spec: ShardSpec, packer: ShardPacker) -> None:
         self.spec = spec
         self.packer = packer
         self.fh: IO[bytes] = open(spec.path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in ShardWriter
+        self.write = self.fh.write  # bound once: called per line
 
 
 class ShardWriter:
@@ -152,17 +126,20 @@ class ShardWriter:
 
     def add_prepared(self, model: str, url: str, data: bytes, n_inputs: int, tokens: int) -> int:
         """Append one already serialized line with its totals; returns its shard number (the hot path)."""
-        current = self._open.get((model, url))
-        if current is None or not current.packer.fits(current.spec, len(data), n_inputs, tokens):
+        key = (model, url)
+        current = self._open.get(key)
+        n_bytes = len(data)
+        if current is None or not current.packer.fits(current.spec, n_bytes, n_inputs, tokens):
             if current is not None:
                 self._finish(current)
             current = self._start(model, url)
-            self._open[(model, url)] = current
-        current.fh.write(data)
+            self._open[key] = current
+        current.write(data)
         spec = current.spec
         spec.n_requests += 1
-        spec.n_bytes += len(data)
-        spec.n_inputs += n_inputs
+        spec.n_bytes += n_bytes
+        if n_inputs:  # embeddings only
+            spec.n_inputs += n_inputs
         spec.est_tokens += tokens
         return spec.shard
 

@@ -1,7 +1,8 @@
 """Validate and plan a job in one streaming pass; nothing is uploaded unless every line is valid.
 
-Each line goes through :func:`ratepilot.requests.parse_line` (the shared validator: JSON, custom_id, POST,
-supported url, body basics) plus the job-level rules only a batch has: unique ``custom_id``\\ s, one endpoint
+Each line goes through :func:`ratepilot.requests.iter_upload_lines` (the shared validator of
+:func:`~ratepilot.requests.parse_line`: JSON, custom_id, POST, supported url, body basics; it also makes the
+upload line) plus the job-level rules only a batch has: unique ``custom_id``\\ s, one endpoint
 per job, and a non-empty file. Valid lines are written straight into shard files and the results index, so
 memory stays bounded (the only per-line state in memory is the set of custom_ids, ~100 MB per million). On
 any error the shard files and index rows are discarded and :class:`BatchInputError` lists the first errors
@@ -20,18 +21,12 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..requests import InvalidLine, RequestLine, parse_line
+from ..errors import InputError
+from ..requests import InvalidLine, UploadLine, iter_upload_lines, read_upload_lines
 from ..store import JobRecord, ShardRecord, Store
 from .config import BatchConfig
 from .crash import crash_point
-from .plan import (
-    ShardSpec,
-    ShardWriter,
-    batch_line_bytes,
-    embedding_inputs,
-    exact_token_estimate,
-    fast_token_estimate,
-)
+from .plan import ShardSpec, ShardWriter
 
 __all__ = ["MAX_REPORTED_ERRORS", "BatchInputError", "PlanSummary", "fingerprint", "plan_job"]
 
@@ -39,7 +34,7 @@ MAX_REPORTED_ERRORS = 20
 
 
 @dataclass
-class BatchInputError(ValueError):
+class BatchInputError(InputError, ValueError):
     """The requests file cannot be submitted; ``errors`` are the first invalid lines (all named by line)."""
 
     path: str
@@ -49,7 +44,7 @@ class BatchInputError(ValueError):
 
     def __post_init__(self) -> None:
         self.total_invalid = max(self.total_invalid, len(self.errors))
-        ValueError.__init__(self, str(self))
+        InputError.__init__(self, str(self))
 
     def __str__(self) -> str:
         if self.reason:
@@ -85,41 +80,17 @@ def fingerprint(path: Path) -> str:
 
 # A parsed line, as the planner needs it: (line_no, custom_id, url, model, upload bytes, embedding inputs,
 # tokens) for a valid request, or an InvalidLine. Small and picklable, so parsing can run in other processes.
-Parsed = tuple[int, str, str, str, bytes, int, int]
+Parsed = UploadLine
 
 
 def parse_chunk(path: str, start: int, end: int, first_line: int, exact: bool) -> list[Parsed | InvalidLine]:
     """Validate the lines in bytes ``[start, end)``, the first of which is line ``first_line`` of the file."""
-    return list(iter_lines(path, start, end, first_line, exact))
+    return read_upload_lines(path, start, end, first_line, exact)
 
 
 def iter_lines(path: str, start: int, end: int, first_line: int, exact: bool) -> Iterator[Parsed | InvalidLine]:
     """Stream the parsed lines of bytes ``[start, end)`` (the first is line ``first_line``); blank lines skipped."""
-    with open(path, "rb", buffering=1 << 20) as fh:
-        fh.seek(start)
-        pos = start
-        line_no = first_line
-        while pos < end:
-            raw = fh.readline()
-            if not raw:
-                break
-            pos += len(raw)
-            parsed = parse_line(raw, line_no)
-            if parsed is not None:
-                yield parsed if isinstance(parsed, InvalidLine) else _prepared(parsed, raw, line_no, exact)
-            line_no += 1
-
-
-def _prepared(line: RequestLine, raw: bytes, line_no: int, exact: bool) -> Parsed:
-    cid = line.custom_id
-    # A bare body without metadata always gets custom_id "line-N", so any other id without metadata means a
-    # Batch-API line: it is uploaded as read, without re-serializing.
-    bare = line.metadata is not None or (cid.startswith("line-") and cid == f"line-{line_no}")
-    data = batch_line_bytes(cid, line.url, line.body) if bare else _upload_line(raw)
-    model = line.body.get("model")
-    inputs = embedding_inputs(line.url, line.body) if line.url == "/v1/embeddings" else 0
-    tokens = exact_token_estimate(line.url, line.body) if exact else fast_token_estimate(data)
-    return (line_no, cid, line.url, model if isinstance(model, str) else "", data, inputs, tokens)
+    return iter_upload_lines(path, start, end, first_line, exact_tokens=exact)
 
 
 PARALLEL_MIN_BYTES = 256 << 20
@@ -151,19 +122,25 @@ def _parsed_lines(
     """
     size = path.stat().st_size
     if workers <= 1 or (size < PARALLEL_MIN_BYTES and not force_parallel):
-        yield from iter_lines(str(path), 0, size, 1, exact)  # streaming: memory does not grow with the file
-        return
+        # streaming: memory does not grow with the file (and no generator in between: this runs per line)
+        return iter_upload_lines(str(path), 0, None, 1, exact_tokens=exact)
+    return itertools.chain.from_iterable(_parsed_chunks(path, size, exact, workers))
+
+
+def _parsed_chunks(path: Path, size: int, exact: bool, workers: int) -> Iterator[list[Parsed | InvalidLine]]:
     ranges = _chunks(path, size, CHUNK_BYTES)
+    # Workers run ratepilot.requests.read_upload_lines (not a function of this package): a spawned worker
+    # imports only the module of the function it runs, and this package would pull in the OpenAI SDK.
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: deque[Future[list[Parsed | InvalidLine]]] = deque(
-            pool.submit(parse_chunk, str(path), *r, exact) for r in itertools.islice(ranges, workers * 2)
+            pool.submit(read_upload_lines, str(path), *r, exact) for r in itertools.islice(ranges, workers * 2)
         )  # a bounded number of chunks in flight: memory stays bounded
         while pending:
             items = pending.popleft().result()
             nxt = next(ranges, None)
             if nxt is not None:
-                pending.append(pool.submit(parse_chunk, str(path), *nxt, exact))
-            yield from items
+                pending.append(pool.submit(read_upload_lines, str(path), *nxt, exact))
+            yield items
 
 
 def default_workers() -> int:
@@ -239,11 +216,6 @@ def plan_job(
         writer.abort()
         raise
     return PlanSummary(total, first_url[0], tuple(specs), path.stat().st_size)
-
-
-def _upload_line(raw: bytes) -> bytes:
-    """A valid Batch-API input line is uploaded as read (no re-serialization); only the newline is normalized."""
-    return raw.rstrip(b"\r\n") + b"\n"
 
 
 def _mixed_url(line_no: int, cid: str, url: str, first_url: tuple[str, int]) -> InvalidLine:

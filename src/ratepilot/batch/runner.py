@@ -31,9 +31,10 @@ import orjson
 
 from .. import paths
 from ..clock import Clock, SystemClock
-from ..poll import KINDS, PRIORITY_HEADER, Poll, PollSchedule, snapshot
+from ..poll import _TRANSIENT as TRANSIENT_POLL_ERRORS  # the one classification of a missed poll
+from ..poll import KINDS, PRIORITY_HEADER, GiveUp, Poll, PollSchedule, snapshot
 from ..protocol.pricing import PriceTable
-from ..results import ForeignResultsError, error_result, open_results, read_marker, response_result
+from ..results import ForeignResultsError, error_result, fsync_dir, open_results, read_marker, response_result
 from ..store import DEFAULT_DB_NAME, JobRecord, LineState, ShardRecord, ShardState, Store
 from .collect import CollectSummary, index_result_file, write_ordered_results
 from .config import BatchConfig
@@ -480,7 +481,16 @@ class BatchRunner:
             if not (force or woken or self._next_poll.get(key, 0.0) <= now):
                 continue
             assert shard.batch_id is not None
-            batch = self.client.batches.retrieve(shard.batch_id, extra_headers={PRIORITY_HEADER: "low"})
+            try:
+                batch = self.client.batches.retrieve(shard.batch_id, extra_headers={PRIORITY_HEADER: "low"})
+            except TRANSIENT_POLL_ERRORS:
+                # A network blip or a 5xx must not end an hours-long wait: a missed poll, looked at again
+                # after a back-off, as ratepilot.poll.wait does; only a run of failures is raised.
+                if sub is not None and woken:
+                    sub.rearm()  # else the still-set wake-up would retry at once, without the back-off
+                if self._missed_poll(key):
+                    raise
+                continue
             if sub is not None and woken:
                 sub.rearm()  # if the batch is not terminal yet, the confirming retrieves take over
             self._schedule_next(job, shard, batch, woken=woken)
@@ -503,6 +513,7 @@ class BatchRunner:
         if first and self.receiver is not None and key not in self._subs:
             self._subs[key] = self.receiver.subscribe(str(batch.id))
         if self.config.poll_interval is not None:
+            self._schedules.pop(key, None)  # only ever a missed-poll counter here (see _missed_poll): reset it
             self._next_poll[key] = now + self.config.poll_interval
             return
         kind = KINDS["batch"]
@@ -517,6 +528,25 @@ class BatchRunner:
             decision = schedule.observe(snapshot(kind, batch), now, woken=woken)
         after = decision.after if isinstance(decision, Poll) else 0.0
         self._next_poll[key] = now + min(after, WEBHOOK_BACKSTOP_SECONDS)
+
+    def _missed_poll(self, key: tuple[int, int]) -> bool:
+        """A retrieve failed transiently: schedule the next look after the poll schedule's back-off. True when
+        too many retrieves in a row failed (the caller re-raises the error)."""
+        now = self.clock.now()
+        schedule = self._schedules.get(key)
+        if schedule is None:  # fixed --poll-interval: a schedule just to count failures and back off
+            schedule = PollSchedule.begin(
+                KINDS["batch"], now=now, wall=self.clock.wall(), policy=self.config.poll_policy
+            )
+            self._schedules[key] = schedule
+        decision = schedule.failed(now)
+        if isinstance(decision, GiveUp):
+            return True
+        after = decision.after if isinstance(decision, Poll) else 0.0
+        if self.config.poll_interval is not None:
+            after = max(after, self.config.poll_interval)
+        self._next_poll[key] = now + min(after, WEBHOOK_BACKSTOP_SECONDS)
+        return False
 
     def _sleep(self, job: JobRecord, numbers: tuple[int, ...], seconds: float) -> None:
         """Sleep until the next poll is due, or until a webhook announces one of these batches' end."""
@@ -598,6 +628,7 @@ class BatchRunner:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(part, target)
+        fsync_dir(target.parent)  # indexed (and the shard marked collected) next: the file must outlive a crash
 
     def _collect_shard(self, job: JobRecord, shard: ShardRecord) -> None:
         files: list[tuple[str, Path]] = []
@@ -669,7 +700,12 @@ class BatchRunner:
             self.store.log(job, "retry-planned", f"{len(moves)} lines in {len(specs)} shards")
 
     def _run_fallback(self, job: JobRecord, shards: list[ShardRecord]) -> None:
-        """Answer out-of-attempts stragglers through the online API; results are indexed like batch results."""
+        """Answer out-of-attempts stragglers through the online API; results are indexed like batch results.
+
+        A request that got no answer is recorded as failed and the next one is tried — but quota and budget
+        errors stop the job: every following request would meet them too (and a budget must not be crossed).
+        The lines answered before the stop are kept; the rest stay waiting for a retry, so a rerun goes on.
+        """
         assert self.fallback is not None
         by_no = {s.shard: s for s in shards}
         for old in self.store.shards_with_state(job, LineState.RETRY):
@@ -679,29 +715,45 @@ class BatchRunner:
             target = self._job_dir(job) / f"online-{old:05d}-{secrets.token_hex(3)}.jsonl"
             rows: list[tuple[int, int, int, int, str | None, str]] = []
             file_no = self.store.add_file(job, str(target), "online")
-            with open(by_no[old].path, "rb") as src, open(target, "wb") as out:
-                offset = 0
-                for raw in src:
-                    line = orjson.loads(raw)
-                    cid = line["custom_id"]
-                    if cid not in wanted:
-                        continue
+            try:
+                with open(by_no[old].path, "rb") as src, open(target, "wb") as out:
                     try:
-                        status, request_id, body = self.fallback(line["url"], line["body"])
-                        result = response_result(cid, status, request_id, body)
-                    except Exception as exc:  # a request that got no HTTP answer even after retries
-                        result = error_result(cid, "online_fallback_failed", type(exc).__name__)
-                    data = orjson.dumps(result) + b"\n"
-                    out.write(data)
-                    state, code = line_outcome(result)
-                    final = LineState.DONE if state == LineState.DONE else LineState.FAILED
-                    rows.append((int(final), file_no, offset, len(data), code, cid))
-                    offset += len(data)
-                out.flush()
-                os.fsync(out.fileno())
-            with self.store.bulk():
-                self.store.set_results(job, old, rows, from_state=LineState.RETRY)
-                self.store.log(job, "online-fallback", f"{len(rows)} lines", shard=old)
+                        offset = 0
+                        for raw in src:
+                            line = orjson.loads(raw)
+                            cid = line["custom_id"]
+                            if cid not in wanted:
+                                continue
+                            result = self._fallback_one(cid, line["url"], line["body"])
+                            data = orjson.dumps(result) + b"\n"
+                            out.write(data)
+                            state, code = line_outcome(result)
+                            final = LineState.DONE if state == LineState.DONE else LineState.FAILED
+                            rows.append((int(final), file_no, offset, len(data), code, cid))
+                            offset += len(data)
+                    finally:
+                        out.flush()
+                        os.fsync(out.fileno())
+            finally:  # also when stopped by quota/budget: what was answered is kept
+                fsync_dir(target.parent)
+                if rows:
+                    with self.store.bulk():
+                        self.store.set_results(job, old, rows, from_state=LineState.RETRY)
+                        self.store.log(job, "online-fallback", f"{len(rows)} lines", shard=old)
+
+    def _fallback_one(self, cid: str, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        from ..errors import BudgetExceeded, QuotaExhausted
+        from ..run.sender import unwrap_pilot_error
+
+        assert self.fallback is not None
+        try:
+            status, request_id, answer = self.fallback(url, body)
+        except Exception as exc:  # a request that got no HTTP answer even after retries
+            inner = unwrap_pilot_error(exc)
+            if isinstance(inner, QuotaExhausted | BudgetExceeded):
+                raise inner from None
+            return error_result(cid, "online_fallback_failed", type(exc).__name__)
+        return response_result(cid, status, request_id, answer)
 
     # ------------------------------------------------------------------------------------------ helpers
     def _job(self, name: str) -> JobRecord:
@@ -714,7 +766,10 @@ class BatchRunner:
         return self.state_dir / "batches" / job.name
 
     def _materialize(self, requests: Iterable[Mapping[str, Any]], name: str | None) -> tuple[Path, str]:
-        """Write an iterable of requests to a JSONL in the state dir (streaming); fingerprint = content hash."""
+        """Write an iterable of requests to a JSONL in the state dir (streaming); fingerprint = content hash.
+
+        The job planned from it refers to it by path, so it is made durable (file and rename) first.
+        """
         directory = self.state_dir / "batches" / "_inputs"
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f".tmp-{secrets.token_hex(6)}.jsonl"
@@ -724,9 +779,12 @@ class BatchRunner:
                 data = orjson.dumps(item) + b"\n"
                 digest.update(data)
                 fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         hexdigest = digest.hexdigest()
         target = directory / f"{name or 'requests'}-{hexdigest[:12]}.jsonl"
         os.replace(tmp, target)
+        fsync_dir(directory)
         return target, f"sha256:{hexdigest}"
 
 

@@ -1,13 +1,19 @@
 """`ratepilot batch submit|status|wait|collect|cancel|list|forget` — the Batch API pipeline, resumable.
 
-Exit codes (stable, for scripts):
+Exit codes (stable, for scripts; the scheme shared by every command, :class:`ratepilot.exitcodes.ExitCode`):
 
 * 0 — done: every request has its final answer (successes and reported failures); or the command did
   what it was asked (``submit``, ``cancel``, ``list``);
-* 2 — bad input: an invalid requests file (line and field named; nothing uploaded), an unknown job, a job
-  name already used for other input, a bad option;
-* 3 — not finished: ``wait`` timed out, or ``collect`` wrote a partial file (some requests not answered yet);
-* 4 — the API refused the work (authentication, quota/billing, a request error that retrying cannot fix).
+* 1 — an unexpected error;
+* 2 — bad input: an invalid requests file (line and field named; nothing uploaded), an unknown job, a bad
+  option, no API key;
+* 3 — insufficient_quota / billing limit: stopped, progress kept; add credit and rerun;
+* 4 — the Pilot's budget was reached: stopped, progress kept;
+* 5 — conflict: the job name is taken by other input, or the results file belongs to another job;
+* 6 — not finished: ``wait`` timed out, or ``collect`` wrote a partial file (some requests not answered yet);
+* 7 — the API key was rejected;
+* 8 — the API refused the work, retries ran out, or the API could not be reached (rerun to resume);
+* 130 — interrupted.
 """
 
 from __future__ import annotations
@@ -24,19 +30,16 @@ import typer
 if TYPE_CHECKING:
     from ratepilot.batch import BatchRunner, JobStatus
 
-__all__ = ["EXIT_API", "EXIT_BAD_INPUT", "EXIT_INCOMPLETE", "EXIT_OK", "app", "register"]
+from ratepilot.exitcodes import EXIT_CODES_HELP, ExitCode
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_INCOMPLETE = 3
-EXIT_API = 4
+__all__ = ["app", "register"]
 
 app = typer.Typer(
     name="batch",
     help=(
         "Run a requests JSONL through the Batch API (50% cheaper): validate, shard, submit, track, collect in "
         "input order, retry what failed retryably. Every command is resumable: rerun it after a crash. "
-        "Exit codes: 0 done, 2 bad input, 3 not finished yet, 4 API refused."
+        + EXIT_CODES_HELP
     ),
     no_args_is_help=True,
 )
@@ -98,7 +101,7 @@ def _runner(
         raise typer.BadParameter("use 'none' or 'online'", param_hint="--fallback")
     api_key = os.environ.get("OPENAI_API_KEY")
     if not api_key:
-        raise _fail("set OPENAI_API_KEY (any non-empty value for a simulator)", EXIT_BAD_INPUT)
+        raise _fail("set OPENAI_API_KEY (any non-empty value for a simulator)", ExitCode.BAD_INPUT)
     cfg = BatchConfig(poll_interval=poll_interval, **config)
     with ExitStack() as stack:
         raw = stack.enter_context(OpenAI(api_key=api_key, base_url=base_url))
@@ -128,24 +131,22 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _run_guarded(fn: Any) -> Any:
-    """Map library errors to the documented exit codes and clear messages (never a traceback)."""
-    import openai
+    """Map library errors to the shared exit codes and clear, key-free messages (never a traceback).
 
-    from ratepilot.batch import BatchInputError, JobConflictError, JobNotFoundError
-    from ratepilot.results import ForeignResultsError
+    The wrapped client raises the Pilot's errors (quota, budget, request too large, retries exhausted);
+    the pipeline its own (bad input, job conflicts); the SDK refusals and connection failures. An error
+    :func:`~ratepilot.exitcodes.classify_exit` does not know is a bug and stays a traceback (exit 1).
+    """
+    from ratepilot.exitcodes import classify_exit
 
     try:
         return fn()
-    except BatchInputError as exc:
-        raise _fail(str(exc), EXIT_BAD_INPUT) from None
-    except (JobConflictError, JobNotFoundError, ForeignResultsError) as exc:
-        raise _fail(str(exc), EXIT_BAD_INPUT) from None
-    except openai.APIStatusError as exc:
-        from ratepilot.errors import _scrub
-
-        raise _fail(_scrub(f"the API refused ({exc.status_code}): {exc.message}"), EXIT_API) from None
-    except openai.APIConnectionError as exc:
-        raise _fail(f"cannot reach the API ({exc}); rerun the same command to resume", EXIT_API) from None
+    except (Exception, KeyboardInterrupt) as exc:
+        known = classify_exit(exc)
+        if known is None:
+            raise
+        code, message = known
+        raise _fail(message, code) from None
 
 
 def _console() -> Any:
@@ -263,9 +264,9 @@ def submit(
             summary = _run_guarded(lambda: runner.collect(status.name, output))
             _print_collect(summary, as_json)
             if not summary.complete:
-                raise typer.Exit(EXIT_INCOMPLETE)
+                raise typer.Exit(ExitCode.INCOMPLETE)
         if wait_ and not status.complete:
-            raise typer.Exit(EXIT_INCOMPLETE)
+            raise typer.Exit(ExitCode.INCOMPLETE)
 
 
 @app.command()
@@ -293,7 +294,7 @@ def status(
 def wait(
     name: Annotated[str, typer.Argument(help="Job name.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Collect the results here when done.")] = None,
-    timeout: float | None = typer.Option(None, "--timeout", help="Give up waiting after N seconds (exit 3)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Give up waiting after N seconds (exit 6)."),
     poll_interval: float | None = _POLL,
     fallback: str = _FALLBACK,
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Submissions per request, retries included."),
@@ -309,7 +310,7 @@ def wait(
             summary = _run_guarded(lambda: r.collect(name, output))
             _print_collect(summary, as_json)
         if not result.complete:
-            raise typer.Exit(EXIT_INCOMPLETE)
+            raise typer.Exit(ExitCode.INCOMPLETE)
 
 
 @app.command()
@@ -323,13 +324,13 @@ def collect(
 ) -> None:
     """Download finished batches' output and error files and write every answered request, in input order.
 
-    Exit 3 when some requests have no answer yet (the file then holds the ones that do; collect again later).
+    Exit 6 when some requests have no answer yet (the file then holds the ones that do; collect again later).
     """
     with _runner(state_dir, base_url) as runner:
         summary = _run_guarded(lambda: runner.collect(name, output, overwrite=overwrite))
         _print_collect(summary, as_json)
         if not summary.complete:
-            raise typer.Exit(EXIT_INCOMPLETE)
+            raise typer.Exit(ExitCode.INCOMPLETE)
 
 
 def _print_collect(summary: Any, as_json: bool) -> None:

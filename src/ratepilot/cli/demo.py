@@ -58,7 +58,7 @@ def _headers_tour(rpm: int, tpm: int) -> None:
                 title="ratepilot demo",
             )
         )
-        client = openai.OpenAI(base_url=sim.base_url, api_key="sk-demo-0000000000000001", max_retries=0)
+        client = openai.OpenAI(base_url=sim.base_url, api_key="sk-demo-0001", max_retries=0)
         table = Table("#", "prompt", "reply", "tokens", "requests left / reset", "tokens left / reset")
         prompts = [
             "I want a refund for order 1234",

@@ -7,24 +7,26 @@ The probe goes through a Pilot-wrapped client, so it is classified like any othe
 
 from __future__ import annotations
 
-import enum
 import json
 
 import typer
 
+from ratepilot.exitcodes import ExitCode
+
 __all__ = ["LimitsExit", "register"]
 
+LimitsExit = ExitCode
+"""Kept for scripts that imported it: ``limits`` uses the shared exit codes (0, 2, 3, 7, 8)."""
 
-class LimitsExit(enum.IntEnum):
-    OK = 0
-    ERROR = 1  # the API could not be reached, or answered with an unexpected error
-    BAD_INPUT = 2  # no API key
-    QUOTA = 3  # insufficient_quota / billing
-    AUTH = 7  # the key was rejected
+_HELP = (
+    "Probe the API with one minimal request and show limit / remaining / reset per dimension. "
+    "Exit codes: 0 ok, 1 unexpected error, 2 no API key, 3 insufficient quota, 7 API key rejected, "
+    "8 the API refused the probe or could not be reached."
+)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("limits")(limits)
+    app.command("limits", help=_HELP)(limits)
 
 
 def limits(
@@ -43,15 +45,17 @@ def limits(
     from rich.table import Table
 
     from ratepilot.client import Pilot
-    from ratepilot.errors import QuotaExhausted, RatePilotError
+    from ratepilot.exitcodes import classify_exit
     from ratepilot.protocol.errors import redact_key
+    from ratepilot.retry import RetryPolicy
 
     err = Console(stderr=True)
     if not api_key:
         err.print("[red]error:[/red] no API key: pass --api-key or set OPENAI_API_KEY")
-        raise typer.Exit(LimitsExit.BAD_INPUT)
+        raise typer.Exit(ExitCode.BAD_INPUT)
     shown_key = redact_key(api_key)
-    pilot = Pilot()
+    # A probe is interactive: one quick retry at most, not the minutes of back-off a job would accept.
+    pilot = Pilot(retry=RetryPolicy(max_attempts=2, max_total_wait=2.0))
     try:
         with pilot.wrap(openai.OpenAI(api_key=api_key, base_url=base_url)) as client:
             if "embedding" in model:
@@ -62,22 +66,21 @@ def limits(
                     model=model, messages=[{"role": "user", "content": "."}], max_tokens=1
                 )
                 request_id = chatted.headers.get("x-request-id")
-    except QuotaExhausted as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(LimitsExit.QUOTA) from None
+        # Read before close(): the state is the Pilot's limiter's, which close() shuts down.
+        state = pilot.limits(model)
     except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
         err.print(f"[red]error:[/red] the key {shown_key} was rejected ({exc.status_code})")
-        raise typer.Exit(LimitsExit.AUTH) from None
-    except openai.APIStatusError as exc:
-        err.print(f"[red]error:[/red] the API answered {exc.status_code}: {RatePilotError(str(exc.message)).message}")
-        raise typer.Exit(LimitsExit.ERROR) from None
-    except (openai.APIConnectionError, RatePilotError) as exc:
-        err.print(f"[red]error:[/red] {RatePilotError(str(exc)).message}")
-        raise typer.Exit(LimitsExit.ERROR) from None
+        raise typer.Exit(ExitCode.AUTH) from None
+    except Exception as exc:
+        known = classify_exit(exc)
+        if known is None:
+            raise
+        code, message = known
+        err.print(f"error: {message}", style="red", highlight=False, markup=False)
+        raise typer.Exit(code) from None
     finally:
         pilot.close()
 
-    state = pilot.limits(model)
     if as_json:
         out = {"base_url": str(client.base_url), "api_key": shown_key, "request_id": request_id, **state.to_dict()}
         typer.echo(json.dumps(out, sort_keys=True))

@@ -1,15 +1,17 @@
 """`ratepilot run REQUESTS.jsonl -o RESULTS.jsonl` — a large job at the edge of the rate limits, resumable.
 
-Exit codes (stable, for scripts):
+Exit codes (stable, for scripts; the scheme shared by every command, :class:`ratepilot.exitcodes.ExitCode`):
 
 * 0 — done: every request has a result line (HTTP errors such as 400 are results too; see the summary);
 * 1 — an unexpected error;
-* 2 — bad input: invalid requests lines (each named by line and field) or options; nothing was sent;
+* 2 — bad input: invalid requests lines (each named by line and field), options, or ``--mode batch`` on a
+  file mixing endpoints; nothing was sent;
 * 3 — insufficient_quota / billing limit: stopped at once, progress kept; add credit and rerun;
 * 4 — --budget-usd reached: stopped before crossing it, progress kept; raise it and rerun;
-* 5 — the results file belongs to another job (or was not written by ratepilot): nothing was written;
-* 6 — incomplete: some requests got no answer after every retry; rerun to ask them again;
+* 5 — the results file (or batch job name) belongs to another job: nothing was written;
+* 6 — incomplete: some requests got no answer (after every retry, or an unexpected error, logged); rerun;
 * 7 — the API key was rejected (401/403);
+* 8 — the API refused the work, retries ran out, or it could not be reached (``--mode batch``); rerun;
 * 130 — interrupted (Ctrl-C); rerun to resume.
 """
 
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from ratepilot.exitcodes import EXIT_CODES_HELP
 
 __all__ = ["register", "run_command"]
 
@@ -40,11 +44,7 @@ _HELP = "\n\n".join(
             "cached (SQLite, in the state dir) so a rerun of identical requests costs nothing (--no-cache to ask "
             "again)."
         ),
-        (
-            "Exit codes: 0 done, 1 unexpected error, 2 bad input (nothing sent), 3 insufficient quota (progress "
-            "kept), 4 budget reached (progress kept), 5 results file belongs to another job, 6 incomplete "
-            "(rerun), 7 API key rejected, 130 interrupted (rerun to resume)."
-        ),
+        EXIT_CODES_HELP,
     ]
 )
 
@@ -55,8 +55,9 @@ def run_command(
     mode: str = typer.Option(
         "online",
         "--mode",
-        help="online | batch (Batch API, 50% cheaper, results within 24h) | auto (batch when the job is large "
-        "enough - 2,000+ requests or $1+ saving - and no --deadline under 24h; the summary says why).",
+        help="online | batch (Batch API, 50% cheaper, results within 24h; one endpoint per file) | auto (batch "
+        "when the job is large enough - 2,000+ requests or $1+ saving -, has one endpoint and no --deadline under "
+        "24h; the summary says why).",
     ),
     base_url: str | None = typer.Option(
         None, "--base-url", envvar="OPENAI_BASE_URL", help="API base URL (e.g. a simulator's http://127.0.0.1:PORT/v1)."
@@ -92,7 +93,7 @@ def run_command(
     from rich.console import Console
 
     from ratepilot.errors import InputError
-    from ratepilot.results import ForeignResultsError
+    from ratepilot.exitcodes import classify_exit
     from ratepilot.run import ExitCode, RunOptions, run_job
     from ratepilot.run.progress import LiveProgress, summary_table
 
@@ -128,14 +129,21 @@ def run_command(
         else:
             summary = run_job(options)
     except InputError as exc:
-        err.print(f"[red]bad input - nothing was sent:[/red]\n{exc.message}", highlight=False)
+        err.print("bad input - nothing was sent:", style="red")
+        err.print(exc.message, highlight=False, markup=False)  # messages quote fields such as messages[0]
         raise typer.Exit(ExitCode.BAD_INPUT) from None
-    except ForeignResultsError as exc:
-        err.print(f"[red]{exc}[/red]", highlight=False)
-        raise typer.Exit(ExitCode.FOREIGN_OUTPUT) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: everything answered so far is saved; rerun the same command to resume[/yellow]")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
+    except Exception as exc:
+        # Online stops are in the summary; errors reach here from --mode batch (the Pilot's quota/budget/retries,
+        # the API's refusals, a job-name conflict) or a foreign results file. Anything unknown stays a traceback.
+        known = classify_exit(exc)
+        if known is None:
+            raise
+        code, message = known
+        err.print(f"error: {message}", style="red", highlight=False, markup=False)  # markup=False: [..] in text
+        raise typer.Exit(code) from None
     if as_json:
         sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
     else:

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["register"]
+from ratepilot.exitcodes import ExitCode
 
-EXIT_BAD_CONFIG = 2
-EXIT_CANNOT_LISTEN = 3
+__all__ = ["register"]
 
 _HELP = """Run a local OpenAI-compatible server that enforces rate limits like api.openai.com.
 
@@ -22,6 +21,8 @@ Example:
   ratepilot sim --rpm 60 --tpm 20000
 
   OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=sk-test-anything python my_script.py
+
+Exit codes: 0 stopped (Ctrl-C), 1 unexpected error, 2 bad configuration, 9 cannot listen (port busy).
 """
 
 
@@ -64,7 +65,7 @@ def sim(
         cfg = SimConfig.from_toml(config, **overrides) if config else SimConfig().with_overrides(**overrides)
     except (ConfigError, TypeError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_BAD_CONFIG) from None
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
     limits = ", ".join(f"{n.upper()} {getattr(cfg, n)}" for n in ("rpm", "tpm", "rpd", "tpd") if getattr(cfg, n))
 
     def announce(base_url: str) -> None:
@@ -83,7 +84,7 @@ def sim(
         serve(cfg, host=host, port=port, log_level=log_level, announce=announce)
     except OSError as exc:
         typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(EXIT_CANNOT_LISTEN) from None
+        raise typer.Exit(ExitCode.CANNOT_LISTEN) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 
 import typer
 
+from ratepilot.exitcodes import ExitCode
+
 __all__ = ["register"]
 
-EXIT_BAD_SECRET = 2  # the usage-error code: nothing was started
-EXIT_CANNOT_LISTEN = 3
-
 webhooks_app = typer.Typer(
-    help="Receive OpenAI webhooks (Standard Webhooks signatures) so that waiting needs no polling.",
+    help="Receive OpenAI webhooks (Standard Webhooks signatures) so that waiting needs no polling. "
+    "Exit codes: 0 stopped, 1 unexpected error, 2 bad secret or usage, 9 cannot listen (port busy).",
     no_args_is_help=True,
 )
 
@@ -36,7 +35,7 @@ def serve(
     """Listen for webhook deliveries on any path; print every verified event as one JSON line on stdout.
 
     A delivery with a bad signature, a stale timestamp or a replayed webhook-id gets a 400, is reported on
-    stderr and is not printed.
+    stderr and is not printed. Exit codes: 2 bad --secret (nothing started), 9 cannot listen (port busy).
     """
     import uvicorn
 
@@ -54,17 +53,17 @@ def serve(
         receiver = WebhookReceiver(secret, tolerance=tolerance, on_event=print_event, on_reject=print_reject)
     except ValueError as exc:  # the message never contains the secret
         typer.echo(f"error: --secret: {exc}", err=True)
-        raise typer.Exit(EXIT_BAD_SECRET) from None
-    # Bind here rather than inside uvicorn so that a busy port is a clear message and a distinct exit code.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None  # nothing was started
+    # Bind (and listen) here rather than inside uvicorn: a busy port is a clear message and a distinct exit
+    # code, and a client that connects as soon as the address is announced waits in the backlog instead of
+    # being refused while uvicorn starts.
+    from ratepilot.serving import bind_socket
+
     try:
-        sock.bind((host, port))
+        sock = bind_socket(host, port)
     except OSError as exc:
-        sock.close()
         typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(EXIT_CANNOT_LISTEN) from None
+        raise typer.Exit(ExitCode.CANNOT_LISTEN) from None
     port = sock.getsockname()[1]
     typer.echo(f"ratepilot: receiving webhooks on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     config = uvicorn.Config(receiver, lifespan="off", access_log=False, log_level="warning", log_config=None)

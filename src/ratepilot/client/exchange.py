@@ -4,34 +4,46 @@ The drivers in :mod:`ratepilot.client.transport` do only I/O — acquire from th
 and hand every outcome to an :class:`Exchange`, which observes headers, settles the limiter, fills the
 ledger and the budget, classifies errors and asks the retry policy what to do next. It answers with a
 :class:`Step`: deliver the response, wait and retry, or fail with a typed error.
+
+The limiter's state is an estimate: when its store fails after a request was sent (Redis down, SQLite busy),
+the failure is logged and the response still delivered — the server has answered, and has been paid.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QuotaExhausted, RequestTooLarge, RetriesExhausted
-from ..limits.types import Cost, Grant, Priority, Scope
+from ..limits.types import Cost, CostTooLarge, Grant, Priority, Scope
 from ..protocol.errors import ErrorClass, ErrorInfo, classify
 from ..protocol.headers import RateLimitHeaders
+from ..protocol.usage import usage_from_body
 from ..retry import FailureKind, GiveUp, RetryState
+from . import wire
 from .budget import Reservation
-from .plan import RequestPlan, Usage, usage_from_body
+from .plan import RequestPlan, Usage, parse_json
 
 if TYPE_CHECKING:
     from .pilot import Pilot
 
-__all__ = ["Deliver", "Exchange", "Fail", "Reraise", "Step", "Wait"]
+__all__ = ["ATTEMPTS_HEADER", "WAITED_HEADER", "Deliver", "Exchange", "Fail", "Reraise", "Step", "Wait"]
 
 log = logging.getLogger("ratepilot.client")
 
 _LIMIT_REQUESTED = re.compile(r"Limit (\d+), Requested (\d+)")
+_TOKEN_DIMENSIONS = ("tpm", "tpd", "ptpm")
+# Polls of runs, batches and background responses: small JSON objects whose usage the ledger records once
+# they finish.
+_ACCOUNTED_POLLS = ("/runs/", "/batches/", "/responses/")
+
+ATTEMPTS_HEADER = "x-ratepilot-attempts"
+WAITED_HEADER = "x-ratepilot-waited-ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +75,10 @@ Step = Deliver | Wait | Fail | Reraise
 
 
 class Exchange:
-    """Created by :meth:`Pilot._begin` after the pre-send checks passed (budget, request size)."""
+    """Created by :meth:`Pilot._begin` after the pre-send checks passed (budget).
+
+    ``lib`` is the HTTP library of the wrapped client (httpx2, or legacy httpx).
+    """
 
     def __init__(
         self,
@@ -73,6 +88,7 @@ class Exchange:
         priority: Priority,
         reservation: Reservation | None,
         worst_case_usd: float,
+        lib: Any,
     ) -> None:
         self.pilot = pilot
         self.plan = plan
@@ -81,14 +97,43 @@ class Exchange:
         self.priority = priority
         self.reservation = reservation
         self.worst_case_usd = worst_case_usd
+        self.lib = lib
         self.attempt = 0
         self.retry_waited = 0.0  # waits between attempts (what the retry policy's total-wait cap counts)
         self.total_waited = 0.0  # plus waits for the limiter
+        self.grant: Grant | None = None  # the current attempt's reservation
+        self.sent = False  # the current attempt was handed to the inner transport: the server may count it
+        self.sent_at = 0.0
+        self.body: Any = None  # the current response's body, parsed once (None: not read, or not JSON)
         self._closed = False
 
-    # -- per attempt ------------------------------------------------------------------------------------------
+    # -- per attempt: before sending ----------------------------------------------------------------------------
 
-    def sending(self) -> None:
+    @contextmanager
+    def admission(self) -> Iterator[None]:
+        """Around ``limiter.acquire``/``aacquire``: counts the wait; a cost the server can never admit raises
+        :class:`~ratepilot.errors.RequestTooLarge` (the limiter knows the server's limit once it has seen it)."""
+        clock = self.pilot.clock
+        t0 = clock.now()
+        self.grant, self.sent, self.body = None, False, None
+        try:
+            yield
+        except CostTooLarge:
+            raise self._too_large() from None
+        self.waited(clock.now() - t0)
+
+    def _too_large(self) -> RequestTooLarge:
+        view = self.pilot._limiter_view(self.scope)
+        limits = [
+            v.server_limit
+            for name in _TOKEN_DIMENSIONS
+            if (v := view.get(name)) is not None and v.server_limit and v.server_limit < self.cost.tokens
+        ]
+        return RequestTooLarge(model=self.plan.model, limit=min(limits) if limits else None, requested=self.cost.tokens)
+
+    def sending(self, grant: Grant) -> None:
+        """``grant`` was acquired and the request is about to be handed to the inner transport."""
+        self.grant, self.sent, self.sent_at = grant, True, self.pilot.clock.now()
         self.attempt += 1
         self.pilot.ledger.count(requests=1, retries=1 if self.attempt > 1 else 0)
 
@@ -98,65 +143,67 @@ class Exchange:
         if retry:
             self.retry_waited += seconds
 
-    def _observe(self, grant: Grant, headers: Mapping[str, str], sent_at: float) -> None:
-        parsed = RateLimitHeaders.parse(headers)
-        if not parsed.empty:
-            self.pilot._remember(self.scope, parsed)
-        self.pilot.limiter.observe(self.scope, parsed, sent_at, grant=grant)
+    # -- per attempt: the outcome -------------------------------------------------------------------------------
 
-    def on_success(self, grant: Grant, headers: Mapping[str, str], sent_at: float, body: bytes | None) -> Step:
-        """A 2xx. ``body`` is the decoded JSON body of a non-streamed generation call, else None."""
-        self._observe(grant, headers, sent_at)
-        if self.plan.generation and body is not None:
-            usage = usage_from_body(body)
+    def wants_body(self, request: Any, response: Any) -> bool:
+        """Should the body be read by the driver (errors, JSON generations, polls) rather than streamed through?"""
+        headers = response.headers
+        if response.status_code >= 400:
+            return True
+        if wire.is_sse(headers):
+            return False
+        if self.plan.generation:
+            return True
+        path = request.url.path
+        return request.method == "GET" and wire.is_json(headers) and any(p in path for p in _ACCOUNTED_POLLS)
+
+    def on_response(self, request: Any, response: Any, raw: bytes | None) -> tuple[Step, Any]:
+        """An HTTP response (``raw``: its body when :meth:`wants_body` said to read it). Returns the step and the
+        response to deliver (rebuilt around ``raw``, or with a settling stream)."""
+        lib = self.lib
+        if raw is not None:
+            self.body = parse_json(wire.decoded(lib, response.headers, raw) or b"")
+            response = wire.rebuilt(lib, response, request, raw)
+        elif self.plan.generation:  # a streamed generation: settled from its usage chunk when it ends
+            response.stream = wire.settling_stream(lib, response.stream, self)
+        status = response.status_code
+        step = self._on_error(status, response.headers) if status >= 400 else self._on_success(response.headers, raw)
+        return step, response
+
+    def _on_success(self, headers: Mapping[str, str], raw: bytes | None) -> Step:
+        grant = self._grant()
+        if self.plan.generation and raw is None:
+            # A streamed generation: its wrapper calls finish_stream() when it ends; learn from the headers now.
+            self._observe(headers)
+            return Deliver()
+        if self.plan.generation:
+            usage = usage_from_body(self.body)
             if usage is None and self.plan.background:
                 # A background response is billed when it completes: the poll that first sees it completed
                 # records its usage (Pilot._account_object). Until then keep the admission charge.
-                self.pilot.limiter.settle(grant, None)
+                self._settle(grant, None)
                 self._close_budget(0.0)
             else:
-                self.finish(grant, usage)
+                self._finish(usage)
                 if self.plan.path.rstrip("/").endswith("/responses"):
-                    self.pilot._mark_accounted(body)  # a later GET of this response must not count it again
+                    self.pilot._mark_accounted(self.body)  # a later GET of this response must not count it again
         elif not self.plan.generation:
-            self.pilot.limiter.settle(grant, 0)
+            self._settle(grant, 0)
             self._close_budget(0.0)
-            if body is not None:
-                self.pilot._account_object(body)
-        # else: a stream; the driver wraps it and calls finish() when it ends.
+            if self.body is not None:
+                self.pilot._account_object(self.body)
+        # Settle first, then observe: the server's headers already include this request's actual usage (it
+        # settles before answering), so a pending refund must not hide other clients' traffic. Against a
+        # server that reports at admission this order errs the safe way (a refund looks like foreign use).
+        self._observe(headers)
         return Deliver()
 
-    def finish(self, grant: Grant, usage: Usage | None) -> None:
-        """Settle a generation call with the tokens it used (or the estimate when the server reported none)."""
-        model = self.plan.model or ""
-        if usage is None:
-            # A stream without stream_options.include_usage reports no usage: keep the admission charge in the
-            # limiter, and charge the budget its worst case, since the true cost cannot be known.
-            self.pilot.limiter.settle(grant, self.cost.tokens)
-            self.pilot.ledger.record_unmetered(model)
-            log.warning(
-                "ratepilot: no usage reported for a %s call to %s; the ledger cannot price it "
-                "(pass stream_options={'include_usage': True} to streamed calls)",
-                self.plan.path,
-                model,
-            )
-            self._close_budget(self.worst_case_usd)
-            return
-        self.pilot.limiter.settle(grant, usage.total if self.pilot.settle_to_usage else None)
-        cost = self.pilot.ledger.record(model, usage)
-        self._close_budget(cost)
-
-    def on_error_response(
-        self, grant: Grant, status: int, headers: Mapping[str, str], sent_at: float, body: bytes
-    ) -> Step:
-        self._observe(grant, headers, sent_at)
+    def _on_error(self, status: int, headers: Mapping[str, str]) -> Step:
         # A refused or failed request used no tokens; its request was counted by the server (and by us).
-        self.pilot.limiter.settle(grant, 0)
-        try:
-            parsed: Any = json.loads(body) if body else None
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-        info = classify(status, parsed, headers)
+        # Settled before observing, for the reason given in _on_success.
+        self._settle(self._grant(), 0)
+        self._observe(headers)
+        info = classify(status, self.body, headers)
         if info.error_class is ErrorClass.RATE_LIMITED:
             self.pilot.ledger.count(rate_limited=1)
         else:
@@ -167,17 +214,127 @@ class Exchange:
         if not isinstance(decision, GiveUp):
             if info.error_class is ErrorClass.RATE_LIMITED:
                 # Everyone sharing this scope should hold back, not just this request.
-                self.pilot.limiter.penalize(self.scope, decision.after)
-            log.info(
-                "ratepilot: %s on %s (attempt %d): retrying in %.3fs",
-                decision.reason,
-                self.plan.path,
-                self.attempt,
-                decision.after,
-            )
+                self._guarded("penalize", self.pilot.limiter.penalize, self.scope, decision.after)
+            self._log_retry(decision.reason, decision.after)
             return Wait(decision.after)
         self._close_budget(0.0)
         return self._give_up(info, decision, headers)
+
+    def on_exception(self, exc: Exception) -> Step:
+        """The inner transport (or reading the body) raised. Only timeouts and connection errors are retried;
+        anything else is re-raised unchanged (the driver's abort then settles the attempt)."""
+        kind = wire.failure_kind(self.lib, exc)
+        if kind is None:
+            return Reraise()
+        # The request may have reached the server (a read timeout): keep its reservation as charged.
+        self._settle(self._grant(), None)
+        self.pilot.ledger.count(errors=1)
+        decision = self.pilot.retry.decide(RetryState(self.attempt, kind, self.retry_waited))
+        if not isinstance(decision, GiveUp):
+            self._log_retry(decision.reason, decision.after)
+            return Wait(decision.after)
+        self._close_budget(0.0)
+        if decision.exhausted:
+            return Fail(RetriesExhausted(attempts=self.attempt, reason=decision.reason, last_error=exc), exc)
+        return Reraise()
+
+    def annotated(self, response: Any) -> Any:
+        """Tell raw-response users what ratepilot did (the SDK's own ``retries_taken`` is always 0 now)."""
+        response.headers[ATTEMPTS_HEADER] = str(self.attempt)
+        response.headers[WAITED_HEADER] = str(round(self.total_waited * 1000))
+        return response
+
+    def abort(self) -> None:
+        """The attempt ended in something that is not an HTTP outcome (cancellation, a bug).
+
+        Before sending, the reservation is given back. Once sent, the server may have counted the request (and
+        billed it): the limiter keeps the reservation and the budget is charged the worst case.
+        """
+        grant = self.grant
+        if grant is not None and not grant.done:
+            if self.sent:
+                self._settle(grant, None)
+            else:
+                self._guarded("cancel", self.pilot.limiter.cancel, grant)
+        self._close_budget(self.worst_case_usd if self.sent else 0.0)
+
+    # -- settling -------------------------------------------------------------------------------------------------
+
+    def finish_stream(self, usage: Usage | None, *, complete: bool) -> None:
+        """A streamed response ended (``complete``), or was closed or dropped before its end."""
+        if usage is None and not complete:
+            # Abandoned: what the server generated (and bills) is unknown. Keep the admission charge in the
+            # limiter and charge the budget the worst case, as for a stream that reports no usage.
+            self._settle(self._grant(), None)
+            self.pilot.ledger.record_unmetered(self.plan.model or "")
+            log.info("ratepilot: a streamed %s call was closed before its end; settled at its estimate", self.plan.path)
+            self._close_budget(self.worst_case_usd)
+            return
+        self._finish(usage)
+
+    def _finish(self, usage: Usage | None) -> None:
+        """Settle a generation call with the tokens it used (or the estimate when the server reported none)."""
+        model = self.plan.model or ""
+        grant = self._grant()
+        if usage is None:
+            # A stream without stream_options.include_usage reports no usage: keep the admission charge in the
+            # limiter, and charge the budget its worst case, since the true cost cannot be known.
+            self._settle(grant, None)
+            self.pilot.ledger.record_unmetered(model)
+            log.warning(
+                "ratepilot: no usage reported for a %s call to %s; the ledger cannot price it "
+                "(pass stream_options={'include_usage': True} to streamed calls)",
+                self.plan.path,
+                model,
+            )
+            self._close_budget(self.worst_case_usd)
+            return
+        self._settle(grant, usage.total if self.pilot.settle_to_usage else None)
+        cost = self.pilot.ledger.record(model, usage)
+        self._close_budget(cost)
+
+    def _grant(self) -> Grant:
+        assert self.grant is not None, "settling an attempt that was never admitted"
+        return self.grant
+
+    def _observe(self, headers: Mapping[str, str]) -> None:
+        parsed = RateLimitHeaders.parse(headers)
+        if not parsed.empty:
+            self.pilot._remember(self.scope, parsed)
+        self._guarded("observe", self.pilot.limiter.observe, self.scope, parsed, self.sent_at, grant=self.grant)
+
+    def _settle(self, grant: Grant, actual_tokens: int | None) -> None:
+        self._guarded("settle", self.pilot.limiter.settle, grant, actual_tokens)
+
+    def _guarded(self, what: str, call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """A limiter-store call after sending: its failure must not fail a response the server already gave."""
+        try:
+            call(*args, **kwargs)
+        except Exception as exc:
+            # Scopes carry a hash of the key, never the key; the message names the operation and the model only.
+            log.warning(
+                "ratepilot: limiter %s failed for %s (%s: %s); continuing without it",
+                what,
+                self.scope.model,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _close_budget(self, actual_usd: float) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        budget = self.pilot.budget
+        if budget is None:
+            return
+        if self.reservation is None and actual_usd <= 0:
+            return
+        budget.commit(self.reservation, actual_usd if math.isfinite(actual_usd) else 0.0)
+
+    # -- giving up ------------------------------------------------------------------------------------------------
+
+    def _log_retry(self, reason: str, after: float) -> None:
+        log.info("ratepilot: %s on %s (attempt %d): retrying in %.3fs", reason, self.plan.path, self.attempt, after)
 
     def _give_up(self, info: ErrorInfo, decision: GiveUp, headers: Mapping[str, str]) -> Step:
         request_id = headers.get("x-request-id")
@@ -213,39 +370,3 @@ class Exchange:
                 )
             )
         return Deliver()  # 400/401/403/404...: the SDK raises its own, familiar exception type
-
-    def on_exception(self, grant: Grant, kind: FailureKind, exc: BaseException) -> Step:
-        # The request may have reached the server (a read timeout): keep its reservation as charged.
-        self.pilot.limiter.settle(grant, self.cost.tokens)
-        self.pilot.ledger.count(errors=1)
-        decision = self.pilot.retry.decide(RetryState(self.attempt, kind, self.retry_waited))
-        if not isinstance(decision, GiveUp):
-            log.info(
-                "ratepilot: %s on %s (attempt %d): retrying in %.3fs",
-                decision.reason,
-                self.plan.path,
-                self.attempt,
-                decision.after,
-            )
-            return Wait(decision.after)
-        self._close_budget(0.0)
-        if decision.exhausted:
-            return Fail(RetriesExhausted(attempts=self.attempt, reason=decision.reason, last_error=exc), exc)
-        return Reraise()
-
-    def abort(self, grant: Grant | None) -> None:
-        """The attempt ended in something that is not an HTTP outcome (cancellation, a bug): give all back."""
-        if grant is not None and not grant.done:
-            self.pilot.limiter.cancel(grant)
-        self._close_budget(0.0)
-
-    def _close_budget(self, actual_usd: float) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        budget = self.pilot.budget
-        if budget is None:
-            return
-        if self.reservation is None and actual_usd <= 0:
-            return
-        budget.commit(self.reservation, actual_usd if math.isfinite(actual_usd) else 0.0)

@@ -9,9 +9,11 @@ retried, classified and accounted.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,17 +21,16 @@ from typing import Any, TypeVar
 import httpx2
 
 from ..clock import Clock, SystemClock
-from ..errors import RequestTooLarge
 from ..limits.types import DimensionView, Priority, Scope, key_id_for
 from ..protocol.headers import DimensionState, RateLimitHeaders
 from ..protocol.pricing import PriceTable
-from ..protocol.tokens import estimate_prompt_tokens
+from ..protocol.usage import usage_from_body
 from ..retry import RetryPolicy
 from .budget import Budget, BudgetAlert
 from .exchange import Exchange
 from .ledger import UsageLedger, UsageReport
 from .passthrough import PassThroughLimiter
-from .plan import PRIORITY_HEADER, RequestPlan, plan_request, usage_from_body
+from .plan import PRIORITY_HEADER, RequestPlan, plan_request, prompt_estimate
 from .transport import async_transport_class, sync_transport_class
 
 __all__ = ["LimitState", "Pilot"]
@@ -42,6 +43,9 @@ ANONYMOUS_KEY_ID = "anonymous"
 
 _FINISHED = frozenset({"completed", "incomplete", "failed", "cancelled", "expired"})
 _BILLED_OBJECTS = frozenset({"thread.run", "batch", "response"})
+ACCOUNTED_IDS_KEPT = 10_000
+"""How many finished run / batch / response ids the pilot remembers, so a poll does not record their usage
+twice. Polls of one object come close together; the oldest ids are forgotten first."""
 
 
 def _api_key(headers: Mapping[str, str]) -> str | None:
@@ -163,7 +167,10 @@ class Pilot:
         self.settle_to_usage = settle_to_usage
         self._lock = threading.Lock()
         self._headers: dict[Scope, tuple[RateLimitHeaders, float]] = {}
-        self._accounted: set[str] = set()  # run / batch ids whose usage is already in the ledger
+        # run / batch / response ids whose usage is already in the ledger (bounded: least recently seen go)
+        self._accounted: OrderedDict[str, None] = OrderedDict()
+        # sha256 of the key once per key, not once per request (kept in memory only, like the SDK keeps it)
+        self._key_id = functools.lru_cache(maxsize=64)(key_id_for)
 
     # -- public -----------------------------------------------------------------------------------------------
 
@@ -191,7 +198,7 @@ class Pilot:
         ``pilot.limits("requests")``.
         """
         if api_key is not None:
-            key_id = key_id_for(api_key)
+            key_id = self._key_id(api_key)
         model = self.pools.get(model, model)
         now = self.clock.now()
         with self._lock:
@@ -229,37 +236,32 @@ class Pilot:
 
     # -- used by the transport --------------------------------------------------------------------------------
 
-    def _begin(self, method: str, path: str, headers: Any, body: bytes) -> Exchange:
-        """Plan one request and run the checks that must happen before anything is sent."""
+    def _begin(self, method: str, path: str, headers: Any, body: bytes, lib: Any = httpx2) -> Exchange:
+        """Plan one request and run the checks that must happen before anything is sent.
+
+        "Too large for the server's limit" is decided by the limiter at admission (it knows the learned limit);
+        the budget is checked here.
+        """
         priority = _priority(headers.get(PRIORITY_HEADER))
         if PRIORITY_HEADER in headers:
             del headers[PRIORITY_HEADER]
         key = _api_key(headers)
-        scope_key = key_id_for(key) if key else ANONYMOUS_KEY_ID
+        scope_key = self._key_id(key) if key else ANONYMOUS_KEY_ID
         plan = plan_request(method, path, headers.get("content-type"), body)
         scope = Scope(scope_key, self.pools.get(plan.scope_model, plan.scope_model))
-        if plan.generation:
-            self._check_size(scope, plan)
         reservation, worst = None, 0.0
         if self.budget is not None and plan.generation:
             worst = self._worst_case_usd(plan)
             reservation = self.budget.reserve(worst, plan.model)
-        return Exchange(self, plan, scope, priority, reservation, worst)
-
-    def _check_size(self, scope: Scope, plan: RequestPlan) -> None:
-        with self._lock:
-            seen = self._headers.get(scope)
-        tokens = seen[0].tokens if seen else None
-        if tokens is not None and plan.tokens > tokens.limit:
-            raise RequestTooLarge(model=plan.model, limit=tokens.limit, requested=plan.tokens)
+        return Exchange(self, plan, scope, priority, reservation, worst, lib)
 
     def _worst_case_usd(self, plan: RequestPlan) -> float:
-        assert plan.model is not None and plan.body is not None
-        prompt = estimate_prompt_tokens(plan.path, plan.body, plan.model)
+        """The prompt as the admission cost estimated it (no tokenizer pass per request) + the maximum output."""
+        assert plan.model is not None
         output = plan.max_output or self.assume_output_tokens
         if "embeddings" in plan.path:
             output = 0
-        return self.prices.cost(plan.model, prompt, output)
+        return self.prices.cost(plan.model, prompt_estimate(plan), output)
 
     def _remember(self, scope: Scope, headers: RateLimitHeaders) -> None:
         with self._lock:
@@ -272,38 +274,38 @@ class Pilot:
             return {}
         return dict(view) if isinstance(view, Mapping) else {}
 
-    def _mark_accounted(self, body: bytes) -> None:
-        import json
-
-        try:
-            oid = json.loads(body).get("id")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            return
+    def _mark_accounted(self, obj: Any) -> None:
+        """``obj`` (a parsed response body) is in the ledger already; a later poll must not record it again."""
+        oid = obj.get("id") if isinstance(obj, Mapping) else None
         if isinstance(oid, str):
             with self._lock:
-                self._accounted.add(oid)
+                self._remember_accounted(oid)
 
-    def _account_object(self, body: bytes) -> None:
-        """Record the usage of a finished Assistants run, Batch (at the batch price) or background response,
-        the first time a poll shows it finished. Each object is recorded once, however often it is polled."""
-        import json
+    def _remember_accounted(self, oid: str) -> bool:
+        """Under ``self._lock``: remember ``oid``; False when it was already remembered."""
+        if oid in self._accounted:
+            self._accounted.move_to_end(oid)
+            return False
+        self._accounted[oid] = None
+        if len(self._accounted) > ACCOUNTED_IDS_KEPT:
+            self._accounted.popitem(last=False)
+        return True
 
-        try:
-            obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return
-        if not isinstance(obj, dict) or obj.get("status") not in _FINISHED:
+    def _account_object(self, obj: Any) -> None:
+        """Record the usage of a finished Assistants run, Batch (at the batch price) or background response
+        (``obj``: a parsed poll body), the first time a poll shows it finished. Each object is recorded once,
+        however often it is polled."""
+        if not isinstance(obj, Mapping) or obj.get("status") not in _FINISHED:
             return
         kind, oid, model = obj.get("object"), obj.get("id"), obj.get("model")
         if kind not in _BILLED_OBJECTS or not isinstance(oid, str) or not isinstance(model, str):
             return
-        usage = usage_from_body(body)
+        usage = usage_from_body(obj)
         if usage is None or usage.total == 0:
             return
         with self._lock:
-            if oid in self._accounted:
+            if not self._remember_accounted(oid):
                 return
-            self._accounted.add(oid)
         cost = self.ledger.record(model, usage, batch=kind == "batch")
         if self.budget is not None:
             self.budget.commit(None, cost)

@@ -7,12 +7,15 @@ settled and the ledger filled. Nothing here touches sockets or clocks.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ..protocol.tokens import admission_cost, max_output_tokens
+from ..protocol.usage import Usage, usage_from_mapping
+from ..protocol.usage import usage_from_body as usage_from_body_dict
 
 __all__ = [
     "GENERATION_ENDPOINTS",
@@ -21,7 +24,9 @@ __all__ = [
     "RequestPlan",
     "SSEUsageScanner",
     "Usage",
+    "parse_json",
     "plan_request",
+    "prompt_estimate",
     "usage_from_body",
 ]
 
@@ -36,19 +41,6 @@ from the headers on their responses (the server reports the bucket it charged th
 
 GENERATION_ENDPOINTS = ("chat/completions", "completions", "responses", "embeddings", "moderations")
 """POST endpoints whose body's ``model`` is charged tokens at admission."""
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Tokens a response reports (``cached`` is part of ``prompt``)."""
-
-    prompt: int = 0
-    completion: int = 0
-    cached: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +74,23 @@ def _is_generation(path: str) -> bool:
     return any(p.endswith("/" + e) for e in GENERATION_ENDPOINTS)
 
 
+def parse_json(body: bytes) -> Any:
+    """A JSON body parsed (with orjson: this is on every request's path), or None when it is not JSON.
+
+    The client parses each request body and each response body at most once, here.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # also raised for invalid UTF-8
+        return None
+
+
 def plan_request(method: str, path: str, content_type: str | None, body: bytes) -> RequestPlan:
     """Describe a request. Never raises: a body that is not JSON is simply a 0-token, model-less call."""
     method = method.upper()
     parsed: Mapping[str, Any] | None = None
     if method != "GET" and body and (content_type is None or "json" in content_type.lower()):
-        try:
-            value = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            value = None
+        value = parse_json(body)
         if isinstance(value, Mapping):
             parsed = value
     model = parsed.get("model") if parsed is not None else None
@@ -108,41 +108,30 @@ def plan_request(method: str, path: str, content_type: str | None, body: bytes) 
     )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+_OUTPUT_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
-def _usage(u: Any) -> Usage | None:
-    """Chat/completions/embeddings (``prompt_tokens``...) or Responses (``input_tokens``...) usage objects."""
-    if not isinstance(u, Mapping):
-        return None
-    if "input_tokens" in u or "output_tokens" in u:
-        details = u.get("input_tokens_details")
-        cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
-        return Usage(_int(u.get("input_tokens")), _int(u.get("output_tokens")), cached)
-    if "prompt_tokens" in u or "completion_tokens" in u:
-        details = u.get("prompt_tokens_details")
-        cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
-        return Usage(_int(u.get("prompt_tokens")), _int(u.get("completion_tokens")), cached)
-    return None
+def prompt_estimate(plan: RequestPlan) -> int:
+    """The prompt's tokens as the admission rule estimates them (``ceil(chars / 4)``, images, token ids;
+    embeddings: exact), without running the tokenizer again: the admission cost is that estimate unless the
+    output cap dominates it, and only then are the characters counted once more."""
+    if plan.body is None or plan.tokens > plan.max_output or plan.path.rstrip("/").endswith("/embeddings"):
+        return plan.tokens
+    return admission_cost(plan.path, {k: v for k, v in plan.body.items() if k not in _OUTPUT_CAPS})
 
 
 def usage_from_body(body: bytes) -> Usage | None:
     """The ``usage`` of a JSON response body, or None when it has none (or is not JSON)."""
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return _usage(value.get("usage")) if isinstance(value, Mapping) else None
+    return usage_from_body_dict(parse_json(body))
 
 
 def usage_from_event(obj: Any) -> Usage | None:
     """Usage carried by one streamed event: a chat chunk's ``usage`` or a Responses ``response.completed``."""
     if not isinstance(obj, Mapping):
         return None
-    found = _usage(obj.get("usage"))
+    found = usage_from_mapping(obj.get("usage"))
     if found is None and isinstance(obj.get("response"), Mapping):
-        found = _usage(obj["response"].get("usage"))
+        found = usage_from_mapping(obj["response"].get("usage"))
     return found
 
 
@@ -155,6 +144,7 @@ class SSEUsageScanner:
     def __init__(self) -> None:
         self._partial = b""
         self.usage: Usage | None = None
+        self.done = False  # saw the server's end-of-stream marker (``data: [DONE]``)
 
     def feed(self, chunk: bytes) -> None:
         data = self._partial + chunk
@@ -170,13 +160,11 @@ class SSEUsageScanner:
 
     def _line(self, line: bytes) -> None:
         line = line.rstrip(b"\r")
-        if not line.startswith(b"data:") or b'"usage"' not in line:
+        if not line.startswith(b"data:"):
             return
-        payload = line[5:].strip()
-        try:
-            obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        if b'"usage"' not in line:
+            self.done = self.done or line[5:].strip() == b"[DONE]"
             return
-        found = usage_from_event(obj)
+        found = usage_from_event(parse_json(line[5:].strip()))
         if found is not None:
             self.usage = found

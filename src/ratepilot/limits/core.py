@@ -105,9 +105,11 @@ class Observation:
     dims: tuple[DimObservation, ...]  # empty: the response had no usable headers
     age: float  # seconds since the observed request was sent (informational: see observe())
     ref_seq: int = -1  # the observed request's grant (-1: unknown)
+    # The grant's accounting snapshot, and the share of a downward correction to apply: no longer used by
+    # observe() (comparing with the snapshot double-counted our own requests), kept for the stores' wire format.
     ref_used: tuple[float, ...] = (0.0,) * N_DIMS
     ref_adj: tuple[float, ...] = (0.0,) * N_DIMS
-    damping: float = 0.0  # share of a downward correction applied (upward ones apply in full)
+    damping: float = 0.0
 
 
 def _used(st: ScopeState, d: int, now: float) -> float:
@@ -208,23 +210,21 @@ def observe(st: ScopeState, obs: Observation, now: float) -> None:
             st.lim[d] = o.limit
             st.tat[d] = now + in_use * window / o.limit
         interval = window / st.lim[d]
-        found = 0.0  # units of traffic we had not accounted for
         if obs.ref_seq > st.oseq[d]:
-            # The server's units in use when it admitted the request, minus ours right after granting it,
-            # minus corrections already applied since: the traffic we did not see (or over-counted).
-            err = o.used - obs.ref_used[d] - (st.adj[d] - obs.ref_adj[d])
-            if err < 0:
-                err *= obs.damping
-            st.tat[d] = max(now, max(st.tat[d], now) + err * interval)
-            st.adj[d] += err
-            st.oseq[d] = obs.ref_seq
-            found += max(0.0, err)
-        # Whatever the moment the server's numbers describe, we never believe in more room than it reports.
-        short = o.used - _used(st, d, now)
-        if short > 0:
+            st.oseq[d] = obs.ref_seq  # the newest grant observed (bookkeeping only)
+        # Compared with our units in use *now*, never with the snapshot taken when the observed request was
+        # granted: the server reports its state when it answers, having admitted (and refilled for) much of
+        # what we granted since, so the snapshot counted our own later requests as foreign traffic, and as only
+        # excesses were applied, the limiter drifted ~(requests in flight) below the server's room for good.
+        # Ours also holds requests the server has not seen yet and refunds it has not credited yet, so only a
+        # server showing *more* in use reveals traffic we cannot see; then we adopt its count, never believing
+        # in more room than it reports. (A downward correction could credit a refund twice: never applied.)
+        found = o.used - _used(st, d, now)
+        if found > 0:
             st.tat[d] = now + o.used * interval
-            st.adj[d] += short
-            found += short
+            st.adj[d] += found
+        else:
+            found = 0.0
         # Foreign-rate estimate: every unit found adds 1/tau, the sum decays with time constant tau, so it
         # averages the foreign units per second over the last ~tau seconds.
         st.frate[d] = st.frate[d] * math.exp(-max(0.0, now - st.ft[d]) / FOREIGN_TAU) + found / FOREIGN_TAU

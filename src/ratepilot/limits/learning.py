@@ -12,15 +12,17 @@ Algorithm (also in the README):
 3. The limit adopted is ``min(server_limit × (1 − safety_margin), ceiling)``. A changed limit is adopted at
    once, keeping the units in use.
 4. The server's units in use (``max(limit − remaining, reset × limit / window)``: the reset also reveals a
-   bucket settled past full) are compared with the store's own count right after granting the observed
-   request (recorded in its :class:`~ratepilot.limits.Grant`), less corrections applied since: a positive
-   difference is traffic the limiter did not see (other processes on other stores, other people on the key)
-   and is added; requests granted after the observed one was sent are thereby kept, not double counted, and
-   observations older than the newest one applied are ignored. A negative difference is *not* applied by
-   default (``damping=0``): it is what a server reporting after settling the request's own tokens, or
-   out-of-order responses, look like, and an over-estimate only delays the burst, never the sustained rate.
-   Whatever moment the numbers describe (admission or response), the limiter never believes in more room
-   than the server reports, and no refill is credited for a response's age.
+   bucket settled past full) are compared with the store's own units in use *now*. (Not with its count when
+   the observed request was granted: the server answers after admitting much of what was granted since, so
+   that counted our own later requests as foreign traffic and the limiter drifted ~k in-flight requests
+   below the server's room.) The store's count also holds requests the server has not seen yet and refunds
+   it has not credited yet, so a server showing *less* in use is ignored (a downward correction could credit
+   a refund twice); one showing *more* reveals traffic the limiter did not see (other processes on other
+   stores, other people on the key) and its count is adopted. So the limiter never believes in more room
+   than the server reports, no refill is credited for a response's age, and late or out-of-order responses
+   need no special case. A server that settles the request's tokens before writing the headers (the
+   simulator, for non-streamed responses) should be observed *after* ``settle``: observed first, an adopted
+   count would be followed by a refund the server had already credited.
 5. The unseen traffic found this way feeds a rate estimate (units/s, time constant 2 s); reservations keep
    ``foreign_horizon`` (3 s) of it free, so another client's steady use is anticipated instead of met with
    429s. Room kept free costs a one-off burst, not throughput: the bucket still refills at the full rate.

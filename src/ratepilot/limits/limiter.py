@@ -75,7 +75,7 @@ class Limiter:
         probe_timeout: float = 60.0,
         blind_after: int = 3,
         recheck: float = 0.05,
-        damping: float = 0.0,
+        damping: float = 0.0,  # no effect: observe() no longer applies corrections downwards (core.observe)
         foreign_horizon: float = 3.0,
     ) -> None:
         if not 0.0 <= safety_margin < 1.0:

@@ -125,7 +125,7 @@ def run_demo(
                 output=work / f"results-{mode}.jsonl",
                 mode=mode,
                 base_url=sim.base_url,
-                api_key="sk-demo-0000000000000001",
+                api_key="sk-demo-0001",
                 cache=False,  # show real work both times (a rerun would be free from the cache)
                 batch_poll_interval_s=0.2,
                 state_dir=work / "state",

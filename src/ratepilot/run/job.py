@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import asyncio
-import enum
+import dataclasses
 import hashlib
 import os
+import re
 import tempfile
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,12 +27,14 @@ from typing import Any
 
 from ..cache import ResponseCache
 from ..errors import InputError
+from ..exitcodes import ExitCode
 from ..protocol.pricing import PriceTable
 from ..protocol.tokens import admission_cost, max_output_tokens
+from ..protocol.usage import usage_from_body
 from ..requests import InvalidLine, RequestLine, RequestsFileError, read_requests
 from ..results import finished_ids, job_id_for_file, open_results, read_results
 from .mode import ModeChoice, ModeName, choose_mode
-from .online import OnlineRunner, OnlineStats, usage_of
+from .online import OnlineRunner, OnlineStats
 from .sender import HttpSender, Sender
 from .window import InFlightWindow
 
@@ -39,27 +43,13 @@ __all__ = ["ExitCode", "JobScan", "RunOptions", "RunSummary", "arun_job", "run_j
 MAX_REPORTED_ERRORS = 20
 
 
-class ExitCode(enum.IntEnum):
-    """``ratepilot run`` exit codes."""
-
-    OK = 0  # every request has a result line (some may be HTTP errors such as 400: see the summary)
-    ERROR = 1  # an unexpected error (a bug, or an unreadable/unwritable file)
-    BAD_INPUT = 2  # invalid requests lines / flags: nothing was sent
-    QUOTA = 3  # insufficient_quota or a billing limit: stopped at once, progress kept; add credit, rerun
-    BUDGET = 4  # --budget-usd reached: stopped before crossing it, progress kept; raise it, rerun
-    FOREIGN_OUTPUT = 5  # the results file belongs to another job: nothing was written
-    INCOMPLETE = 6  # some requests got no answer after every retry: rerun to ask them again
-    AUTH = 7  # the API key was rejected (401/403): nothing more was sent
-    INTERRUPTED = 130  # Ctrl-C: progress kept, rerun to resume
-
-
 @dataclass
 class RunOptions:
     requests: Path
     output: Path
     mode: ModeName = "online"
     base_url: str | None = None
-    api_key: str | None = None  # default: $OPENAI_API_KEY
+    api_key: str | None = field(default=None, repr=False)  # default: $OPENAI_API_KEY; never in a repr
     budget_usd: float | None = None
     store: str = "memory://"  # the limiter store (memory:// | sqlite:///path | redis://host:port/db)
     cache: bool = True
@@ -87,6 +77,14 @@ class JobScan:
     models: dict[str, int]
     urls: dict[str, int]
     estimated_cost_usd: float  # at synchronous prices, worst case (admission tokens in, max_tokens out)
+    # Lines whose url differs from the first valid line's (the first MAX_REPORTED_ERRORS): a Batch job has one
+    # endpoint, so such a job runs online (auto) or is refused before anything is sent (--mode batch).
+    mixed_urls: list[InvalidLine] = field(default_factory=list)
+    mixed_count: int = 0
+
+    @property
+    def mixed_endpoints(self) -> bool:
+        return len(self.urls) > 1
 
 
 class _FirstErrors(list[InvalidLine]):
@@ -111,17 +109,35 @@ def scan_requests(path: Path, prices: PriceTable | None = None) -> JobScan:
     urls: dict[str, int] = {}
     prompt_by_model: dict[str, int] = {}
     output_by_model: dict[str, int] = {}
+    mixed = _FirstErrors(MAX_REPORTED_ERRORS)
+    first_url: tuple[str, int] | None = None
     valid = 0
     for req in read_requests(path, invalid=invalid):
         valid += 1
         model = req.model
         models[model] = models.get(model, 0) + 1
         urls[req.url] = urls.get(req.url, 0) + 1
+        if first_url is None:
+            first_url = (req.url, req.line_no)
+        elif req.url != first_url[0]:
+            mixed.append(_mixed_url(req, first_url))
         if "embeddings" not in req.url:  # admission_cost tokenizes embeddings: too slow for a scan
             prompt_by_model[model] = prompt_by_model.get(model, 0) + admission_cost(req.url, req.body)
         output_by_model[model] = output_by_model.get(model, 0) + max_output_tokens(req.body)
     cost = sum(prices.cost(m, prompt_by_model.get(m, 0), output_by_model.get(m, 0)) for m in models)
-    return JobScan(valid + invalid.seen, valid, list(invalid), invalid.seen, models, urls, cost)
+    return JobScan(
+        valid + invalid.seen, valid, list(invalid), invalid.seen, models, urls, cost, list(mixed), mixed.seen
+    )
+
+
+def _mixed_url(req: RequestLine, first_url: tuple[str, int]) -> InvalidLine:
+    return InvalidLine(
+        req.line_no,
+        "url",
+        f"{req.url!r} differs from {first_url[0]!r} (line {first_url[1]}); a Batch job has one endpoint: "
+        "split the file by endpoint, or use --mode online",
+        req.custom_id,
+    )
 
 
 @dataclass
@@ -202,6 +218,10 @@ async def arun_job(
     scan = await asyncio.to_thread(scan_requests, options.requests, prices)
     if scan.invalid_count and not options.skip_invalid:
         raise RequestsFileError(str(options.requests), scan.invalid, scan.invalid_count)
+    if options.mode == "batch" and scan.mixed_endpoints:
+        # Named by the lines of the user's file (not of the copy the batch pipeline would make), before the
+        # results file is touched or anything is sent.
+        raise RequestsFileError(str(options.requests), scan.mixed_urls, scan.mixed_count)
     if sender is None:
         _api_key(options)  # a missing key is bad input too: fail before the results file is touched
     job_id = await asyncio.to_thread(job_id_for_file, options.requests)
@@ -218,6 +238,7 @@ async def arun_job(
             estimated_cost_usd=scan.estimated_cost_usd * (pending / scan.valid if scan.valid else 0.0),
             deadline_s=options.deadline_s,
             batch_min_requests=options.batch_min_requests,
+            endpoints=tuple(scan.urls),
         )
         summary = RunSummary(
             requests_file=str(options.requests),
@@ -349,6 +370,11 @@ def _fill_online(summary: RunSummary, stats: OnlineStats, pilot: Any, already: i
         summary.message = (
             f"{stats.unfinished} request(s) got no answer after every retry; rerun the same command to ask them again."
         )
+        if stats.unexpected:
+            summary.message += (
+                f"\n{stats.unexpected} of them failed with an unexpected error (logged), first: "
+                f"{stats.unexpected_message}"
+            )
 
 
 def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: str, summary: RunSummary) -> None:
@@ -356,6 +382,7 @@ def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: 
     from openai import OpenAI
 
     from ..batch.config import BatchConfig
+    from ..batch.prepare import BatchInputError
     from ..batch.runner import BatchRunner
     from ..client import Pilot
 
@@ -363,7 +390,15 @@ def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: 
     for req in _pending(options.requests, done, _FirstErrors(0)):
         digest_of.update(req.custom_id.encode() + b"\n")
     digest = digest_of.hexdigest()
-    pending = _pending(options.requests, done, _FirstErrors(0))
+    # The pipeline validates a copy of the pending lines: line k of the copy is line source_lines[k-1] of the
+    # user's file, so an error it reports can name the user's line (4 bytes a request).
+    source_lines = array("L")
+
+    def pending_lines() -> Iterator[dict[str, Any]]:
+        for req in _pending(options.requests, done, _FirstErrors(0)):
+            source_lines.append(req.line_no)
+            yield req.to_batch_line()
+
     name = f"run-{job_id.split(':')[-1][:12]}-{digest[:8]}"
     with Pilot(store=options.store, budget_usd=options.budget_usd) as pilot:
         client = pilot.wrap(OpenAI(base_url=options.base_url, api_key=_api_key(options)))
@@ -375,9 +410,10 @@ def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: 
                 tempfile.TemporaryDirectory() as tmp,
             ):
                 collected = Path(tmp) / "batch-results.jsonl"
-                result = runner.run(
-                    (r.to_batch_line() for r in pending), collected, name=name, timeout=options.batch_timeout_s
-                )
+                try:
+                    result = runner.run(pending_lines(), collected, name=name, timeout=options.batch_timeout_s)
+                except BatchInputError as exc:
+                    raise _in_user_file(exc, str(options.requests), source_lines) from None
                 status = runner.status(name)
                 writer = open_results(options.output, job_id, requests=options.requests)
                 appended = 0
@@ -388,9 +424,10 @@ def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: 
                             appended += 1
                             response = line.get("response")
                             if response:
-                                prompt, completion, _ = usage_of(response.get("body"))
-                                summary.prompt_tokens += prompt
-                                summary.completion_tokens += completion
+                                tokens = usage_from_body(response.get("body"))
+                                if tokens is not None:
+                                    summary.prompt_tokens += tokens.prompt
+                                    summary.completion_tokens += tokens.completion
                             if response and 200 <= int(response.get("status_code", 0)) < 300:
                                 summary.succeeded += 1
                             elif response:
@@ -414,6 +451,26 @@ def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: 
             summary.http_requests = usage.requests
             summary.retries = usage.retries
             summary.rate_limited = usage.rate_limited
+
+
+def _in_user_file(exc: Any, path: str, source_lines: array[int]) -> InputError:
+    """A batch-pipeline input error about the copy of the pending lines, restated for the user's file."""
+    if exc.reason:
+        return InputError(f"{path}: {exc.reason}")
+
+    def user_line(line_no: int) -> int:
+        return source_lines[line_no - 1] if 0 < line_no <= len(source_lines) else line_no
+
+    errors = [
+        dataclasses.replace(
+            e, line_no=user_line(e.line_no), message=_LINE_REF.sub(lambda m: f"line {user_line(int(m[1]))}", e.message)
+        )
+        for e in exc.errors
+    ]
+    return RequestsFileError(path, errors, exc.total_invalid)
+
+
+_LINE_REF = re.compile(r"line (\d+)")
 
 
 def run_job(options: RunOptions, **kwargs: Any) -> RunSummary:

@@ -7,7 +7,8 @@ Batch is chosen when **all** of these hold, otherwise online:
    the Batch API costs 50%);
 2. no ``--deadline`` tighter than the batch completion window (24 h): the Batch API promises results within
    the window, not sooner;
-3. every endpoint in the job is one the Batch API accepts (always true for a valid requests file).
+3. the job has one endpoint: a Batch job takes one ``url`` for all its lines, so a file mixing endpoints
+   (say chat completions and embeddings) runs online (``--mode batch`` refuses it as bad input).
 
 Below the threshold an online run finishes in minutes at the edge of the limits and the saving is small;
 above it, half price and a separate rate-limit pool win.
@@ -15,6 +16,7 @@ above it, half price and a separate rate-limit pool win.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,8 +40,12 @@ def choose_mode(
     deadline_s: float | None = None,
     batch_min_requests: int = 2_000,
     batch_min_saving_usd: float = 1.0,
+    endpoints: Sequence[str] = (),
 ) -> ModeChoice:
-    """Resolve ``requested`` (``online``/``batch``/``auto``) to a mode and say why."""
+    """Resolve ``requested`` (``online``/``batch``/``auto``) to a mode and say why.
+
+    ``endpoints``: the distinct urls of the job (more than one rules the Batch API out).
+    """
     if requested == "online":
         return ModeChoice("online", "--mode online")
     if requested == "batch":
@@ -47,6 +53,11 @@ def choose_mode(
             return ModeChoice("batch", "--mode batch (note: the Batch API only promises results within 24h)")
         return ModeChoice("batch", "--mode batch")
     saving = estimated_cost_usd / 2
+    if len(endpoints) > 1:
+        return ModeChoice(
+            "online",
+            f"auto: the job mixes endpoints ({', '.join(sorted(endpoints))}); a Batch job has one endpoint",
+        )
     if deadline_s is not None and deadline_s < BATCH_WINDOW_S:
         return ModeChoice("online", f"auto: --deadline {deadline_s:g}s is tighter than the 24h batch window")
     if pending_requests >= batch_min_requests:

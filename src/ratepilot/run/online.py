@@ -17,6 +17,7 @@ asks them again; requests answered with an HTTP error (400, 404...) are recorded
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,31 +26,21 @@ from typing import Any
 import orjson
 
 from ..cache import CacheEntry, ResponseCache, cache_key
-from ..errors import BudgetExceeded, QuotaExhausted, RatePilotError, RequestTooLarge, RetriesExhausted
+from ..errors import BudgetExceeded, QuotaExhausted, RatePilotError, RequestTooLarge, RetriesExhausted, _scrub
 from ..protocol.headers import RateLimitHeaders
 from ..protocol.pricing import PriceTable
+from ..protocol.usage import Usage, usage_from_body
 from ..requests import RequestLine
 from ..results import ResultWriter, error_result, response_result
 from .sender import AuthFailed, Sender, TransientFailure
 from .window import InFlightWindow
 
-__all__ = ["OnlineRunner", "OnlineStats", "StopReason", "usage_of"]
+__all__ = ["OnlineRunner", "OnlineStats", "StopReason"]
 
 StopReason = str  # "quota" | "budget" | "auth" | "interrupted"
 
-
-def usage_of(body: Any) -> tuple[int, int, int]:
-    """(prompt, completion, cached) tokens from a response body of any endpoint; zeros when absent."""
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return 0, 0, 0
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
-    if type(prompt) is int and type(completion) is int and type(cached) is int:
-        return prompt, completion, cached
-    return 0, 0, 0
+log = logging.getLogger(__name__)
+_NO_USAGE = Usage()
 
 
 @dataclass
@@ -62,6 +53,8 @@ class OnlineStats:
     http_errors: int = 0  # ... with an error status (recorded, as the Batch API does)
     error_lines: int = 0  # recorded without an HTTP answer (request too large)
     unfinished: int = 0  # no answer after every retry: not recorded, a rerun asks again
+    unexpected: int = 0  # ... of which failed with an unexpected error (logged; also counted as unfinished)
+    unexpected_message: str = ""  # the first such error, key-scrubbed: the summary shows it
     cache_hits: int = 0
     saved_usd: float = 0.0
     cost_usd: float = 0.0
@@ -197,6 +190,16 @@ class OnlineRunner:
             self.stats.unfinished += 1
         except RatePilotError:
             self.stats.unfinished += 1
+        except Exception as exc:
+            # Anything else (the limiter's CostTooLarge, an invalid URL, a bug) must not end the task silently:
+            # asyncio.wait never retrieves a task's exception. Log it (scrubbed: no key) and leave the request
+            # unrecorded, so the job exits incomplete and a rerun asks it again.
+            what = _scrub(f"{type(exc).__name__}: {exc}")
+            log.error("request %s (line %d) failed unexpectedly: %s", request.custom_id, request.line_no, what)
+            self.stats.unfinished += 1
+            self.stats.unexpected += 1
+            if not self.stats.unexpected_message:
+                self.stats.unexpected_message = f"{request.custom_id} (line {request.line_no}): {what}"
         else:
             now = time.monotonic()
             stats = self.stats
@@ -204,7 +207,8 @@ class OnlineRunner:
                 stats.first_answer_at = now
             stats.answered += 1
             body = answer.body
-            prompt, completion, cached = usage_of(body)
+            usage = usage_from_body(body) or _NO_USAGE
+            prompt, completion, cached = usage.prompt, usage.completion, usage.cached
             model = request.model
             cost = self.prices.cost(model, prompt, completion, cached) if prompt or completion else 0.0
             stats.cost_usd += cost

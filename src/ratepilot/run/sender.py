@@ -24,7 +24,18 @@ import orjson
 from ..errors import RatePilotError
 from ..requests import RequestLine
 
-__all__ = ["Answer", "AuthFailed", "HttpSender", "SdkSender", "Sender", "TransientFailure"]
+__all__ = [
+    "Answer",
+    "AuthFailed",
+    "HttpSender",
+    "SdkSender",
+    "Sender",
+    "TransientFailure",
+    "api_path",
+    "sdk_apost",
+    "sdk_post",
+    "unwrap_pilot_error",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +60,7 @@ class Sender(Protocol):
     async def send(self, request: RequestLine) -> Answer: ...
 
 
-def _pilot_error(exc: BaseException) -> RatePilotError | None:
+def unwrap_pilot_error(exc: BaseException) -> RatePilotError | None:
     """The RatePilotError behind an SDK exception, if any (the SDK may wrap transport errors)."""
     seen: set[int] = set()
     cur: BaseException | None = exc
@@ -68,6 +79,57 @@ def _parse_body(content: bytes) -> Any:
         return content.decode("utf-8", "replace")
 
 
+def api_path(url: str) -> str:
+    """The path to post a requests-file ``url`` to: the SDK client's base_url already ends in ``/v1``."""
+    return url[3:] if url.startswith("/v1/") else url
+
+
+def _answer(response: httpx2.Response) -> Answer:
+    return Answer(
+        response.status_code,
+        response.headers.get("x-request-id") or "",
+        _parse_body(response.content),
+        response.headers,
+    )
+
+
+def _sdk_failure(exc: Exception) -> Answer:
+    """What a failed raw SDK post means: an HTTP answer (any error status) or the error to raise.
+
+    Errors the Pilot raised inside the SDK's call (quota, budget, too large, retries exhausted) are raised as
+    themselves, unwrapped; a connection failure is a :class:`TransientFailure`; anything else is re-raised.
+    """
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        return _answer(exc.response)
+    inner = unwrap_pilot_error(exc)
+    if inner is not None:
+        raise inner from None
+    if isinstance(exc, openai.APIConnectionError):
+        raise TransientFailure(f"no answer from the server ({type(exc).__name__})") from None
+    raise exc
+
+
+def sdk_post(client: Any, url: str, body: Any) -> Answer:
+    """Post ``body`` to ``url`` through a (Pilot-wrapped) ``OpenAI`` client, keeping the raw response.
+
+    Every HTTP answer (4xx/5xx included) is an :class:`Answer`; see :func:`_sdk_failure` for the rest.
+    """
+    try:
+        return _answer(client.post(api_path(url), cast_to=httpx2.Response, body=body))
+    except Exception as exc:
+        return _sdk_failure(exc)
+
+
+async def sdk_apost(client: Any, url: str, body: Any) -> Answer:
+    """:func:`sdk_post` for an ``AsyncOpenAI`` client."""
+    try:
+        return _answer(await client.post(api_path(url), cast_to=httpx2.Response, body=body))
+    except Exception as exc:
+        return _sdk_failure(exc)
+
+
 class SdkSender:
     """Sends through a (Pilot-wrapped) ``AsyncOpenAI`` client."""
 
@@ -75,31 +137,12 @@ class SdkSender:
         self.client = client
 
     async def send(self, request: RequestLine) -> Answer:
-        import openai
-
-        # The client's base_url already ends in /v1; the requests file names /v1/... paths.
-        path = request.url[3:] if request.url.startswith("/v1/") else request.url
-        try:
-            response: httpx2.Response = await self.client.post(path, cast_to=httpx2.Response, body=request.body)
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            if status in (401, 403):
-                raise AuthFailed(f"HTTP {status} from the server: {exc.message}") from None
-            resp = exc.response
-            return Answer(status, resp.headers.get("x-request-id") or "", _parse_body(resp.content), resp.headers)
-        except Exception as exc:
-            inner = _pilot_error(exc)
-            if inner is not None:
-                raise inner from None
-            if isinstance(exc, openai.APIConnectionError):
-                raise TransientFailure(f"no answer from the server ({type(exc).__name__})") from None
-            raise
-        return Answer(
-            response.status_code,
-            response.headers.get("x-request-id") or "",
-            _parse_body(response.content),
-            response.headers,
-        )
+        answer = await sdk_apost(self.client, request.url, request.body)
+        if answer.status_code in (401, 403):
+            body = answer.body
+            message = body.get("error", {}).get("message", "") if isinstance(body, dict) else ""
+            raise AuthFailed(f"HTTP {answer.status_code} from the server: {message}")
+        return answer
 
 
 class HttpSender:
@@ -121,9 +164,8 @@ class HttpSender:
         )
 
     async def send(self, request: RequestLine) -> Answer:
-        path = request.url[3:] if request.url.startswith("/v1/") else request.url
         try:
-            response = await self.client.post(path, content=orjson.dumps(request.body))
+            response = await self.client.post(api_path(request.url), content=orjson.dumps(request.body))
         except RatePilotError:
             raise
         except httpx2.HTTPError as exc:

@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from ..clock import Clock
+from ..serving import BackgroundServer, bind_socket
 from .app import create_app
 from .config import SimConfig
 from .state import SimState
@@ -173,9 +171,7 @@ class Simulator:
         self._requested_port = port
         self.port = port
         self._log_level = log_level
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._background: BackgroundServer | None = None
 
     # -- facade --------------------------------------------------------------------------------------
 
@@ -207,29 +203,20 @@ class Simulator:
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self, timeout: float = 10.0) -> Simulator:
-        if self._thread is not None:
+        if self._background is not None:
             return self
         _install_noise_filter()
-        sock = _bind(self.host, self._requested_port)
-        self._socket = sock
+        sock = bind_socket(self.host, self._requested_port)
         self.port = sock.getsockname()[1]
-
         _warm_tokenizers()
-        self._server = _server_class()(_uvicorn_config(self.app, self.host, self.port, self._log_level))
-        self._server.install_signal_handlers = lambda: None  # the host process owns signals
-        self._thread = threading.Thread(target=self._run, name=f"ratepilot-sim-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the simulator did not start on {self.url}")
-            time.sleep(0.002)  # readiness poll of a real server (not a rate-limit wait)
+        server = _server_class()(_uvicorn_config(self.app, self.host, self.port, self._log_level))
+        background = BackgroundServer(server, sock, f"ratepilot-sim-{self.port}")
+        try:
+            background.start(timeout)
+        except RuntimeError:
+            raise RuntimeError(f"the simulator did not start on {self.url}") from None
+        self._background = background
         return self
-
-    def _run(self) -> None:
-        assert self._server is not None and self._socket is not None
-        self._server.run(sockets=[self._socket])
 
     def stop(self) -> None:
         from . import longrun
@@ -237,15 +224,9 @@ class Simulator:
         shutdown = getattr(longrun, "shutdown", None)
         if shutdown is not None:
             shutdown(self.state)  # e.g. the webhook sender's thread
-        if self._server is not None:
-            self._server.request_exit()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        self._server = None
+        if self._background is not None:
+            self._background.stop()
+            self._background = None
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -265,20 +246,6 @@ class Simulator:
         await asyncio.to_thread(self.stop)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
 def serve(
     config: SimConfig,
     host: str = "127.0.0.1",
@@ -292,7 +259,7 @@ def serve(
     """
     _install_noise_filter()
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(message)s")
-    sock = _bind(host, port)
+    sock = bind_socket(host, port)
     try:
         actual = sock.getsockname()[1]
         if announce is not None:

@@ -1,10 +1,9 @@
 -- observe: correct the state from a response's headers, as interpreted by learning.py (core.observe).
--- A: age (unused), ref_seq, damping, ref_used x N, ref_adj x N, count, then per observed dimension:
+-- A: age (unused), ref_seq, damping (unused), ref_used x N (unused), ref_adj x N (unused), count, then per observed dimension:
 -- index (0-based), limit, server_limit, used.
 local st = load(KEY)
 local now = NOW
 local ref_seq = A[2]
-local damping = A[3]
 local count = A[4 + 2 * N]
 local known = false
 for d = 1, N do
@@ -40,20 +39,14 @@ for i = 0, count - 1 do
       st.tat[d] = now + in_use * window / limit
     end
     local interval = window / st.lim[d]
-    local found = 0
-    if ref_seq > st.oseq[d] then
-      local err = o_used - A[3 + d] - (st.adj[d] - A[3 + N + d])
-      if err < 0 then err = err * damping end
-      st.tat[d] = math.max(now, math.max(st.tat[d], now) + err * interval)
-      st.adj[d] = st.adj[d] + err
-      st.oseq[d] = ref_seq
-      found = found + math.max(0, err)
-    end
-    local short = o_used - used(st, d, now)
-    if short > 0 then
+    if ref_seq > st.oseq[d] then st.oseq[d] = ref_seq end
+    -- Compared with our units in use now, not with the grant's snapshot (core.observe says why).
+    local found = o_used - used(st, d, now)
+    if found > 0 then
       st.tat[d] = now + o_used * interval
-      st.adj[d] = st.adj[d] + short
-      found = found + short
+      st.adj[d] = st.adj[d] + found
+    else
+      found = 0
     end
     st.frate[d] = st.frate[d] * math.exp(-math.max(0, now - st.ft[d]) / FOREIGN_TAU) + found / FOREIGN_TAU
     st.ft[d] = now

@@ -1,0 +1,7 @@
+"""``python -m ratepilot`` is the ``ratepilot`` command."""
+
+from __future__ import annotations
+
+from ratepilot.cli import main
+
+main()

@@ -1,0 +1,72 @@
+"""Per-request work stays small: bodies parsed once, the key hashed once, no tokenizer pass for the budget,
+and the memory of accounted objects bounded."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from openai import OpenAI
+
+import ratepilot.client.exchange as exchange_module
+import ratepilot.client.pilot as pilot_module
+import ratepilot.client.plan as plan_module
+import ratepilot.protocol.tokens as tokens_module
+from ratepilot.client import Pilot
+from ratepilot.clock import FakeClock
+from ratepilot.sim import Simulator
+
+MSG = [{"role": "user", "content": "hello there"}]
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, calls: list[str]) -> None:
+    """Count the calls made from this (the client's) thread; the simulator serves from its own thread."""
+    real = getattr(module, name, None)
+    if real is None:
+        return
+    me = threading.current_thread()
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is me:
+            calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+
+
+def test_bodies_parsed_once_key_hashed_once_no_tokenizer_for_the_budget(
+    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = make_sim(rpm=1_000, tpm=1_000_000)
+    parses: list[str] = []
+    hashes: list[str] = []
+    tokenizer: list[str] = []
+    _counting(monkeypatch, plan_module, "parse_json", parses)  # the request body
+    _counting(monkeypatch, exchange_module, "parse_json", parses)  # the response body
+    _counting(monkeypatch, pilot_module, "key_id_for", hashes)
+    _counting(monkeypatch, tokens_module, "count_text", tokenizer)
+    pilot = Pilot(clock=clock, budget_usd=1.0)
+    with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+    assert len(parses) == 3 * 2  # each request body once, each response body once
+    assert len(hashes) == 1
+    assert tokenizer == []  # the budget's worst case reuses the admission estimate
+    assert pilot.usage().models["gpt-4o-mini"].requests == 3
+
+
+def test_accounted_ids_are_bounded(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pilot_module, "ACCOUNTED_IDS_KEPT", 3, raising=False)
+    pilot = Pilot(clock=clock)
+
+    def finished_run(i: int) -> dict[str, Any]:
+        usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+        return {"object": "thread.run", "id": f"run_{i}", "status": "completed", "model": "gpt-4o-mini", "usage": usage}
+
+    for i in range(10):
+        pilot._account_object(finished_run(i))
+        pilot._account_object(finished_run(i))  # polled again: recorded once
+    assert len(pilot._accounted) == 3
+    assert pilot.usage().models["gpt-4o-mini"].prompt_tokens == 10 * 10
