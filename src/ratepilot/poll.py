@@ -597,6 +597,26 @@ def _timeout_error(schedule: PollSchedule, give_up: GiveUp, last: Any, now: floa
     )
 
 
+def _missed(schedule: PollSchedule, clock: Clock, error: BaseException) -> Poll | Done | GiveUp:
+    """A poll that failed transiently: back off, or raise ``error`` once too many failed in a row."""
+    decision = schedule.failed(clock.now())
+    if isinstance(decision, GiveUp) and decision.reason == "errors":
+        raise error
+    return decision
+
+
+def _observed(
+    schedule: PollSchedule, target: Any, raw: Any, woken: bool, clock: Clock, on_progress: ProgressCallback | None
+) -> tuple[Any, Poll | Done | GiveUp]:
+    """What a successful retrieve says: the latest object and the schedule's next decision (both drivers)."""
+    latest = raw.parse()
+    now = clock.now()
+    decision = schedule.observe(snapshot(target.kind, latest), now, poll_after=_poll_after(raw), woken=woken)
+    if on_progress is not None:
+        on_progress(schedule.progress(now, decision))
+    return latest, decision
+
+
 def wait(
     client: Any,
     obj: Any,
@@ -632,16 +652,10 @@ def wait(
                 clock.sleep(decision.after)
             try:
                 raw = _call_retrieve(client, target)
-            except _TRANSIENT:
-                decision = schedule.failed(clock.now())
-                if isinstance(decision, GiveUp) and decision.reason == "errors":
-                    raise
+            except _TRANSIENT as exc:
+                decision = _missed(schedule, clock, exc)
                 continue
-            latest = raw.parse()
-            now = clock.now()
-            decision = schedule.observe(snapshot(target.kind, latest), now, poll_after=_poll_after(raw), woken=woken)
-            if on_progress is not None:
-                on_progress(schedule.progress(now, decision))
+            latest, decision = _observed(schedule, target, raw, woken, clock, on_progress)
     finally:
         if subscription is not None:
             subscription.close()
@@ -676,16 +690,10 @@ async def wait_async(
                 await clock.asleep(decision.after)
             try:
                 raw = await cast(Awaitable[Any], _call_retrieve(client, target))
-            except _TRANSIENT:
-                decision = schedule.failed(clock.now())
-                if isinstance(decision, GiveUp) and decision.reason == "errors":
-                    raise
+            except _TRANSIENT as exc:
+                decision = _missed(schedule, clock, exc)
                 continue
-            latest = raw.parse()
-            now = clock.now()
-            decision = schedule.observe(snapshot(target.kind, latest), now, poll_after=_poll_after(raw), woken=woken)
-            if on_progress is not None:
-                on_progress(schedule.progress(now, decision))
+            latest, decision = _observed(schedule, target, raw, woken, clock, on_progress)
     finally:
         if subscription is not None:
             subscription.close()
