@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import openai
 
+from .client.plan import PRIORITY_HEADER  # read and stripped by the transport
 from .clock import Clock, SystemClock
 from .errors import RatePilotError, RetriesExhausted
 
@@ -49,7 +50,6 @@ __all__ = [
     "wait_async",
 ]
 
-PRIORITY_HEADER = "x-ratepilot-priority"  # read and stripped by ratepilot's transport (see ratepilot.client)
 POLL_AFTER_HEADER = "openai-poll-after-ms"
 
 

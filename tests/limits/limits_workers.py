@@ -16,8 +16,10 @@ from typing import Any
 
 import openai
 
-from ratepilot.limits import Cost, Limiter, Scope, key_id_for, retry_wait
+from ratepilot.limits import Cost, Limiter, Scope, key_id_for
+from ratepilot.protocol.errors import classify
 from ratepilot.protocol.tokens import admission_cost
+from ratepilot.retry import server_wait_hint
 
 MODEL = "gpt-4o-mini"
 BODY: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi " * 10}], "max_tokens": 24}
@@ -45,7 +47,8 @@ def send_one(client: openai.OpenAI, limiter: Limiter, scope: Scope, cost: Cost, 
         limiter.settle(grant, 0)
         limiter.observe(scope, headers, sent, grant=grant)
         if exc.status_code == 429:
-            limiter.penalize(scope, retry_wait(headers, str(exc.message)) or 1.0)
+            wait = server_wait_hint(classify(exc.status_code, exc.response.json(), headers), headers)
+            limiter.penalize(scope, wait or 1.0)
         return Record(sent, exc.status_code, 0, limiter.clock.now())
     usage = raw.parse().usage
     tokens = usage.total_tokens if usage else 0

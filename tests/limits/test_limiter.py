@@ -10,9 +10,10 @@ import pytest
 from limits_helpers import REDIS_URL, headers
 
 from ratepilot.clock import FakeClock, SystemClock
-from ratepilot.limits import Cost, CostTooLarge, Limiter, Priority, Scope, key_id_for, retry_wait
-from ratepilot.protocol.errors import LimitKind, rate_limit_error
+from ratepilot.limits import Cost, CostTooLarge, Limiter, Priority, Scope, key_id_for
+from ratepilot.protocol.errors import LimitKind, classify, rate_limit_error
 from ratepilot.protocol.headers import RateLimitHeaders
+from ratepilot.retry import server_wait_hint
 
 SCOPE = Scope(key_id_for("sk-test-limiter"), "gpt-4o-mini")
 
@@ -207,9 +208,9 @@ def test_missing_headers_keep_state_and_eventually_stop_probing(limiter: Limiter
 def test_penalty_after_429_blocks_the_scope(limiter: Limiter, clock: FakeClock) -> None:
     learn(limiter, (100, 99), (10_000, 9_900))
     body = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPD, 2000, 2000, 1, 43.2)
-    wait = retry_wait({}, body["error"]["message"])
+    wait = server_wait_hint(classify(429, body), {})
     assert wait == pytest.approx(43.2)
-    assert retry_wait({"retry-after": "20"}, body["error"]["message"]) == 20
+    assert server_wait_hint(classify(429, body), {"retry-after": "20"}) == 20
     limiter.penalize(SCOPE, wait)
     start = clock.now()
     limiter.acquire(SCOPE, Cost(1, 1))

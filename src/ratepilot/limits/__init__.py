@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .core import Observation, Reserved, ReserveParams, ScopeState, Wait
 from .gcra import Bucket, Decision, Rate, admit_all
-from .learning import infer_window, interpret, retry_wait
+from .learning import infer_window, interpret
 from .limiter import Limiter
 from .stores import Store, open_store
 from .types import DIMENSIONS, Cost, CostTooLarge, DimensionView, Grant, Priority, Scope, key_id_for
@@ -37,5 +37,4 @@ __all__ = [
     "interpret",
     "key_id_for",
     "open_store",
-    "retry_wait",
 ]

@@ -26,19 +26,17 @@ Algorithm (also in the README):
 5. The unseen traffic found this way feeds a rate estimate (units/s, time constant 2 s); reservations keep
    ``foreign_horizon`` (3 s) of it free, so another client's steady use is anticipated instead of met with
    429s. Room kept free costs a one-off burst, not throughput: the bucket still refills at the full rate.
-6. ``retry-after(-ms)`` and "Please try again in Ns" on a 429 block the scope for that long
-   (:func:`retry_wait`).
+6. ``retry-after(-ms)`` and "Please try again in Ns" on a 429 block the scope for that long: the caller
+   reads the wait with :func:`ratepilot.retry.server_wait_hint` and passes it to ``Limiter.penalize``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from ..protocol.headers import DimensionState, RateLimitHeaders, parse_retry_after, parse_try_again_in
+from ..protocol.headers import DimensionState, RateLimitHeaders
 from .core import DimObservation, Observation
 from .types import DIM_INDEX, Grant
 
-__all__ = ["DAILY_THRESHOLD", "infer_window", "interpret", "retry_wait"]
+__all__ = ["DAILY_THRESHOLD", "infer_window", "interpret"]
 
 DAILY_THRESHOLD = 1800.0  # seconds: implied windows above this are daily
 MIN_RESET_FOR_DAILY = 0.05  # below this, millisecond rounding of reset makes the inference unreliable
@@ -93,11 +91,3 @@ def interpret(
     if grant is None:
         return Observation(tuple(dims), max(0.0, age), damping=damping)
     return Observation(tuple(dims), max(0.0, age), grant.seq, grant.used, grant.adj, damping)
-
-
-def retry_wait(headers: Mapping[str, str] | None, message: str | None = None) -> float | None:
-    """How long a 429 asks us to wait: ``retry-after-ms``/``retry-after``, else "try again in Ns"."""
-    wait = parse_retry_after(headers) if headers is not None else None
-    if wait is None and message:
-        wait = parse_try_again_in(message)
-    return wait

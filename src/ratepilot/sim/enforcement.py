@@ -1,7 +1,8 @@
 """Rate-limit enforcement: four GCRA buckets (RPM, TPM, RPD, TPD) per organization and model (or pool).
 
 Sans-IO: every method takes ``now``; callers (the simulator state) hold the lock. The bucket arithmetic is
-:mod:`ratepilot.limits.gcra`, the same code the client's limiter uses.
+:mod:`ratepilot.limits.gcra` (the client's limiter keeps the same sums in ``limits/core.py`` and its Lua
+scripts, in step with the server model its property tests check).
 
 Rules (documented in the README):
 
