@@ -121,9 +121,9 @@ def test_a_dropped_stream_settles_its_grant_and_budget(
         settled: list[int | None] = []
         real_settle = limiter.settle
 
-        def spy(grant: Any, actual: int | None) -> None:
+        def spy(grant: Any, actual: int | None, **kw: Any) -> None:
             settled.append(actual)
-            real_settle(grant, actual)
+            real_settle(grant, actual, **kw)
 
         limiter.settle = spy  # type: ignore[method-assign]
         with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis
 
+from ratepilot.limits import Limiter
 from ratepilot.protocol.headers import DimensionState, RateLimitHeaders
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -35,3 +38,13 @@ def headers(
     req = dim(*rpm) if rpm else (dim(*rpd, window=86_400.0) if rpd else None)
     tok = dim(*tpm) if tpm else (dim(*tpd, window=86_400.0) if tpd else None)
     return RateLimitHeaders(requests=req, tokens=tok)
+
+
+async def quiesce(lim: Limiter, rounds: int = 3) -> None:
+    """Let every task run until it waits on the clock or for its turn. Store calls on an event loop run on the
+    limiter's I/O thread: each round waits for the calls handed over so far, then lets the tasks they woke
+    take their next step (which may hand over another call; hence several rounds)."""
+    for _ in range(rounds):
+        await lim.aflush()
+        for _ in range(5):
+            await asyncio.sleep(0)

@@ -7,10 +7,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from limits_helpers import REDIS_URL, headers
+from limits_helpers import REDIS_URL, headers, quiesce
 
 from ratepilot.clock import FakeClock, SystemClock
-from ratepilot.limits import Cost, CostTooLarge, Limiter, Priority, Scope, key_id_for
+from ratepilot.limits import Cost, CostTooLarge, Grant, Limiter, Priority, Scope, key_id_for
+from ratepilot.limits.limiter import PROBE_GRACE
 from ratepilot.protocol.errors import LimitKind, classify, rate_limit_error
 from ratepilot.protocol.headers import RateLimitHeaders
 from ratepilot.retry import server_wait_hint
@@ -55,11 +56,32 @@ def test_unknown_scope_admits_one_probe_until_headers(limiter: Limiter, clock: F
     assert clock.now() == 1_000.0  # no waiting at all once learned
 
 
+def test_a_settled_probe_keeps_its_lease_until_its_headers_are_observed(limiter: Limiter, clock: FakeClock) -> None:
+    # Settle comes before observe (the client's order). In between, a second request must not go out as an
+    # uncharged probe: the server would count its tokens and the limiter would not (a 429 later).
+    probe = limiter.acquire(SCOPE, Cost(1, 50))
+    limiter.settle(probe, 40)
+    wait = limiter._try(SCOPE, Cost(1, 50), Priority.NORMAL)
+    assert not isinstance(wait, Grant) and wait.probe
+    limiter.observe(SCOPE, headers((100, 99), (20_000, 19_960)), sent_at=probe.granted_at, grant=probe)
+    after = limiter.acquire(SCOPE, Cost(1, 50))
+    assert not after.probe and all(after.charged[:2])
+
+
+def test_a_probe_without_a_response_frees_the_scope_after_the_grace(limiter: Limiter, clock: FakeClock) -> None:
+    probe = limiter.acquire(SCOPE, Cost(1, 50))
+    limiter.settle(probe, None)  # e.g. a read timeout: no headers will come
+    wait = limiter._try(SCOPE, Cost(1, 50), Priority.NORMAL)
+    assert not isinstance(wait, Grant) and wait.probe and wait.seconds == pytest.approx(PROBE_GRACE)
+    clock.advance(PROBE_GRACE)
+    second = limiter.acquire(SCOPE, Cost(1, 50))
+    assert second.probe
+
+
 async def test_async_waiter_waits_for_the_probe_response(limiter: Limiter, clock: FakeClock) -> None:
     probe = await limiter.aacquire(SCOPE, Cost(1, 10))
     second = asyncio.create_task(limiter.aacquire(SCOPE, Cost(1, 10)))
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await quiesce(limiter)
     assert not second.done()
     limiter.observe(SCOPE, headers((100, 99), (20_000, 19_990)), sent_at=probe.granted_at, grant=probe)
     limiter.settle(probe, 10)
@@ -256,15 +278,12 @@ async def test_low_priority_never_overtakes_normal(limiter: Limiter, clock: Fake
 
     clock.autojump = False  # time moves only when the test says, so all waiters are queued first
     tasks = [asyncio.create_task(one(f"low{i}", Priority.LOW)) for i in range(3)]
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await quiesce(limiter)
     tasks += [asyncio.create_task(one(f"normal{i}", Priority.NORMAL)) for i in range(3)]
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await quiesce(limiter)
     while not all(t.done() for t in tasks):
         clock.advance(0.5)
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await quiesce(limiter)
     assert order[:3] == ["normal0", "normal1", "normal2"]
     assert sorted(order[3:]) == ["low0", "low1", "low2"]
 
@@ -288,8 +307,7 @@ async def test_cancelled_waiter_gives_its_place_back(limiter: Limiter, clock: Fa
         await limiter.aacquire(SCOPE, Cost(1, 1))
     waiting = asyncio.create_task(limiter.aacquire(SCOPE, Cost(1, 1)))
     behind = asyncio.create_task(limiter.aacquire(SCOPE, Cost(1, 1)))
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await quiesce(limiter)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting

@@ -227,7 +227,7 @@ class Exchange:
         if kind is None:
             return Reraise()
         # The request may have reached the server (a read timeout): keep its reservation as charged.
-        self._settle(self._grant(), None)
+        self._settle(self._grant(), None, headers_follow=False)
         self.pilot.ledger.count(errors=1)
         decision = self.pilot.retry.decide(RetryState(self.attempt, kind, self.retry_waited))
         if not isinstance(decision, GiveUp):
@@ -253,7 +253,7 @@ class Exchange:
         grant = self.grant
         if grant is not None and not grant.done:
             if self.sent:
-                self._settle(grant, None)
+                self._settle(grant, None, headers_follow=False)
             else:
                 self._guarded("cancel", self.pilot.limiter.cancel, grant)
         self._close_budget(self.worst_case_usd if self.sent else 0.0)
@@ -303,8 +303,8 @@ class Exchange:
             self.pilot._remember(self.scope, parsed)
         self._guarded("observe", self.pilot.limiter.observe, self.scope, parsed, self.sent_at, grant=self.grant)
 
-    def _settle(self, grant: Grant, actual_tokens: int | None) -> None:
-        self._guarded("settle", self.pilot.limiter.settle, grant, actual_tokens)
+    def _settle(self, grant: Grant, actual_tokens: int | None, *, headers_follow: bool = True) -> None:
+        self._guarded("settle", self.pilot.limiter.settle, grant, actual_tokens, headers_follow=headers_follow)
 
     def _guarded(self, what: str, call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         """A limiter-store call after sending: its failure must not fail a response the server already gave."""

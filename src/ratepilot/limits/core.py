@@ -168,12 +168,12 @@ def reserve(st: ScopeState, costs: tuple[float, ...], now: float, p: ReservePara
     return Reserved(st.seq, tuple(used), tuple(st.adj), tuple(charged), False)
 
 
-def adjust(
-    st: ScopeState, deltas: tuple[float, ...], charged: tuple[bool, ...], release_probe: bool, now: float
-) -> None:
+def adjust(st: ScopeState, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float, now: float) -> None:
     """Settle or cancel: charge (``delta > 0``) or refund (``< 0``) units in the dimensions the grant charged.
 
-    A refund never takes a bucket below empty, so returning capacity late never creates any.
+    A refund never takes a bucket below empty, so returning capacity late never creates any. For the probe's
+    grant, ``probe_hold`` cuts its lease to at most that many seconds from now (0: release it; negative: not
+    the probe, leave the lease alone).
     """
     for d in range(N_DIMS):
         if not charged[d] or st.lim[d] <= 0 or deltas[d] == 0:
@@ -181,8 +181,8 @@ def adjust(
         interval = WINDOWS[d] / st.lim[d]
         base = max(st.tat[d], now)
         st.tat[d] = max(now, base + deltas[d] * interval)
-    if release_probe:
-        st.probe_until = 0.0
+    if probe_hold >= 0:
+        st.probe_until = min(st.probe_until, now + probe_hold)
 
 
 def observe(st: ScopeState, obs: Observation, now: float) -> None:

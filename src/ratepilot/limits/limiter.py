@@ -8,19 +8,28 @@ and a LOW waiter (polls) never takes capacity while a NORMAL one waits. LOW rese
 The head sleeps for the wait the store computed, on the injected clock; a local settle, cancel or observe
 wakes it early (capacity may have come back). Waiting for a probe's response on a shared store re-checks
 every ``recheck`` seconds, because the probe may belong to another process.
+
+On an event loop, the shared stores' round trips (SQLite, Redis) never run on the loop's thread: they go to
+one I/O thread per limiter, which runs them one at a time in the order they were asked for. Reservations are
+awaited; settle, cancel, observe and penalize are handed over and return at once (a response must not wait
+for the limiter's bookkeeping), and anything read afterwards (a reservation, :meth:`Limiter.state`) sees
+them, because it queues behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import heapq
 import itertools
+import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ..clock import Clock, SystemClock
 from ..protocol.headers import RateLimitHeaders
@@ -31,7 +40,11 @@ from .types import DIM_INDEX, DIMENSIONS, N_DIMS, Cost, CostTooLarge, DimensionV
 
 __all__ = ["Limiter"]
 
+log = logging.getLogger("ratepilot")
+T = TypeVar("T")
+
 _RECENT_GRANTS = 4096  # per scope, to find the grant of an observed request from its sent_at
+PROBE_GRACE = 1.0  # seconds a settled probe keeps its lease while its response's headers are observed
 
 
 @dataclass(eq=False)
@@ -102,14 +115,72 @@ class Limiter:
         self._cond = threading.Condition(self._mu)
         self._queues: dict[str, _Queue] = {}
         self._seq = itertools.count()
+        # Stores that do I/O get an I/O thread when first used from an event loop (see the module docstring).
+        self._offload = self.store.shared
+        self._io: concurrent.futures.ThreadPoolExecutor | None = None
 
-    # ----------------------------------------------------------------- the one decision, shared by drivers
     def _queue(self, scope: Scope) -> _Queue:
         q = self._queues.get(scope.key)
         if q is None:
             q = self._queues[scope.key] = _Queue()
         return q
 
+    # --------------------------------------------------------------------------- where store calls run
+    def _on_loop(self) -> bool:
+        """Is this call on an event loop's thread, with a store whose calls block (and so must not run here)?"""
+        if not self._offload:
+            return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    def _io_thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._mu:
+            if self._io is None:
+                # One worker: store operations from the loop run in the order they were asked for.
+                self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ratepilot-limiter")
+            return self._io
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """A store call whose answer the caller needs now (on a loop: after the writes handed over before it)."""
+        if self._on_loop():
+            return self._io_thread().submit(fn, *args).result()
+        return fn(*args)
+
+    def _write(self, scope: Scope, fn: Callable[..., object], *args: Any) -> None:
+        """A store update, then wake the scope's head. On a loop it is handed to the I/O thread."""
+        if self._on_loop():
+            self._io_thread().submit(self._write_behind, scope, fn, *args)
+            return
+        fn(*args)
+        self._kick(scope)
+
+    def _write_behind(self, scope: Scope, fn: Callable[..., object], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # nobody is waiting for this call to raise to: say it here
+            # Scope keys are hashes of the API key, never the key.
+            log.warning("ratepilot: limiter store update failed for %s (%s: %s)", scope.model, type(exc).__name__, exc)
+        self._kick(scope)
+
+    async def _atry(self, scope: Scope, cost: Cost, priority: Priority) -> Grant | Wait:
+        if not self._offload:
+            return self._try(scope, cost, priority)
+        fut = self._io_thread().submit(self._try, scope, cost, priority)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            # The reservation may still be made by the I/O thread: a cancelled waiter holds nothing.
+            fut.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, fut: concurrent.futures.Future[Grant | Wait]) -> None:
+        if not fut.cancelled() and fut.exception() is None and isinstance(grant := fut.result(), Grant):
+            self.cancel(grant)
+
+    # ----------------------------------------------------------------- the one decision, shared by drivers
     def _try(self, scope: Scope, cost: Cost, priority: Priority) -> Grant | Wait:
         params = self._low_params if priority >= Priority.LOW else self._params
         decision = self.store.reserve(scope.key, cost.per_dimension(), params)
@@ -193,7 +264,7 @@ class Limiter:
         """Block until ``cost`` is admitted in ``scope``; FIFO within a priority."""
         cost = cost or Cost()
         if self._nobody_waiting(scope):  # fast path: no queue to respect
-            decision = self._try(scope, cost, priority)
+            decision = self._read(self._try, scope, cost, priority)
             if isinstance(decision, Grant):
                 return decision
         w = self._enqueue(scope, priority, None)
@@ -203,7 +274,7 @@ class Limiter:
                     while self._queue(scope).head() is not w:
                         self._cond.wait()
                     w.kicked = False
-                decision = self._try(scope, cost, priority)
+                decision = self._read(self._try, scope, cost, priority)
                 if isinstance(decision, Grant):
                     return decision
                 self._sleep(w, self._timeout(decision))
@@ -224,7 +295,7 @@ class Limiter:
         and holds no reservation."""
         cost = cost or Cost()
         if self._nobody_waiting(scope):  # fast path: no queue to respect
-            decision = self._try(scope, cost, priority)
+            decision = await self._atry(scope, cost, priority)
             if isinstance(decision, Grant):
                 return decision
         loop = asyncio.get_running_loop()
@@ -234,7 +305,7 @@ class Limiter:
                 while not self._is_head_or_arm(scope, w, loop):
                     assert w.turn is not None
                     await w.turn
-                decision = self._try(scope, cost, priority)
+                decision = await self._atry(scope, cost, priority)
                 if isinstance(decision, Grant):
                     return decision
                 await self._asleep(w, loop, self._timeout(decision))
@@ -255,11 +326,12 @@ class Limiter:
                 handle.cancel()
 
     # --------------------------------------------------------------------- after the request was sent
-    def settle(self, grant: Grant, actual_tokens: int | None) -> None:
+    def settle(self, grant: Grant, actual_tokens: int | None, *, headers_follow: bool = True) -> None:
         """The request finished: correct its token charge to ``actual_tokens`` (None: keep the reservation).
 
         After a 429 the server counts the request but not its tokens: ``settle(grant, 0)``, then
-        :meth:`penalize`.
+        :meth:`penalize`. Settle, then :meth:`observe` the response's headers; when there is no response to
+        observe (a timeout, a connection error), say ``headers_follow=False`` so that a probe's lease ends now.
         """
         if grant.done:
             return
@@ -268,8 +340,11 @@ class Limiter:
         if delta == 0 and not grant.probe:
             return  # nothing to correct: no round trip
         deltas = (0.0, delta, 0.0, delta, delta)  # the token dimensions (DIMENSIONS order)
-        self.store.adjust(grant.scope.key, deltas, grant.charged, grant.probe)
-        self._kick(grant.scope)
+        # The probe's lease is released by observing its response, which follows the settle. Releasing it here
+        # would let another request through as a second, uncharged probe in between (the server charges it; we
+        # would not). If the caller forgets to observe, the lease lapses after PROBE_GRACE.
+        hold = (PROBE_GRACE if headers_follow else 0.0) if grant.probe else -1.0
+        self._write(grant.scope, self.store.adjust, grant.scope.key, deltas, grant.charged, hold)
 
     def cancel(self, grant: Grant) -> None:
         """The request was never sent: give the whole reservation back."""
@@ -277,8 +352,9 @@ class Limiter:
             return
         grant.done = True
         deltas = tuple(-c for c in grant.cost.per_dimension())
-        self.store.adjust(grant.scope.key, deltas, grant.charged, grant.probe)
-        self._kick(grant.scope)
+        self._write(
+            grant.scope, self.store.adjust, grant.scope.key, deltas, grant.charged, 0.0 if grant.probe else -1.0
+        )
 
     def observe(
         self,
@@ -305,8 +381,7 @@ class Limiter:
             safety_margin=self.safety_margin,
             damping=self.damping,
         )
-        self.store.observe(scope.key, obs)
-        self._kick(scope)
+        self._write(scope, self.store.observe, scope.key, obs)
 
     def _grant_before(self, scope: Scope, sent_at: float) -> Grant | None:
         with self._mu:
@@ -324,12 +399,19 @@ class Limiter:
     def penalize(self, scope: Scope, wait_s: float) -> None:
         """After a 429: admit nothing in ``scope`` for ``wait_s`` seconds (retry-after / "try again in")."""
         if wait_s > 0:
-            self.store.penalize(scope.key, wait_s)
+            self._write(scope, self.store.penalize, scope.key, wait_s)
 
     def state(self, scope: Scope) -> dict[str, DimensionView]:
         """Per known dimension (rpm, tpm, rpd, tpd, ptpm): limit, remaining and seconds until full."""
-        st, now = self.store.load(scope.key)
+        st, now = self._read(self.store.load, scope.key)
         return view(st, now) if st is not None else {}
+
+    async def aflush(self) -> None:
+        """Wait until the store updates handed to the I/O thread so far are applied (nothing to do for a
+        store without I/O, whose updates are applied in place)."""
+        io = self._io
+        if io is not None:
+            await asyncio.wrap_future(io.submit(lambda: None))  # one worker, in order: everything before is done
 
     # ----------------------------------------------------------------------------------- conveniences
     @contextmanager
@@ -354,6 +436,9 @@ class Limiter:
             raise
 
     def close(self) -> None:
+        """Finish the store updates handed to the I/O thread, then close the store."""
+        if self._io is not None:
+            self._io.shutdown(wait=True)
         self.store.close()
 
     def __enter__(self) -> Limiter:

@@ -1,5 +1,5 @@
 -- adjust (settle / cancel): charge or refund units in the dimensions the grant charged (core.adjust).
--- A: release_probe (1/0), delta x N, charged x N (1/0).
+-- A: probe_hold (seconds the probe lease may still run; negative: leave it), delta x N, charged x N (1/0).
 local st = load(KEY)
 local now = NOW
 for d = 1, N do
@@ -10,8 +10,8 @@ for d = 1, N do
     st.tat[d] = math.max(now, base + delta * interval)
   end
 end
-if A[1] == 1 then
-  st.probe = 0
+if A[1] >= 0 then
+  st.probe = math.min(st.probe, now + A[1])
 end
 save(KEY, st, TTL)
 return 1

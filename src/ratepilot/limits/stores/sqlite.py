@@ -77,8 +77,8 @@ class SQLiteStore:
     def reserve(self, key: str, costs: tuple[float, ...], params: ReserveParams) -> Reserved | Wait:
         return self._apply(key, lambda st, now: core.reserve(st, costs, now, params))
 
-    def adjust(self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], release_probe: bool) -> None:
-        self._apply(key, lambda st, now: core.adjust(st, deltas, charged, release_probe, now))
+    def adjust(self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float) -> None:
+        self._apply(key, lambda st, now: core.adjust(st, deltas, charged, probe_hold, now))
 
     def observe(self, key: str, obs: Observation) -> None:
         self._apply(key, lambda st, now: core.observe(st, obs, now))

@@ -1,0 +1,158 @@
+"""Where store round trips run: never on an event loop's thread, in order, and a Redis connection that
+recovers from a flushed script cache or a killed connection."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from limits_helpers import REDIS_URL, headers
+
+from ratepilot.clock import FakeClock
+from ratepilot.limits import Cost, Limiter, Scope, key_id_for
+from ratepilot.limits.stores import open_store
+from ratepilot.limits.stores.redis import RedisStore
+
+SCOPE = Scope(key_id_for("sk-test-store-io"), "gpt-4o-mini")
+
+
+class Recording:
+    """Wraps a real store: records the thread of every call; ``gate`` (if set) holds reservations back."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.shared = inner.shared
+        self.uri = inner.uri
+        self.calls: list[tuple[str, str]] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+
+        def call(*args: Any) -> Any:
+            self.calls.append((name, threading.current_thread().name))
+            if name == "reserve" and self.gate is not None:
+                self.entered.set()
+                self.gate.wait(10)
+            return fn(*args)
+
+        return call
+
+
+def _learned(lim: Limiter) -> None:
+    g = lim.acquire(SCOPE, Cost(1, 100))
+    lim.observe(SCOPE, headers((60, 59), (10_000, 9_900)), sent_at=g.granted_at, grant=g)
+    lim.settle(g, 100)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The stores that do I/O (the memory store is called on the loop directly)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'limits.db'}"
+    return f"{REDIS_URL}?prefix={request.getfixturevalue('redis_prefix')}"
+
+
+async def test_shared_store_calls_never_run_on_the_loop_thread(shared_uri: str, clock: FakeClock) -> None:
+    store = Recording(open_store(shared_uri, clock))
+    lim = Limiter(store, clock=clock)  # type: ignore[arg-type]
+    try:
+        g = await lim.aacquire(SCOPE, Cost(1, 100))
+        lim.observe(SCOPE, headers((60, 59), (10_000, 9_900)), sent_at=g.granted_at, grant=g)
+        lim.settle(g, 40)  # handed over: returns at once
+        g2 = await lim.aacquire(SCOPE, Cost(1, 100))  # queued behind the settle and observe
+        lim.cancel(g2)
+        lim.penalize(SCOPE, 1.0)
+        state = lim.state(SCOPE)  # a read waits for the writes handed over before it
+        assert state["tpm"].remaining == pytest.approx(9_900, abs=1)  # the probe's own charge came from the headers
+        assert state["rpm"].limit == 60
+        loop_thread = threading.current_thread().name
+        expected = ["reserve", "observe", "adjust", "reserve", "adjust", "penalize", "load"]
+        assert [name for name, _ in store.calls] == expected
+        assert all(thread != loop_thread for _, thread in store.calls)
+    finally:
+        lim.close()
+
+
+async def test_a_waiter_cancelled_during_its_reservation_holds_nothing(shared_uri: str, clock: FakeClock) -> None:
+    store = Recording(open_store(shared_uri, clock))
+    lim = Limiter(store, clock=clock)  # type: ignore[arg-type]
+    try:
+        _learned(lim)
+        before = lim.state(SCOPE)["tpm"].remaining
+        store.gate, store.entered = threading.Event(), threading.Event()
+        task = asyncio.create_task(lim.aacquire(SCOPE, Cost(1, 500)))
+        assert await asyncio.to_thread(store.entered.wait, 10)  # the reservation is in flight
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store.gate.set()  # now the store grants it: the limiter must give it back
+        store.gate = None
+        lim._io.shutdown(wait=True)  # type: ignore[union-attr]  # (what close() does first)
+        lim._io = None
+        assert lim.state(SCOPE)["tpm"].remaining == pytest.approx(before, abs=1)
+        assert [name for name, _ in store.calls][-3:] == ["reserve", "adjust", "load"]
+    finally:
+        lim.close()
+
+
+def test_memory_store_is_called_in_place(clock: FakeClock) -> None:
+    lim = Limiter("memory://", clock=clock)
+
+    async def main() -> None:
+        await lim.aacquire(SCOPE, Cost(1, 1))
+
+    asyncio.run(main())
+    assert lim._io is None  # no I/O thread for a store that does no I/O
+    lim.close()
+
+
+def test_redis_store_reloads_its_scripts_after_a_flush(redis_prefix: str, clock: FakeClock) -> None:
+    store = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
+    lim = Limiter(store, clock=clock)
+    try:
+        _learned(lim)
+        admin = redis.Redis.from_url(REDIS_URL)
+        admin.script_flush()  # a restarted server, or someone's SCRIPT FLUSH
+        admin.close()
+        lim.settle(lim.acquire(SCOPE, Cost(1, 100)), 50)
+        assert lim.state(SCOPE)["rpm"].limit == 60
+    finally:
+        lim.close()
+
+
+def test_redis_store_reconnects_after_its_connection_is_killed(redis_prefix: str, clock: FakeClock) -> None:
+    store = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
+    lim = Limiter(store, clock=clock)
+    try:
+        _learned(lim)
+        conn = store._connection()
+        conn.send_command("CLIENT", "ID")
+        client_id = conn.read_response()
+        admin = redis.Redis.from_url(REDIS_URL)
+        assert admin.client_kill_filter(_id=client_id) == 1
+        admin.close()
+        lim.settle(lim.acquire(SCOPE, Cost(1, 100)), 50)  # one transparent reconnect
+        assert lim.state(SCOPE)["rpm"].limit == 60
+    finally:
+        lim.close()
+
+
+def test_redis_store_uses_one_connection_per_thread(redis_prefix: str, clock: FakeClock) -> None:
+    store = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
+    try:
+        mine = store._connection()
+        assert store._connection() is mine
+        theirs: list[object] = []
+        t = threading.Thread(target=lambda: theirs.append(store._connection()))
+        t.start()
+        t.join()
+        assert theirs[0] is not mine
+    finally:
+        store.close()
+    assert store._connections == []
