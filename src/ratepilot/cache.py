@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -27,6 +26,7 @@ from typing import Any
 import orjson
 
 from .paths import state_dir
+from .sqlite import open_database
 
 __all__ = ["CacheEntry", "CachedResponse", "ResponseCache", "cache_key", "default_cache_path"]
 
@@ -77,13 +77,9 @@ class ResponseCache:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        # NORMAL: a cache row lost to a power cut costs one request, not correctness.
+        self._db = open_database(self.path, synchronous="NORMAL", schema=_SCHEMA, check_same_thread=False)
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # a lost cache row costs one request, not correctness
-            self._db.executescript(_SCHEMA)
 
     def get(self, key: bytes) -> CachedResponse | None:
         with self._lock:

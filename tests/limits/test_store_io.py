@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,35 +113,37 @@ def test_memory_store_is_called_in_place(clock: FakeClock) -> None:
     lim.close()
 
 
-def test_redis_store_reloads_its_scripts_after_a_flush(redis_prefix: str, clock: FakeClock) -> None:
+@pytest.fixture
+def redis_limiter(redis_prefix: str, clock: FakeClock) -> Iterator[tuple[RedisStore, Limiter]]:
+    """A limiter on a Redis store that has learned the scope's limits (60 RPM)."""
     store = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
     lim = Limiter(store, clock=clock)
-    try:
-        _learned(lim)
-        admin = redis.Redis.from_url(REDIS_URL)
-        admin.script_flush()  # a restarted server, or someone's SCRIPT FLUSH
-        admin.close()
-        lim.settle(lim.acquire(SCOPE, Cost(1, 100)), 50)
-        assert lim.state(SCOPE)["rpm"].limit == 60
-    finally:
-        lim.close()
+    _learned(lim)
+    yield store, lim
+    lim.close()
 
 
-def test_redis_store_reconnects_after_its_connection_is_killed(redis_prefix: str, clock: FakeClock) -> None:
-    store = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
-    lim = Limiter(store, clock=clock)
-    try:
-        _learned(lim)
-        conn = store._connection()
-        conn.send_command("CLIENT", "ID")
-        client_id = conn.read_response()
-        admin = redis.Redis.from_url(REDIS_URL)
-        assert admin.client_kill_filter(_id=client_id) == 1
-        admin.close()
-        lim.settle(lim.acquire(SCOPE, Cost(1, 100)), 50)  # one transparent reconnect
-        assert lim.state(SCOPE)["rpm"].limit == 60
-    finally:
-        lim.close()
+def _still_works(lim: Limiter) -> None:
+    lim.settle(lim.acquire(SCOPE, Cost(1, 100)), 50)
+    assert lim.state(SCOPE)["rpm"].limit == 60
+
+
+def test_redis_store_reloads_its_scripts_after_a_flush(redis_limiter: tuple[RedisStore, Limiter]) -> None:
+    admin = redis.Redis.from_url(REDIS_URL)
+    admin.script_flush()  # a restarted server, or someone's SCRIPT FLUSH
+    admin.close()
+    _still_works(redis_limiter[1])
+
+
+def test_redis_store_reconnects_after_its_connection_is_killed(redis_limiter: tuple[RedisStore, Limiter]) -> None:
+    store, lim = redis_limiter
+    conn = store._connection()
+    conn.send_command("CLIENT", "ID")
+    client_id = conn.read_response()
+    admin = redis.Redis.from_url(REDIS_URL)
+    assert admin.client_kill_filter(_id=client_id) == 1
+    admin.close()
+    _still_works(lim)  # one transparent reconnect
 
 
 def test_redis_store_uses_one_connection_per_thread(redis_prefix: str, clock: FakeClock) -> None:

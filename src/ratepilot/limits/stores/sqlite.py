@@ -7,14 +7,13 @@ an estimate that the next response corrects, not a ledger (a power cut may lose 
 
 from __future__ import annotations
 
-import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from ...clock import Clock
+from ...sqlite import open_database
 from .. import core
 from ..core import Observation, Reserved, ReserveParams, ScopeState, Wait
 from .base import decode_state, encode_state
@@ -30,30 +29,14 @@ class SQLiteStore:
     def __init__(self, path: str, clock: Clock) -> None:
         self.path = Path(path)
         self.uri = f"sqlite://{self.path}"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._setup()
-
-    def _setup(self) -> None:
-        """WAL + the table. Several processes opening a new file at once can get SQLITE_BUSY here without
-        the busy handler being consulted (switching to WAL needs an exclusive lock), so retry briefly."""
-        delay, deadline = 0.001, time.monotonic() + 30.0
-        while True:
-            try:
-                if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS ratepilot_limits (key TEXT PRIMARY KEY, state TEXT NOT NULL)"
-                )
-                return
-            except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay)  # lock contention with another process, not a rate-limit wait
-                delay = min(delay * 2, 0.05)
+        self._db = open_database(
+            self.path,
+            synchronous="NORMAL",
+            schema="CREATE TABLE IF NOT EXISTS ratepilot_limits (key TEXT PRIMARY KEY, state TEXT NOT NULL);",
+            check_same_thread=False,
+        )
 
     def _apply(self, key: str, fn: Callable[[ScopeState, float], T]) -> T:
         with self._lock:
