@@ -68,14 +68,22 @@ def test_a_settled_probe_keeps_its_lease_until_its_headers_are_observed(limiter:
     assert not after.probe and all(after.charged[:2])
 
 
-def test_a_probe_without_a_response_frees_the_scope_after_the_grace(limiter: Limiter, clock: FakeClock) -> None:
+def test_a_probe_with_no_response_to_observe_frees_the_scope_at_once(limiter: Limiter, clock: FakeClock) -> None:
     probe = limiter.acquire(SCOPE, Cost(1, 50))
-    limiter.settle(probe, None)  # e.g. a read timeout: no headers will come
+    limiter.settle(probe, None, headers_follow=False)  # a read timeout: no headers will come
+    start = clock.now()
+    second = limiter.acquire(SCOPE, Cost(1, 50))
+    assert second.probe and clock.now() == start
+
+
+def test_a_settled_probe_never_observed_frees_the_scope_after_the_grace(limiter: Limiter, clock: FakeClock) -> None:
+    probe = limiter.acquire(SCOPE, Cost(1, 50))
+    limiter.settle(probe, None)  # a caller that settles but never observes
     wait = limiter._try(SCOPE, Cost(1, 50), Priority.NORMAL)
     assert not isinstance(wait, Grant) and wait.probe and wait.seconds == pytest.approx(PROBE_GRACE)
-    clock.advance(PROBE_GRACE)
-    second = limiter.acquire(SCOPE, Cost(1, 50))
+    second = limiter.acquire(SCOPE, Cost(1, 50))  # waits out the grace (on the fake clock), never forever
     assert second.probe
+    assert clock.now() >= 1_000.0 + PROBE_GRACE - 1e-9
 
 
 async def test_async_waiter_waits_for_the_probe_response(limiter: Limiter, clock: FakeClock) -> None:

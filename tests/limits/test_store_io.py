@@ -4,6 +4,8 @@ recovers from a flushed script cache or a killed connection."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import multiprocessing as mp
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import redis
 from limits_helpers import REDIS_URL, headers
 
-from ratepilot.clock import FakeClock
+from ratepilot.clock import FakeClock, SystemClock
 from ratepilot.limits import Cost, Limiter, Scope, key_id_for
 from ratepilot.limits.stores import open_store
 from ratepilot.limits.stores.redis import RedisStore
@@ -31,6 +33,7 @@ class Recording:
         self.calls: list[tuple[str, str]] = []
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
+        self.adjusted = threading.Event()
 
     def __getattr__(self, name: str) -> Any:
         fn = getattr(self.inner, name)
@@ -40,7 +43,11 @@ class Recording:
             if name == "reserve" and self.gate is not None:
                 self.entered.set()
                 self.gate.wait(10)
-            return fn(*args)
+            try:
+                return fn(*args)
+            finally:
+                if name == "adjust":
+                    self.adjusted.set()
 
         return call
 
@@ -158,4 +165,86 @@ def test_redis_store_uses_one_connection_per_thread(redis_prefix: str, clock: Fa
         assert theirs[0] is not mine
     finally:
         store.close()
-    assert store._connections == []
+    assert len(store._connections) == 0
+
+
+def test_redis_connections_of_ended_threads_are_not_kept(redis_prefix: str, clock: FakeClock) -> None:
+    store = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
+    try:
+        threads = [threading.Thread(target=store._connection) for _ in range(5)]
+        for t in threads:
+            t.start()
+            t.join()
+        gc.collect()
+        assert len(store._connections) == 0
+    finally:
+        store.close()
+
+
+def test_open_store_keeps_a_unix_socket_url_intact(clock: FakeClock) -> None:
+    store = open_store("unix:///tmp/ratepilot-test.sock?db=2&prefix=p:", clock)
+    try:
+        assert isinstance(store, RedisStore)
+        assert store.uri == "unix:///tmp/ratepilot-test.sock?db=2" and store.prefix == "p:"
+        kwargs = store._redis.connection_pool.connection_kwargs
+        assert kwargs["path"] == "/tmp/ratepilot-test.sock" and kwargs["db"] == 2
+    finally:
+        store.close()
+
+
+async def test_a_refund_landing_while_the_head_asks_the_store_wakes_it(shared_uri: str) -> None:
+    # Real clock: the head's reservation is held in flight and a refund is handed over behind it. The answer the
+    # head then gets ("wait ~16 s") predates the refund, so it must not sleep on it.
+    store = Recording(open_store(shared_uri, SystemClock()))
+    lim = Limiter(store)  # type: ignore[arg-type]
+    try:
+        g = await lim.aacquire(SCOPE, Cost(1, 1))  # the probe
+        lim.observe(SCOPE, headers((1_000, 999), (3_000, 1_000)), sent_at=g.granted_at, grant=g)
+        big = await lim.aacquire(SCOPE, Cost(1, 900))  # 100 tokens left; 50 tokens/s come back
+        store.gate, store.entered, store.adjusted = threading.Event(), threading.Event(), threading.Event()
+        head = asyncio.create_task(lim.aacquire(SCOPE, Cost(1, 900)))
+        assert await asyncio.to_thread(store.entered.wait, 10)
+        lim.settle(big, 0)  # gives 900 back, queued behind the head's reservation
+        store.gate.set()
+        # Hold the loop until the refund is applied: its wake-up lands before the head sees its stale answer.
+        assert store.adjusted.wait(10)
+        store.gate = None
+        grant = await asyncio.wait_for(head, timeout=5)  # not ~16 s
+        assert grant.cost.tokens == 900
+    finally:
+        lim.close()
+
+
+async def test_close_applies_the_updates_handed_over(shared_uri: str, clock: FakeClock) -> None:
+    lim = Limiter(shared_uri, clock=clock)
+    _learned(lim)
+    before = lim.state(SCOPE)["tpm"].remaining
+    g = await lim.aacquire(SCOPE, Cost(1, 500))
+    lim.settle(g, 100)  # handed over, not yet applied perhaps
+    lim.close()
+    again = Limiter(shared_uri, clock=clock)
+    try:
+        assert again.state(SCOPE)["tpm"].remaining == pytest.approx(before - 100, abs=1)
+    finally:
+        again.close()
+
+
+def test_a_forked_child_gets_its_own_io_thread(shared_uri: str, clock: FakeClock) -> None:
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs fork")
+    lim = Limiter(shared_uri, clock=clock)
+    try:
+
+        async def one() -> int:
+            return (await lim.aacquire(SCOPE, Cost(1, 1))).seq
+
+        asyncio.run(one())  # the parent's I/O thread exists now
+        ctx = mp.get_context("fork")
+        out = ctx.Queue()
+        child = ctx.Process(target=lambda: out.put(asyncio.run(one())), daemon=True)
+        child.start()
+        assert out.get(timeout=30) > 0  # would hang on the inherited executor, whose thread did not fork
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    finally:
+        lim.close()

@@ -304,7 +304,9 @@ class Exchange:
         self._guarded("observe", self.pilot.limiter.observe, self.scope, parsed, self.sent_at, grant=self.grant)
 
     def _settle(self, grant: Grant, actual_tokens: int | None, *, headers_follow: bool = True) -> None:
-        self._guarded("settle", self.pilot.limiter.settle, grant, actual_tokens, headers_follow=headers_follow)
+        # The keyword only when it says something: a limiter written to the older interface keeps working.
+        extra = {} if headers_follow else {"headers_follow": False}
+        self._guarded("settle", self.pilot.limiter.settle, grant, actual_tokens, **extra)
 
     def _guarded(self, what: str, call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         """A limiter-store call after sending: its failure must not fail a response the server already gave."""

@@ -22,7 +22,7 @@ class PassThroughLimiter:
     def _grant(self, scope: Scope, cost: Cost) -> Grant:
         return Grant(scope=scope, cost=cost, seq=0, granted_at=0.0, used=(), adj=(), charged=())
 
-    def settle(self, grant: Grant, actual_tokens: int) -> None:
+    def settle(self, grant: Grant, actual_tokens: int | None, *, headers_follow: bool = True) -> None:
         grant.done = True
 
     def cancel(self, grant: Grant) -> None:

@@ -12,8 +12,9 @@ every ``recheck`` seconds, because the probe may belong to another process.
 On an event loop, the shared stores' round trips (SQLite, Redis) never run on the loop's thread: they go to
 one I/O thread per limiter, which runs them one at a time in the order they were asked for. Reservations are
 awaited; settle, cancel, observe and penalize are handed over and return at once (a response must not wait
-for the limiter's bookkeeping), and anything read afterwards (a reservation, :meth:`Limiter.state`) sees
-them, because it queues behind them.
+for the limiter's bookkeeping), and anything read afterwards on the loop (a reservation,
+:meth:`Limiter.state`) sees them, because it queues behind them. Reads from other threads go to the store
+directly; :meth:`Limiter.aflush` waits for the handed-over updates.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -54,7 +56,7 @@ class _Waiter:
     loop: asyncio.AbstractEventLoop | None = None
     turn: asyncio.Future[None] | None = None  # async: resolved when this waiter becomes the head
     kick: asyncio.Future[None] | None = None  # async: resolved to cut a head's sleep short
-    kicked: bool = False  # sync: a wake-up arrived while sleeping
+    kicked: bool = False  # a wake-up arrived since this head last asked the store (it must not sleep on it)
     active: bool = True
 
 
@@ -118,6 +120,7 @@ class Limiter:
         # Stores that do I/O get an I/O thread when first used from an event loop (see the module docstring).
         self._offload = self.store.shared
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
+        self._io_pid = 0
 
     def _queue(self, scope: Scope) -> _Queue:
         q = self._queues.get(scope.key)
@@ -138,9 +141,11 @@ class Limiter:
 
     def _io_thread(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._mu:
-            if self._io is None:
+            # A forked child inherits the executor but not its thread: it needs its own.
+            if self._io is None or self._io_pid != os.getpid():
                 # One worker: store operations from the loop run in the order they were asked for.
                 self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ratepilot-limiter")
+                self._io_pid = os.getpid()
             return self._io
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -178,7 +183,10 @@ class Limiter:
 
     def _give_back(self, fut: concurrent.futures.Future[Grant | Wait]) -> None:
         if not fut.cancelled() and fut.exception() is None and isinstance(grant := fut.result(), Grant):
-            self.cancel(grant)
+            try:
+                self.cancel(grant)
+            except Exception as exc:  # a callback: nobody to raise to (e.g. the limiter was closed meanwhile)
+                log.warning("ratepilot: could not give back a cancelled waiter's reservation (%s)", exc)
 
     # ----------------------------------------------------------------- the one decision, shared by drivers
     def _try(self, scope: Scope, cost: Cost, priority: Priority) -> Grant | Wait:
@@ -208,7 +216,9 @@ class Limiter:
         if wait.probe:
             if self.store.shared:
                 return min(wait.seconds, self.recheck)
-            return wait.seconds if self._real_time else None
+            # On a fake clock a probe's 60 s lease is not slept through (the response wakes the waiter); a
+            # settled probe's short grace is, or a waiter whose probe is never observed would wait forever.
+            return wait.seconds if self._real_time or wait.seconds <= PROBE_GRACE else None
         return wait.seconds
 
     def _nobody_waiting(self, scope: Scope) -> bool:
@@ -253,8 +263,10 @@ class Limiter:
             head = q.head() if q else None
             if head is None:
                 return
+            # Flagged as well as woken: a wake-up that lands while the head's reservation is still in flight
+            # (on the I/O thread) must stop it from sleeping on the answer it gets, which predates the change.
+            head.kicked = True
             if head.loop is None:
-                head.kicked = True
                 self._cond.notify_all()
             elif head.kick is not None:
                 head.loop.call_soon_threadsafe(_resolve, head.kick)
@@ -294,8 +306,10 @@ class Limiter:
         """Wait (without blocking the loop) until ``cost`` is admitted. Cancelling the task leaves the queue
         and holds no reservation."""
         cost = cost or Cost()
-        if self._nobody_waiting(scope):  # fast path: no queue to respect
-            decision = await self._atry(scope, cost, priority)
+        # Fast path: no queue to respect. Not for stores with I/O: while one task's reservation is in flight,
+        # the next must queue behind it, or a small cost could overtake a large one (FIFO).
+        if not self._offload and self._nobody_waiting(scope):
+            decision = self._try(scope, cost, priority)
             if isinstance(decision, Grant):
                 return decision
         loop = asyncio.get_running_loop()
@@ -305,6 +319,7 @@ class Limiter:
                 while not self._is_head_or_arm(scope, w, loop):
                     assert w.turn is not None
                     await w.turn
+                w.kicked = False
                 decision = await self._atry(scope, cost, priority)
                 if isinstance(decision, Grant):
                     return decision
@@ -316,7 +331,10 @@ class Limiter:
         if timeout is not None and not self._real_time:
             await self.clock.asleep(timeout)
             return
-        w.kick = loop.create_future()
+        with self._mu:  # checked and armed under the lock _kick holds: no wake-up falls in between
+            if w.kicked:
+                return
+            w.kick = loop.create_future()
         handle = loop.call_later(timeout, _resolve, w.kick) if timeout is not None else None
         try:
             await w.kick
@@ -437,8 +455,10 @@ class Limiter:
 
     def close(self) -> None:
         """Finish the store updates handed to the I/O thread, then close the store."""
-        if self._io is not None:
-            self._io.shutdown(wait=True)
+        with self._mu:
+            io, self._io = self._io, None
+        if io is not None and self._io_pid == os.getpid():
+            io.shutdown(wait=True)
         self.store.close()
 
     def __enter__(self) -> Limiter:

@@ -42,6 +42,7 @@ def open_store(uri: str = "memory://", clock: Clock | None = None) -> Store:
         query = parse_qs(parts.query)
         prefix = query.pop("prefix", ["ratepilot:lim:"])[0]
         rest = "&".join(f"{k}={v[0]}" for k, v in query.items())
-        url = parts._replace(query=rest).geturl()
+        # Rebuilt by hand: urlsplit().geturl() turns unix:///path into unix:/path, which redis-py rejects.
+        url = uri.split("?", 1)[0] + (f"?{rest}" if rest else "")
         return RedisStore(url, clock, prefix=prefix)
     raise ValueError(f"unknown limiter store {uri!r}: use memory://, sqlite:///path or redis://host:port/db")

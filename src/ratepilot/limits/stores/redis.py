@@ -17,13 +17,13 @@ import hashlib
 import os
 import struct
 import threading
+import weakref
 from importlib import resources
 from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...clock import Clock, SystemClock
 from ..core import Observation, Reserved, ReserveParams, ScopeState, Wait
@@ -70,7 +70,9 @@ class RedisStore:
         self._scripts = {name: _Script(name) for name in _OPERATIONS}
         self._local = threading.local()
         self._mu = threading.Lock()
-        self._connections: list[Any] = []  # redis-py's Connection (its methods are untyped)
+        # Every thread's connection, to close them all. Weak: the connection of a thread that has ended goes
+        # with its thread-local (redis-py disconnects a connection when it is collected).
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # redis-py's Connection (untyped)
 
     # -- the one round trip ---------------------------------------------------------------------------------------
 
@@ -83,26 +85,32 @@ class RedisStore:
             conn = pool.connection_class(**pool.connection_kwargs)
             local.conn, local.pid = conn, os.getpid()
             with self._mu:
-                self._connections.append(conn)
+                self._connections.add(conn)
         return conn
 
     def _eval(self, name: str, key: str, packed: bytes) -> Any:
         script = self._scripts[name]
         conn = self._connection()
         now = repr(float(self._clock.now())) if self._send_now else ""
-        reconnected = False
+        reconnected = reloaded = False
         while True:
             try:
                 conn.send_command("EVALSHA", script.sha, 1, self.prefix + key, now, TTL_MS, packed)
                 return conn.read_response()
             except NoScriptError:
-                # First use on this server (or after SCRIPT FLUSH / a restart): load it, then run it.
+                # First use on this server (or after SCRIPT FLUSH / a restart): load it, then run it. Once: a
+                # proxy that keeps forgetting scripts must surface as an error, not a loop.
+                if reloaded:
+                    raise
+                reloaded = True
                 conn.send_command("SCRIPT", "LOAD", script.source)
                 conn.read_response()
-            except (RedisConnectionError, RedisTimeoutError):
-                # redis-py has disconnected the connection; the next send reconnects. Once: a dead server
-                # must surface as an error, not a loop. (A reservation whose reply was lost stays charged
-                # until its window passes: the safe direction for a limiter.)
+            except RedisConnectionError:
+                # The connection was closed or reset (a restarted server, an idle timeout); redis-py has
+                # disconnected it and the next send reconnects. Retried once: a dead server must surface as an
+                # error. A timeout is not retried: the script may be running, and running an adjust twice
+                # would refund twice. (A reservation whose reply is lost stays charged until its window
+                # passes: the safe direction for a limiter.)
                 if reconnected:
                     raise
                 reconnected = True
@@ -144,7 +152,8 @@ class RedisStore:
 
     def close(self) -> None:
         with self._mu:
-            connections, self._connections = self._connections, []
+            connections, self._connections = list(self._connections), weakref.WeakSet()
+            self._local = threading.local()  # a later call opens (and tracks) a new connection
         for conn in connections:
             conn.disconnect()
         self._redis.close()
