@@ -76,6 +76,19 @@ def test_a_probe_with_no_response_to_observe_frees_the_scope_at_once(limiter: Li
     assert second.probe and clock.now() == start
 
 
+def test_a_late_settle_of_an_earlier_probe_leaves_the_next_probes_lease(limiter: Limiter, clock: FakeClock) -> None:
+    # A streamed probe: its headers (none usable here) are observed first, which frees the scope for a new
+    # probe; its settle at the end of the stream must not cut that new probe's lease.
+    first = limiter.acquire(SCOPE, Cost(1, 50))
+    limiter.observe(SCOPE, RateLimitHeaders(None, None), sent_at=first.granted_at, grant=first)
+    clock.advance(0.5)  # a lease is told apart by its expiry, so by the (store) time it was granted
+    second = limiter.acquire(SCOPE, Cost(1, 50))
+    assert second.probe
+    limiter.settle(first, 40)
+    wait = limiter._try(SCOPE, Cost(1, 50), Priority.NORMAL)
+    assert not isinstance(wait, Grant) and wait.probe and wait.seconds > PROBE_GRACE
+
+
 def test_a_settled_probe_never_observed_frees_the_scope_after_the_grace(limiter: Limiter, clock: FakeClock) -> None:
     probe = limiter.acquire(SCOPE, Cost(1, 50))
     limiter.settle(probe, None)  # a caller that settles but never observes

@@ -97,11 +97,11 @@ def test_admitted_cost_never_exceeds_the_limit_and_settle_cancel_never_leak(
                 deltas = tuple(float(actual - cost.tokens) if d in (TPM, TPD) else 0.0 for d in range(N_DIMS))
             else:
                 deltas = tuple(-c for c in cost.per_dimension())
-            core.adjust(state, deltas, grant.charged, -1.0, now)
+            core.adjust(state, deltas, grant.charged, -1.0, 0.0, now)
             server.charge(deltas)
     for grant, cost in outstanding:  # cancelling the rest leaves exactly what the server has: nothing leaked
         refund = tuple(-c for c in cost.per_dimension())
-        core.adjust(state, refund, grant.charged, -1.0, now)
+        core.adjust(state, refund, grant.charged, -1.0, 0.0, now)
         server.charge(refund)
     view = core.view(state, now)
     assert view["rpm"].remaining == pytest.approx(max(0.0, rpm - server.level[RPM]), abs=1e-6)
@@ -233,7 +233,7 @@ def test_lua_scripts_match_the_python_core(script: list[tuple[object, ...]]) -> 
                 a, b = core.reserve(py, costs, now, params), store.reserve("s", costs, params)
                 assert type(a) is type(b)
                 if isinstance(a, Reserved) and isinstance(b, Reserved):
-                    assert (a.seq, a.charged, a.probe) == (b.seq, b.charged, b.probe)
+                    assert (a.seq, a.charged, a.probe, a.lease) == (b.seq, b.charged, b.probe, b.lease)
                     assert a.used == pytest.approx(b.used)
                     last = a
                 else:
@@ -242,8 +242,9 @@ def test_lua_scripts_match_the_python_core(script: list[tuple[object, ...]]) -> 
                 _, delta, all_dims, release = op
                 charged = last.charged if last else (True,) * N_DIMS
                 deltas = tuple(float(delta) if all_dims or i % 2 else 0.0 for i in range(N_DIMS))  # type: ignore[arg-type]
-                core.adjust(py, deltas, charged, 1.0 if release else -1.0, now)
-                store.adjust("s", deltas, charged, 1.0 if release else -1.0)
+                hold, lease = (1.0 if release else -1.0), (last.lease if last else 0.0)
+                core.adjust(py, deltas, charged, hold, lease, now)
+                store.adjust("s", deltas, charged, hold, lease)
             elif kind in ("observe", "observe_empty"):
                 if kind == "observe":
                     _, rl, ru, tl, tu, with_ref, age = op

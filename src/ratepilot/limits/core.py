@@ -80,6 +80,7 @@ class Reserved:
     adj: tuple[float, ...]
     charged: tuple[bool, ...]
     probe: bool
+    lease: float = 0.0  # a probe's lease expiry (store time): identifies the probe when it is settled
 
 
 @dataclass(slots=True)  # not frozen: constructed on every reservation, and frozen init is slow
@@ -133,7 +134,7 @@ def reserve(st: ScopeState, costs: tuple[float, ...], now: float, p: ReservePara
             return Wait(st.probe_until - now, probe=True)
         st.probe_until = now + p.probe_timeout
         st.seq += 1
-        return Reserved(st.seq, (0.0,) * N_DIMS, tuple(st.adj), (False,) * N_DIMS, True)
+        return Reserved(st.seq, (0.0,) * N_DIMS, tuple(st.adj), (False,) * N_DIMS, True, st.probe_until)
     wait = 0.0
     updates: list[tuple[int, float]] = []
     keep = 1.0 - p.headroom
@@ -168,12 +169,20 @@ def reserve(st: ScopeState, costs: tuple[float, ...], now: float, p: ReservePara
     return Reserved(st.seq, tuple(used), tuple(st.adj), tuple(charged), False)
 
 
-def adjust(st: ScopeState, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float, now: float) -> None:
+def adjust(
+    st: ScopeState,
+    deltas: tuple[float, ...],
+    charged: tuple[bool, ...],
+    probe_hold: float,
+    probe_lease: float,
+    now: float,
+) -> None:
     """Settle or cancel: charge (``delta > 0``) or refund (``< 0``) units in the dimensions the grant charged.
 
     A refund never takes a bucket below empty, so returning capacity late never creates any. For the probe's
     grant, ``probe_hold`` cuts its lease to at most that many seconds from now (0: release it; negative: not
-    the probe, leave the lease alone).
+    the probe, leave the lease alone), provided the lease is still that grant's (``probe_lease``, its expiry as
+    granted): a late settle of an earlier probe must not cut a newer probe's lease.
     """
     for d in range(N_DIMS):
         if not charged[d] or st.lim[d] <= 0 or deltas[d] == 0:
@@ -181,7 +190,7 @@ def adjust(st: ScopeState, deltas: tuple[float, ...], charged: tuple[bool, ...],
         interval = WINDOWS[d] / st.lim[d]
         base = max(st.tat[d], now)
         st.tat[d] = max(now, base + deltas[d] * interval)
-    if probe_hold >= 0:
+    if probe_hold >= 0 and st.probe_until == probe_lease:
         st.probe_until = min(st.probe_until, now + probe_hold)
 
 

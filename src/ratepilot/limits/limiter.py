@@ -203,7 +203,7 @@ class Limiter:
 
     def _grant(self, scope: Scope, cost: Cost, r: Reserved) -> Grant:
         now = self.clock.now()
-        grant = Grant(scope, cost, r.seq, now, r.used, r.adj, r.charged, r.probe)
+        grant = Grant(scope, cost, r.seq, now, r.used, r.adj, r.charged, r.probe, r.lease)
         with self._mu:
             recent = self._queue(scope).recent
             recent.append((now, grant.id, grant))
@@ -362,7 +362,7 @@ class Limiter:
         # would let another request through as a second, uncharged probe in between (the server charges it; we
         # would not). If the caller forgets to observe, the lease lapses after PROBE_GRACE.
         hold = (PROBE_GRACE if headers_follow else 0.0) if grant.probe else -1.0
-        self._write(grant.scope, self.store.adjust, grant.scope.key, deltas, grant.charged, hold)
+        self._write(grant.scope, self.store.adjust, grant.scope.key, deltas, grant.charged, hold, grant.probe_lease)
 
     def cancel(self, grant: Grant) -> None:
         """The request was never sent: give the whole reservation back."""
@@ -370,9 +370,8 @@ class Limiter:
             return
         grant.done = True
         deltas = tuple(-c for c in grant.cost.per_dimension())
-        self._write(
-            grant.scope, self.store.adjust, grant.scope.key, deltas, grant.charged, 0.0 if grant.probe else -1.0
-        )
+        hold = 0.0 if grant.probe else -1.0
+        self._write(grant.scope, self.store.adjust, grant.scope.key, deltas, grant.charged, hold, grant.probe_lease)
 
     def observe(
         self,

@@ -113,6 +113,7 @@ class Grant:
     adj: tuple[float, ...]  # cumulative corrections per dimension at that moment
     charged: tuple[bool, ...]  # dimensions that were known (and charged) at admission
     probe: bool = False  # the one request in flight while the scope's limits are still unknown
+    probe_lease: float = 0.0  # the probe's lease expiry in store time (identifies it when settled)
     id: int = field(default_factory=lambda: next(_grant_ids))
     done: bool = False  # settled or cancelled
 

@@ -1,6 +1,7 @@
 -- reserve: admit the cost in every known dimension at once, or return how long to wait (core.reserve).
 -- A: probe_timeout, blind_after, headroom, foreign_horizon, cost x N, ceiling x N.
--- Reply (doubles): {1, seq, probe, used x N, adj x N, charged x N} or {0, wait, probe}.
+-- Reply (doubles): {1, seq, lease, used x N, adj x N, charged x N} or {0, wait, probe}; lease = the probe's
+-- lease expiry (0: not the probe), which identifies the probe when it is settled.
 local st = load(KEY)
 local now = NOW
 local probe_timeout, blind_after, headroom, foreign_horizon = A[1], A[2], A[3], A[4]
@@ -50,7 +51,7 @@ if not known then
     return refuse(st.probe - now, 1)
   end
   st.probe = now + probe_timeout
-  return granted(1, false)
+  return granted(st.probe, false)
 end
 
 local wait = 0

@@ -18,9 +18,11 @@ class Store(Protocol):
 
     def reserve(self, key: str, costs: tuple[float, ...], params: ReserveParams) -> Reserved | Wait: ...
 
-    def adjust(self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float) -> None:
+    def adjust(
+        self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float, probe_lease: float
+    ) -> None:
         """Charge/refund the dimensions a grant charged; ``probe_hold >= 0`` cuts the probe lease to at most that
-        many seconds from now (negative: leave it)."""
+        many seconds from now (negative: leave it), if the lease is still ``probe_lease`` (the grant's own)."""
         ...
 
     def observe(self, key: str, obs: Observation) -> None: ...

@@ -31,9 +31,11 @@ class MemoryStore:
         with self._lock:
             return core.reserve(self._get(key), costs, self._clock.now(), params)
 
-    def adjust(self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float) -> None:
+    def adjust(
+        self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float, probe_lease: float
+    ) -> None:
         with self._lock:
-            core.adjust(self._get(key), deltas, charged, probe_hold, self._clock.now())
+            core.adjust(self._get(key), deltas, charged, probe_hold, probe_lease, self._clock.now())
 
     def observe(self, key: str, obs: Observation) -> None:
         with self._lock:

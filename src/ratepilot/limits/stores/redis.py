@@ -124,18 +124,21 @@ class RedisStore:
         numbers = [params.probe_timeout, params.blind_after, params.headroom, params.foreign_horizon]
         out = _REPLY.unpack(_padded(self._call("reserve", key, [*numbers, *costs, *params.ceiling])))
         if out[0] == 0:
-            return Wait(out[1], probe=out[2] == 1)
+            return Wait(out[1], probe=out[2] > 0)
         n = N_DIMS
         return Reserved(
             seq=int(out[1]),
             used=out[3 : 3 + n],
             adj=out[3 + n : 3 + 2 * n],
             charged=tuple(x == 1 for x in out[3 + 2 * n : 3 + 3 * n]),
-            probe=out[2] == 1,
+            probe=out[2] > 0,
+            lease=out[2],
         )
 
-    def adjust(self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float) -> None:
-        self._call("adjust", key, [probe_hold, *deltas, *(float(c) for c in charged)])
+    def adjust(
+        self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float, probe_lease: float
+    ) -> None:
+        self._call("adjust", key, [probe_hold, *deltas, *(float(c) for c in charged), probe_lease])
 
     def observe(self, key: str, obs: Observation) -> None:
         numbers = [obs.age, obs.ref_seq, obs.damping, *obs.ref_used, *obs.ref_adj, len(obs.dims)]

@@ -60,8 +60,10 @@ class SQLiteStore:
     def reserve(self, key: str, costs: tuple[float, ...], params: ReserveParams) -> Reserved | Wait:
         return self._apply(key, lambda st, now: core.reserve(st, costs, now, params))
 
-    def adjust(self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float) -> None:
-        self._apply(key, lambda st, now: core.adjust(st, deltas, charged, probe_hold, now))
+    def adjust(
+        self, key: str, deltas: tuple[float, ...], charged: tuple[bool, ...], probe_hold: float, probe_lease: float
+    ) -> None:
+        self._apply(key, lambda st, now: core.adjust(st, deltas, charged, probe_hold, probe_lease, now))
 
     def observe(self, key: str, obs: Observation) -> None:
         self._apply(key, lambda st, now: core.observe(st, obs, now))
