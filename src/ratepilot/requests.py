@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from array import array
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import IO, Any
 
 import orjson
@@ -45,15 +47,17 @@ __all__ = [
     "InvalidLine",
     "RequestLine",
     "RequestsFileError",
-    "UploadLine",
+    "UploadBlock",
+    "UploadGroup",
     "batch_line_bytes",
     "embedding_inputs",
     "fast_token_estimate",
     "infer_url",
-    "iter_upload_lines",
     "parse_line",
+    "parse_upload_block",
     "read_requests",
-    "read_upload_lines",
+    "read_upload_block",
+    "serve_upload_blocks",
 ]
 
 SUPPORTED_URLS = frozenset(
@@ -371,10 +375,6 @@ def _read(fh: IO[bytes], name: str, invalid: list[InvalidLine] | None, check_dup
 # that the processes that validate a large file in parallel start in a fraction of a second instead of each
 # importing the whole batch pipeline (and the OpenAI SDK) — seconds of CPU per worker.
 
-UploadLine = tuple[int, str, str, str, bytes, int, int]
-"""A valid request as a Batch-API input line: ``(line_no, custom_id, url, model, line bytes with newline,
-embedding inputs, estimated enqueued tokens)``. Small and picklable (parsing can run in other processes)."""
-
 
 def batch_line_bytes(custom_id: str, url: str, body: Mapping[str, Any]) -> bytes:
     """The Batch-API input line (with its newline) as uploaded."""
@@ -404,12 +404,73 @@ def fast_token_estimate(data: bytes) -> int:
     return len(data) // 4 + 1
 
 
-def iter_upload_lines(
-    path: str, start: int = 0, end: int | None = None, first_line: int = 1, *, exact_tokens: bool = False
-) -> Iterator[UploadLine | InvalidLine]:
-    """Validate the lines of ``path`` in bytes ``[start, end)`` (``end=None``: to the end of the file) as
-    Batch-API input lines, streaming. The first line there is line ``first_line`` of the file (bare bodies take
-    their ``line-N`` ids from it); ``start`` and ``end`` must fall just after a newline. Blank lines skipped.
+@dataclass(slots=True)
+class UploadGroup:
+    """The valid lines of one block that go to one ``(model, url)``, as columns in file order.
+
+    Columns rather than one object per line: a block of a million-line file crosses a process boundary and
+    is planned with whole-column operations (prefix sums, slices of ``data``), so the planner does no Python
+    work per line. ``data`` is the upload lines (newline-terminated) back to back; ``sizes[i]`` is the length
+    of line ``i`` in it.
+    """
+
+    model: str
+    url: str
+    line_nos: array[int]
+    custom_ids: list[str]
+    data: bytes
+    sizes: array[int]
+    tokens: array[int]
+    """Estimated enqueued tokens per line (:func:`fast_token_estimate` or the tokenizer)."""
+    inputs: array[int] | None
+    """Embedding inputs per line; ``None`` for every other endpoint (all zero)."""
+
+
+@dataclass(slots=True)
+class UploadBlock:
+    """A block of a requests file, validated: its valid lines grouped by ``(model, url)`` and its errors."""
+
+    groups: list[UploadGroup]
+    errors: list[InvalidLine]
+    """The first invalid lines of the block, in line order (at most the ``max_errors`` asked for)."""
+    n_errors: int
+    """Invalid lines in the block, all of them."""
+    n_lines: int
+    """Physical lines in the block, blank ones included (the next block's first line number follows)."""
+
+
+class _GroupBuilder:
+    __slots__ = ("cids", "datas", "inputs", "line_nos", "model", "tokens", "url")
+
+    def __init__(self, model: str, url: str) -> None:
+        self.model = model
+        self.url = url
+        self.line_nos: list[int] = []
+        self.cids: list[str] = []
+        self.datas: list[bytes] = []
+        self.tokens: list[int] = []  # only with the exact estimator
+        self.inputs: list[int] | None = [] if url == "/v1/embeddings" else None
+
+    def build(self) -> UploadGroup:
+        sizes = array("q", map(len, self.datas))
+        tokens = array("q", self.tokens) if self.tokens else array("q", [n // 4 + 1 for n in sizes])
+        return UploadGroup(
+            self.model,
+            self.url,
+            array("q", self.line_nos),
+            self.cids,
+            b"".join(self.datas),
+            sizes,
+            tokens,
+            None if self.inputs is None else array("q", self.inputs),
+        )
+
+
+def parse_upload_block(
+    block: bytes, first_line: int = 1, *, exact_tokens: bool = False, max_errors: int = 20
+) -> UploadBlock:
+    """Validate the lines of ``block`` (whole lines; the first is line ``first_line`` of the file, as bare
+    bodies take their ``line-N`` ids from it) as Batch-API input lines. Blank lines are skipped.
 
     A valid Batch-API line is uploaded as read (only its newline normalized); a bare body is serialized once.
     ``exact_tokens``: estimate tokens with the real tokenizer instead of :func:`fast_token_estimate`.
@@ -418,50 +479,94 @@ def iter_upload_lines(
     # the raw bytes reused when they already are the upload line; anything else goes the detailed way.
     estimate = _exact_estimator() if exact_tokens else None
     loads = orjson.loads
+    chat: dict[str, _GroupBuilder] = {}  # the common case, keyed by model alone
+    other: dict[tuple[str, str], _GroupBuilder] = {}
+    order: list[_GroupBuilder] = []
+    errors: list[InvalidLine] = []
+    n_errors = 0
     line_no = first_line - 1
-    with open(path, "rb", buffering=1 << 20) as fh:
-        fh.seek(start)
-        # A range is read at once (a few MB): then no byte counting per line to stop at `end`.
-        lines: Iterable[bytes] = fh if end is None else io.BytesIO(fh.read(end - start))
-        for raw in lines:
-            line_no += 1
-            try:
-                obj = loads(raw)
-            except orjson.JSONDecodeError as exc:
-                if not raw.isspace():
-                    yield InvalidLine(line_no, None, f"invalid JSON ({exc})")
-                continue
-            common = _fast_request(obj)
-            if common is not None:
-                custom_id, body = common
-                url = _CHAT_URL
-                if custom_id is None:
-                    custom_id = f"line-{line_no}"
-                    data = batch_line_bytes(custom_id, url, body)
-                elif raw[-1] == 10 and raw[-2] != 13:  # ends in "\n", not "\r\n": already the upload line
-                    data = raw
-                else:
-                    data = raw.rstrip(b"\r\n") + b"\n"
-                model: str = body["model"]
-                inputs = 0
+    for raw in io.BytesIO(block):
+        line_no += 1
+        try:
+            obj = loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if not raw.isspace():
+                n_errors += 1
+                if len(errors) < max_errors:
+                    errors.append(InvalidLine(line_no, None, f"invalid JSON ({exc})"))
+            continue
+        common = _fast_request(obj)
+        if common is not None:
+            custom_id, body = common
+            if custom_id is None:
+                custom_id = f"line-{line_no}"
+                data = batch_line_bytes(custom_id, _CHAT_URL, body)
+            elif raw[-1] == 10 and raw[-2] != 13:  # ends in "\n", not "\r\n": already the upload line
+                data = raw
             else:
-                line = _parse_detailed(obj, line_no)
-                if isinstance(line, InvalidLine):
-                    yield line
-                    continue
-                custom_id, url, body, model = line.custom_id, line.url, line.body, line.model
-                # A bare body (metadata already taken off) is serialized; a Batch-API line is uploaded as read.
-                data = batch_line_bytes(custom_id, url, body) if body is obj else raw.rstrip(b"\r\n") + b"\n"
-                inputs = embedding_inputs(url, body)
-            tokens = fast_token_estimate(data) if estimate is None else estimate(url, body)
-            yield (line_no, custom_id, url, model, data, inputs, tokens)
+                data = raw.rstrip(b"\r\n") + b"\n"
+            model: str = body["model"]
+            group = chat.get(model)
+            if group is None:
+                group = chat[model] = _GroupBuilder(model, _CHAT_URL)
+                order.append(group)
+            url = _CHAT_URL
+        else:
+            line = _parse_detailed(obj, line_no)
+            if isinstance(line, InvalidLine):
+                n_errors += 1
+                if len(errors) < max_errors:
+                    errors.append(line)
+                continue
+            custom_id, url, body, model = line.custom_id, line.url, line.body, line.model
+            # A bare body (metadata already taken off) is serialized; a Batch-API line is uploaded as read.
+            data = batch_line_bytes(custom_id, url, body) if body is obj else raw.rstrip(b"\r\n") + b"\n"
+            key = (model, url)
+            group = chat.get(model) if url == _CHAT_URL else other.get(key)
+            if group is None:
+                group = _GroupBuilder(model, url)
+                if url == _CHAT_URL:
+                    chat[model] = group
+                else:
+                    other[key] = group
+                order.append(group)
+            if group.inputs is not None:
+                group.inputs.append(embedding_inputs(url, body))
+        group.line_nos.append(line_no)
+        group.cids.append(custom_id)
+        group.datas.append(data)
+        if estimate is not None:
+            group.tokens.append(estimate(url, body))
+    return UploadBlock([g.build() for g in order], errors, n_errors, line_no - first_line + 1)
 
 
-def read_upload_lines(
-    path: str, start: int, end: int, first_line: int, exact_tokens: bool = False
-) -> list[UploadLine | InvalidLine]:
-    """:func:`iter_upload_lines` as a list: the job of a parsing worker process (one chunk of a large file)."""
-    return list(iter_upload_lines(path, start, end, first_line, exact_tokens=exact_tokens))
+def read_upload_block(
+    path: str, start: int, end: int, first_line: int, exact_tokens: bool = False, max_errors: int = 20
+) -> UploadBlock:
+    """:func:`parse_upload_block` of bytes ``[start, end)`` of ``path`` (a parsing worker's job)."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        block = fh.read(end - start)
+    return parse_upload_block(block, first_line, exact_tokens=exact_tokens, max_errors=max_errors)
+
+
+def serve_upload_blocks(conn: Connection) -> None:
+    """The loop of a parsing worker process: ``(path, start, end, first_line, exact_tokens, max_errors)`` tasks
+    in, :class:`UploadBlock` s (or the exception raised) out, until ``None`` (or the planner is gone)."""
+    try:
+        while (task := conn.recv()) is not None:
+            try:
+                result: UploadBlock | BaseException = read_upload_block(*task)
+            except Exception as exc:  # the planner re-raises it
+                result = exc
+            try:
+                conn.send(result)  # pickled before anything is written: a failure leaves the pipe clean
+            except Exception:  # an exception that does not pickle: its description does
+                conn.send(RuntimeError(f"parsing worker failed: {result!r}"))
+    except (EOFError, OSError):
+        pass  # the planner stopped (an error, or killed): nothing left to do
+    finally:
+        conn.close()
 
 
 def _exact_estimator() -> Callable[[str, Mapping[str, Any]], int]:

@@ -4,6 +4,7 @@ time pass in milliseconds), run in-process with typer's CliRunner."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from typer.testing import CliRunner
 
 from ratepilot.cli import app
 from ratepilot.exitcodes import ExitCode
+from ratepilot.protocol.webhooks import new_secret
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
+from ratepilot.store import DEFAULT_DB_NAME, Store
 
 from .conftest import API_KEY, chat_line, read_results, write_jsonl
 
@@ -25,8 +28,14 @@ def sim() -> Iterator[Simulator]:
         yield s
 
 
-def _invoke(sim: Simulator, state: Path, *args: str) -> tuple[int, str]:
-    env = {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": sim.base_url, "RATEPILOT_HOME": str(state)}
+def _invoke(sim: Simulator, state: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    env = {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": sim.base_url,
+        "RATEPILOT_HOME": str(state),
+        "OPENAI_WEBHOOK_SECRET": "",
+        **(env or {}),
+    }
     result = CliRunner().invoke(app, ["batch", *args], env=env)
     return result.exit_code, result.output
 
@@ -103,3 +112,79 @@ def test_wait_timeout_exits_incomplete(sim: Simulator, tmp_path: Path) -> None:
     code, out = _invoke(sim, state, "collect", "t", "-o", str(tmp_path / "o.jsonl"))
     # 6 while unanswered requests remain; the file holds what is answered
     assert code in (ExitCode.OK, ExitCode.INCOMPLETE)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_submit_wait_on_webhooks_instead_of_polling(tmp_path: Path) -> None:
+    # The simulator's webhook sender posts batch.* events to the CLI's receiver. The runner waits on its
+    # subscriptions with the real clock (which never jumps past an event in flight) and retrieves each batch
+    # only to confirm its event: no polling. The batches last a few API seconds (milliseconds at this scale).
+    secret = new_secret()
+    port = _free_port()
+    hooks = LongrunConfig(
+        time_scale=50.0, batch_lines_per_second=100.0, webhook_url=f"http://127.0.0.1:{port}/", webhook_secret=secret
+    )
+    state = tmp_path / "state"
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(6)])
+    with Simulator(SimConfig(latency_ms=0)) as sim:
+        configure(sim.state, hooks)
+        env = {"OPENAI_WEBHOOK_SECRET": secret}
+        args = ["submit", str(requests), "--name", "hooks", "--max-requests", "3", "--wait", "--timeout", "300"]
+        code, out = _invoke(sim, state, *args, "--webhook-port", str(port), "-o", str(tmp_path / "o.jsonl"), env=env)
+        assert code == 0, out
+        assert f"receiving webhooks on http://127.0.0.1:{port}/" in out
+        assert [r["custom_id"] for r in read_results(tmp_path / "o.jsonl")] == [f"req-{i:05d}" for i in range(6)]
+        calls = sim.stats()["requests"]["by_endpoint"]
+        assert calls.get("/v1/batches/{id}", 0) == 2  # one confirming retrieve per batch, nothing else
+        assert sim.stats()["longrun"]["webhooks"]["delivered"] >= 2
+        # `wait` takes the same options (its batches may be done before it starts: then no event is needed)
+        assert _invoke(sim, state, "submit", str(requests), "--name", "later", "--max-requests", "3")[0] == 0
+        code, out = _invoke(sim, state, "wait", "later", "--webhook-port", str(port), "--timeout", "300", env=env)
+        assert code == 0, out
+        assert "requests 6: done 6" in out
+    with Store(state / DEFAULT_DB_NAME) as store:
+        job = store.get_job("hooks")
+        assert job is not None
+        woken = [(shard, detail) for shard, kind, detail in store.events(job) if kind == "webhook"]
+    assert sorted(woken) == [(0, "batch.completed"), (1, "batch.completed")]  # the events drove the wait
+
+
+def test_webhook_options_are_checked_before_anything_is_sent(sim: Simulator, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(0)])
+    before = sim.stats()["requests"]["total"]
+    port = str(_free_port())
+    code, out = _invoke(sim, state, "submit", str(requests), "--wait", "--webhook-port", port)
+    assert code == ExitCode.BAD_INPUT and "OPENAI_WEBHOOK_SECRET" in out  # no secret
+    code, out = _invoke(sim, state, "submit", str(requests), "--webhook-port", port, "--webhook-secret", new_secret())
+    assert code == ExitCode.BAD_INPUT and "only with --wait" in out
+    bad = "whsec_!!!not-base64!!!"
+    code, out = _invoke(sim, state, "submit", str(requests), "--wait", "--webhook-port", port, "--webhook-secret", bad)
+    assert code == ExitCode.BAD_INPUT and "--webhook-secret" in out and bad not in out  # never echoes the secret
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = str(busy.getsockname()[1])
+        code, out = _invoke(sim, state, "wait", "x", "--webhook-port", taken, "--webhook-secret", new_secret())
+    assert code == ExitCode.CANNOT_LISTEN and f"cannot listen on 127.0.0.1:{taken}" in out
+    assert sim.stats()["requests"]["total"] == before  # nothing uploaded, nothing polled
+    help_text = CliRunner().invoke(app, ["batch", "wait", "--help"], env={"COLUMNS": "200"}).output
+    assert "--webhook-port" in help_text and "--webhook-secret" in help_text and "OPENAI_WEBHOOK_SECRET" in help_text
+
+
+def test_keep_files_flag(tmp_path: Path) -> None:
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(4)])
+    with Simulator(SimConfig(latency_ms=0)) as sim:
+        configure(sim.state, LongrunConfig(time_scale=500.0, batch_lines_per_second=100.0))
+        args = ["submit", str(requests), "--max-requests", "2", "--wait", "--poll-interval", "0.01"]
+        code, out = _invoke(sim, tmp_path / "a", *args, "--name", "kept", "--keep-files")
+        assert code == 0, out
+        assert sim.stats()["longrun"]["files"] == 2 + 2  # two inputs kept, two outputs
+        code, out = _invoke(sim, tmp_path / "b", *args, "--name", "tidy")
+        assert code == 0, out
+        assert sim.stats()["longrun"]["files"] == 4 + 2  # this job's inputs deleted, its outputs remain

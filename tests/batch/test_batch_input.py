@@ -7,8 +7,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from openai import OpenAI
 from typer.testing import CliRunner
 
+import ratepilot.batch.prepare as prepare_mod
+from ratepilot.batch import BatchConfig, BatchInputError, BatchRunner
 from ratepilot.cli import app
 from ratepilot.sim import SimConfig, Simulator
 
@@ -118,3 +121,50 @@ def test_fixed_file_can_be_submitted_after_a_refusal(sim: Simulator, tmp_path: P
     code, output = _submit(sim, path, tmp_path / "state")
     assert code == 0, output
     assert "requests 2" in output
+
+
+def test_bad_json_and_duplicate_ids_are_reported_together(sim: Simulator, tmp_path: Path) -> None:
+    # A duplicate is found even when the file has other bad lines: one report, in line order, counted right.
+    lines = [_good(0), _good(1), b"{broken\n", _good(3), _good(1), _good(5), b"[1, 2]\n", _good(3)]
+    path = write_jsonl(tmp_path / "both.jsonl", lines)
+    before = sim.stats()["requests"]["total"]
+    code, output = _submit(sim, path, tmp_path / "state")
+    assert code == 2, output
+    assert "4 invalid lines" in output
+    reported = [line.strip() for line in output.splitlines() if line.strip().startswith("line ")]
+    assert [r.split(":")[0] for r in reported] == [
+        "line 3",
+        "line 5, field 'custom_id'",
+        "line 7",
+        "line 8, field 'custom_id'",
+    ]
+    assert "duplicate custom_id 'req-00001' (first on line 2)" in reported[1]
+    assert "duplicate custom_id 'req-00003' (first on line 4)" in reported[3]
+    assert sim.stats()["requests"]["total"] == before  # nothing uploaded
+    assert not any((tmp_path / "state" / "batches").glob("*/shard-*.jsonl"))
+
+
+def test_error_report_is_the_files_first_errors_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # More errors than are listed: the first 20 by line number (duplicates and others interleaved), in line
+    # order, and the count of all of them — the same with parallel parsing of small blocks.
+    monkeypatch.setattr(prepare_mod, "CHUNK_BYTES", 700)  # several blocks
+    lines: list[bytes] = []
+    for i in range(60):
+        lines.append(_good(i))
+        lines.append(b"{bad\n" if i % 2 else _good(i // 2))  # odd i: bad JSON; even i: an earlier id again
+    path = write_jsonl(tmp_path / "many.jsonl", lines)
+    reports = []
+    for workers in (1, 2):
+        with (
+            OpenAI(base_url="http://127.0.0.1:9/v1", api_key=API_KEY) as client,
+            BatchRunner(
+                client, state_dir=tmp_path / f"s{workers}", config=BatchConfig(parse_workers=workers)
+            ) as runner,
+            pytest.raises(BatchInputError) as err,
+        ):
+            runner.prepare(path, name="many")
+        reports.append(str(err.value))
+        assert err.value.total_invalid == 60
+        assert [e.line_no for e in err.value.errors] == list(range(2, 42, 2))  # every second line, in order
+        assert "40 more" in str(err.value)
+    assert reports[0] == reports[1]

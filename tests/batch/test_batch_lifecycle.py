@@ -168,3 +168,41 @@ def test_collect_mid_job_writes_what_is_answered_so_far(
     final = runner.collect("mid", tmp_path / "out.jsonl")
     assert final.complete and final.written == 12
     assert [r["custom_id"] for r in read_results(tmp_path / "out.jsonl")] == [f"req-{i:05d}" for i in range(12)]
+
+
+def _batch_files(sim: Simulator) -> list[str]:
+    with OpenAI(base_url=sim.base_url, api_key=API_KEY, max_retries=0) as client:
+        return [f.id for f in client.files.list(purpose="batch")]
+
+
+def test_input_files_are_deleted_once_the_job_is_done(
+    tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
+) -> None:
+    runner = make_runner(config=BatchConfig(max_requests=4, poll_interval=1.0))
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(10)])
+    name = runner.submit(requests, name="tidy").name
+    uploaded = set(_batch_files(fake_sim))
+    assert len(uploaded) == 3  # the inputs are on the server while the batches run
+    status = runner.wait(name)
+    assert status.complete and status.state == "done"
+    assert _batch_files(fake_sim) == []
+    job = runner.store.get_job(name)
+    assert job is not None
+    deleted = {detail for _shard, kind, detail in runner.store.events(job) if kind == "input-deleted"}
+    assert deleted == uploaded == {s.file_id for s in status.shards}  # each recorded in the job's events
+    # The results were downloaded before: collect still writes them all (and nothing is deleted twice).
+    summary = runner.collect(name, tmp_path / "out.jsonl")
+    assert summary.complete and summary.written == 10
+    assert _endpoint_calls(fake_sim, "/v1/files/{id}") == 3
+
+
+def test_keep_files_leaves_the_inputs_on_the_server(
+    tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
+) -> None:
+    runner = make_runner(config=BatchConfig(max_requests=4, poll_interval=1.0, keep_files=True))
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(10)])
+    status = runner.wait(runner.submit(requests, name="kept").name)
+    assert status.complete
+    assert sorted(_batch_files(fake_sim)) == sorted(s.file_id for s in status.shards if s.file_id)
+    job = runner.store.get_job("kept")
+    assert job is not None and not [e for e in runner.store.events(job) if e[1] == "input-deleted"]

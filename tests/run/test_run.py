@@ -91,14 +91,16 @@ def test_insufficient_quota_stops_at_once_and_keeps_progress(
     sim = make_sim(credit_usd=0.00005)  # a handful of requests' worth
     req = requests_file(60)
     out = tmp_path / "out.jsonl"
-    summary = run_job(_opts(req, out, sim, cache=False))
+    # At most 8 in flight, so "stopped at once" is exact: no more quota errors than requests already on the
+    # wire when the first one came back (the window would otherwise grow with the learned limits).
+    summary = run_job(_opts(req, out, sim, cache=False, max_in_flight=8))
     assert summary.exit_code == ExitCode.QUOTA and summary.stop == "quota"
     assert "billing" in summary.message and "rerun" in summary.message
     done = _ids(out)
     assert 0 < len(done) < 60 and max(done.values()) == 1
     assert summary.done == len(done)
     quota_429s = sim.stats()["rate_limited"]["insufficient_quota"]
-    assert quota_429s <= 8  # stopped at once: no retry storm against a billing error
+    assert quota_429s <= 8  # stopped at once: nothing sent after it, no retry storm against a billing error
 
     sim2 = make_sim()  # credit added: the same command resumes
     resumed = run_job(_opts(req, out, sim2, cache=False))

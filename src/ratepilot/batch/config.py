@@ -49,6 +49,9 @@ class BatchConfig:
     more, inline below; ``1`` = always inline; ``n`` = always ``n`` workers."""
     max_deferrals: int = 50
     """How often a shard may fail with ``token_limit_exceeded`` before its lines are reported as failed."""
+    keep_files: bool = False
+    """Keep the uploaded input files on the server once the job is done (default: delete them then; they
+    count against the organization's file storage and are never needed again)."""
 
     def __post_init__(self) -> None:
         for name in ("max_requests", "max_bytes", "max_embedding_inputs", "max_attempts"):

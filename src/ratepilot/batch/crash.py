@@ -1,7 +1,7 @@
 """Crash points for the kill -9 tests: ``RATEPILOT_BATCH_CRASH_AT=<point>[:<n>]`` SIGKILLs the process there.
 
 A test hook, compiled into the driver on purpose: the crash tests run the real CLI in a subprocess and need
-it to die at an exact step (after an intent is committed, after an upload, after a create, mid-collect)
+it to die at an exact step (after an intent is committed, after an upload, after a create, mid-collect, mid-cleanup)
 without any chance to clean up — exactly what ``kill -9`` does. Unset (always, outside tests) it is a no-op.
 """
 
@@ -21,6 +21,7 @@ CRASH_POINTS = (
     "after-create-intent",
     "after-create",
     "during-collect",
+    "during-cleanup",
     "during-collect-write",
 )
 _hits: dict[str, int] = {}

@@ -4,22 +4,27 @@ A shard is one batch input file: at most ``max_requests`` lines, ``max_bytes`` b
 embedding inputs, and — when the model's enqueued-token limit is known — at most that many estimated tokens,
 so that a shard can ever be admitted on its own. :class:`ShardPacker` is the pure rolling decision;
 :class:`ShardWriter` streams lines into shard files with one open file per (model, url), so memory does not
-grow with the input.
+grow with the input. Planning a large file goes a block at a time (:meth:`ShardWriter.add_groups`): the
+block's lines arrive as columns per (model, url), shard boundaries are found with prefix sums and bisection,
+and each shard's part of a block is written as one slice — no Python work per line.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from itertools import accumulate
 from pathlib import Path
 from typing import IO, Any
 
 from ..protocol.tokens import estimate_prompt_tokens
-from ..requests import batch_line_bytes, embedding_inputs, fast_token_estimate
+from ..requests import UploadGroup, batch_line_bytes, embedding_inputs, fast_token_estimate
 from .config import BatchConfig
 
 __all__ = [
+    "Segment",
     "ShardPacker",
     "ShardSpec",
     "ShardWriter",
@@ -58,12 +63,59 @@ class ShardSpec:
     n_inputs: int = 0
 
 
+Segment = tuple[int, int, int]
+"""``(start, end, shard)``: lines ``[start, end)`` of an :class:`~ratepilot.requests.UploadGroup` went into
+``shard``."""
+
+
+@dataclass(slots=True)
+class _Prefix:
+    """Prefix sums of a group's columns (``bytes[i]`` = bytes of its first ``i`` lines): what a run of lines
+    adds to a shard is a difference of two entries."""
+
+    bytes: list[int]
+    tokens: list[int]
+    inputs: list[int] | None
+
+    @classmethod
+    def of(cls, group: UploadGroup) -> _Prefix:
+        return cls(
+            list(accumulate(group.sizes, initial=0)),
+            list(accumulate(group.tokens, initial=0)),
+            None if group.inputs is None else list(accumulate(group.inputs, initial=0)),
+        )
+
+
 class ShardPacker:
-    """Pure: does one more line fit in the current shard of a group, or must a new one start?"""
+    """Pure: does one more line fit in the current shard of a group, or must a new one start?
+
+    :meth:`fits` decides for one line; :meth:`room` for a run of lines at once (the same rule: ``room`` is the
+    number of consecutive lines for which ``fits`` would say yes).
+    """
 
     def __init__(self, config: BatchConfig, token_cap: int | None) -> None:
         self.config = config
         self.token_cap = token_cap
+
+    def room(self, spec: ShardSpec, prefix: _Prefix, start: int, n: int) -> int:
+        """How many of lines ``[start, n)`` of a group fit into ``spec`` one after the other (at least one when
+        ``spec`` is empty: an oversize single line is the server's to refuse)."""
+        c = self.config
+        end = min(n, start + c.max_requests - spec.n_requests)  # the last candidate end (exclusive)
+        end = self._cap(prefix.bytes, start, end, c.max_bytes - spec.n_bytes)
+        if prefix.inputs is not None:
+            end = self._cap(prefix.inputs, start, end, c.max_embedding_inputs - spec.n_inputs)
+        if self.token_cap is not None:
+            end = self._cap(prefix.tokens, start, end, self.token_cap - spec.est_tokens)
+        k = max(0, end - start)
+        return max(k, 1) if spec.n_requests == 0 else k
+
+    @staticmethod
+    def _cap(sums: list[int], start: int, end: int, left: int) -> int:
+        """The largest ``e <= end`` with ``sums[e] - sums[start] <= left`` (``start - 1`` if none)."""
+        if end <= start:
+            return end
+        return bisect_right(sums, sums[start] + left, start, end + 1) - 1
 
     def fits(self, spec: ShardSpec, n_bytes: int, n_inputs: int, tokens: int) -> bool:
         if spec.n_requests == 0:
@@ -143,11 +195,71 @@ class ShardWriter:
         spec.est_tokens += tokens
         return spec.shard
 
-    def _start(self, model: str, url: str) -> _OpenShard:
-        spec = ShardSpec(self._next, model, url, self.directory / shard_file_name(self._next))
+    def add_groups(self, groups: Sequence[UploadGroup]) -> list[list[Segment]]:
+        """Append a block's lines, given per (model, url) group; returns each group's segments.
+
+        The same shards as :meth:`add_prepared` line by line (numbers included: shards are numbered in the
+        order of the lines that open them), found with prefix sums and bisection per group.
+        """
+        prefixes = [_Prefix.of(g) for g in groups]
+        # 1. Where each group's lines are cut into shards (pure: simulated on copies of the open shards).
+        cuts: list[list[tuple[int, int, bool]]] = []
+        for group, prefix in zip(groups, prefixes, strict=True):
+            current = self._open.get((group.model, group.url))
+            if current is not None:
+                packer, spec, new = current.packer, replace(current.spec), False
+            else:
+                packer, spec, new = self._packer(group.model), ShardSpec(-1, group.model, group.url, Path()), True
+            runs: list[tuple[int, int, bool]] = []
+            start, n = 0, len(group.line_nos)
+            while start < n:
+                k = packer.room(spec, prefix, start, n)
+                if k == 0:  # full: the next line opens a new shard (with the packer _start will give it)
+                    packer, spec, new = self._packer(group.model), ShardSpec(-1, group.model, group.url, Path()), True
+                    continue
+                end = start + k
+                runs.append((start, end, new))
+                _grow(spec, prefix, start, end)
+                start, new = end, False
+            cuts.append(runs)
+        # 2. New shards are numbered in the order of the lines that open them, across groups.
+        opening = sorted(
+            (groups[g].line_nos[start], g, r)
+            for g, runs in enumerate(cuts)
+            for r, (start, _, new) in enumerate(runs)
+            if new
+        )
+        numbers = {(g, r): self._next + i for i, (_, g, r) in enumerate(opening)}
+        self._next += len(opening)
+        # 3. Write each run as one slice of the group's bytes.
+        out: list[list[Segment]] = []
+        for g, (group, prefix, runs) in enumerate(zip(groups, prefixes, cuts, strict=True)):
+            key = (group.model, group.url)
+            view = memoryview(group.data)
+            segments: list[Segment] = []
+            for r, (start, end, new) in enumerate(runs):
+                if new:
+                    old = self._open.get(key)
+                    if old is not None:
+                        self._finish(old)
+                    self._open[key] = self._start(group.model, group.url, numbers[(g, r)])
+                current = self._open[key]
+                current.write(view[prefix.bytes[start] : prefix.bytes[end]])
+                _grow(current.spec, prefix, start, end)
+                segments.append((start, end, current.spec.shard))
+            out.append(segments)
+        return out
+
+    def _packer(self, model: str) -> ShardPacker:
+        return ShardPacker(self.config, self._token_cap(model))
+
+    def _start(self, model: str, url: str, number: int | None = None) -> _OpenShard:
+        if number is None:
+            number = self._next
+            self._next += 1
+        spec = ShardSpec(number, model, url, self.directory / shard_file_name(number))
         self._by_number[spec.shard] = spec
-        self._next += 1
-        return _OpenShard(spec, ShardPacker(self.config, self._token_cap(model)))
+        return _OpenShard(spec, self._packer(model))
 
     def _finish(self, shard: _OpenShard) -> None:
         shard.fh.flush()
@@ -171,3 +283,12 @@ class ShardWriter:
         for spec in self.finished:
             spec.path.unlink(missing_ok=True)
         self.finished.clear()
+
+
+def _grow(spec: ShardSpec, prefix: _Prefix, start: int, end: int) -> None:
+    """Add lines ``[start, end)`` of a group to a shard's totals."""
+    spec.n_requests += end - start
+    spec.n_bytes += prefix.bytes[end] - prefix.bytes[start]
+    spec.est_tokens += prefix.tokens[end] - prefix.tokens[start]
+    if prefix.inputs is not None:
+        spec.n_inputs += prefix.inputs[end] - prefix.inputs[start]

@@ -1,32 +1,37 @@
 """Validate and plan a job in one streaming pass; nothing is uploaded unless every line is valid.
 
-Each line goes through :func:`ratepilot.requests.iter_upload_lines` (the shared validator of
-:func:`~ratepilot.requests.parse_line`: JSON, custom_id, POST, supported url, body basics; it also makes the
-upload line) plus the job-level rules only a batch has: unique ``custom_id``\\ s, one endpoint
-per job, and a non-empty file. Valid lines are written straight into shard files and the results index, so
-memory stays bounded (the only per-line state in memory is the set of custom_ids, ~100 MB per million). On
-any error the shard files and index rows are discarded and :class:`BatchInputError` lists the first errors
-with their line numbers and fields.
+The file is read in blocks of a few MB; each block goes through :func:`ratepilot.requests.parse_upload_block`
+(the shared validator of :func:`~ratepilot.requests.parse_line`: JSON, custom_id, POST, supported url, body
+basics; it also makes the upload lines), inline or in worker processes, and comes back as columns per
+(model, url). The planner adds the job-level rules only a batch has: one endpoint per job, a non-empty file,
+and unique ``custom_id``\\ s (found by a unique index on the results index once every row is written, not by
+an in-memory set). Valid lines are written straight into shard files and the results index, so memory stays
+bounded. On any error the shard files and index rows are discarded and :class:`BatchInputError` lists the
+file's first errors (duplicates included) in line order, with their fields, and counts them all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import heapq
 import itertools
 import multiprocessing
+import operator
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from ..errors import InputError
-from ..requests import InvalidLine, UploadLine, iter_upload_lines, read_upload_lines
+from ..requests import InvalidLine, UploadBlock, UploadGroup, parse_upload_block, serve_upload_blocks
 from ..store import JobRecord, ShardRecord, Store
 from .config import BatchConfig
 from .crash import crash_point
-from .plan import ShardSpec, ShardWriter
+from .plan import Segment, ShardSpec, ShardWriter
 
 __all__ = ["MAX_REPORTED_ERRORS", "BatchInputError", "PlanSummary", "fingerprint", "plan_job"]
 
@@ -78,21 +83,6 @@ def fingerprint(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}:{digest.hexdigest()[:16]}"
 
 
-# A parsed line, as the planner needs it: (line_no, custom_id, url, model, upload bytes, embedding inputs,
-# tokens) for a valid request, or an InvalidLine. Small and picklable, so parsing can run in other processes.
-Parsed = UploadLine
-
-
-def parse_chunk(path: str, start: int, end: int, first_line: int, exact: bool) -> list[Parsed | InvalidLine]:
-    """Validate the lines in bytes ``[start, end)``, the first of which is line ``first_line`` of the file."""
-    return read_upload_lines(path, start, end, first_line, exact)
-
-
-def iter_lines(path: str, start: int, end: int, first_line: int, exact: bool) -> Iterator[Parsed | InvalidLine]:
-    """Stream the parsed lines of bytes ``[start, end)`` (the first is line ``first_line``); blank lines skipped."""
-    return iter_upload_lines(path, start, end, first_line, exact_tokens=exact)
-
-
 PARALLEL_MIN_BYTES = 256 << 20
 """Below this, starting worker processes costs more than it saves: parse inline."""
 CHUNK_BYTES = 4 << 20
@@ -112,40 +102,100 @@ def _chunks(path: Path, size: int, chunk: int) -> Iterator[tuple[int, int, int]]
             start = end
 
 
-def _parsed_lines(
-    path: Path, exact: bool, workers: int, force_parallel: bool = False
-) -> Iterator[Parsed | InvalidLine]:
-    """Every parsed line in file order: inline for small files, else chunks parsed by worker processes.
+def _blocks(path: Path, exact: bool, workers: int, force_parallel: bool = False) -> Iterator[UploadBlock]:
+    """Every block of the file, validated, in file order: inline for small files, else by worker processes.
 
-    Workers only validate and serialize (the costly, independent part); the planner keeps the order-dependent
-    rules (duplicates, one endpoint) and all writes, so the result does not depend on the worker count.
+    Workers only validate and serialize (the costly, independent part), each returning its block as columns;
+    the planner keeps the order-dependent rules (duplicates, one endpoint) and all writes, so the result does
+    not depend on the worker count.
     """
     size = path.stat().st_size
     if workers <= 1 or (size < PARALLEL_MIN_BYTES and not force_parallel):
-        # streaming: memory does not grow with the file (and no generator in between: this runs per line)
-        return iter_upload_lines(str(path), 0, None, 1, exact_tokens=exact)
-    return itertools.chain.from_iterable(_parsed_chunks(path, size, exact, workers))
+        return _inline_blocks(path, exact)
+    return _parallel_blocks(path, size, exact, workers)
 
 
-def _parsed_chunks(path: Path, size: int, exact: bool, workers: int) -> Iterator[list[Parsed | InvalidLine]]:
+def _inline_blocks(path: Path, exact: bool) -> Iterator[UploadBlock]:
+    # streaming a block at a time: memory does not grow with the file
+    with open(path, "rb") as fh:
+        first_line = 1
+        while data := fh.read(CHUNK_BYTES):
+            if not data.endswith(b"\n"):
+                data += fh.readline()
+            block = parse_upload_block(data, first_line, exact_tokens=exact, max_errors=MAX_REPORTED_ERRORS)
+            first_line += block.n_lines  # counted while parsing: no second pass over the bytes
+            yield block
+
+
+def _parallel_blocks(path: Path, size: int, exact: bool, workers: int) -> Iterator[UploadBlock]:
+    """Blocks parsed by ``workers`` processes, handed out round-robin and read back in the same order.
+
+    A plain pipe per worker, read by this thread, rather than a ProcessPoolExecutor: the executor unpickles
+    results on a thread of its own, which contends for the GIL with the planner (whose SQLite inserts
+    release and retake it on every row) and made those inserts twice as slow.
+    """
     ranges = _chunks(path, size, CHUNK_BYTES)
-    # Workers run ratepilot.requests.read_upload_lines (not a function of this package): a spawned worker
+    # Workers run ratepilot.requests.serve_upload_blocks (not a function of this package): a spawned worker
     # imports only the module of the function it runs, and this package would pull in the OpenAI SDK.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: deque[Future[list[Parsed | InvalidLine]]] = deque(
-            pool.submit(read_upload_lines, str(path), *r, exact) for r in itertools.islice(ranges, workers * 2)
-        )  # a bounded number of chunks in flight: memory stays bounded
+    ctx = multiprocessing.get_context("spawn")
+    conns: list[Connection] = []
+    procs: list[BaseProcess] = []
+    try:
+        for _ in range(workers):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=serve_upload_blocks, args=(theirs,), daemon=True)
+            proc.start()
+            theirs.close()
+            conns.append(mine)
+            procs.append(proc)
+        pending: deque[Connection] = deque()  # the worker of each block in flight, in file order
+        for i, r in enumerate(itertools.islice(ranges, workers * 2)):  # bounded in flight: bounded memory
+            conns[i % workers].send((str(path), *r, exact, MAX_REPORTED_ERRORS))
+            pending.append(conns[i % workers])
         while pending:
-            items = pending.popleft().result()
+            conn = pending.popleft()
+            try:
+                block = conn.recv()
+            except EOFError:
+                raise RuntimeError("a parsing worker process exited unexpectedly (killed, out of memory?)") from None
+            if isinstance(block, BaseException):
+                raise block
             nxt = next(ranges, None)
             if nxt is not None:
-                pending.append(pool.submit(read_upload_lines, str(path), *nxt, exact))
-            yield items
+                conn.send((str(path), *nxt, exact, MAX_REPORTED_ERRORS))
+                pending.append(conn)
+            yield block
+    finally:
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.send(None)  # done: the worker returns
+            conn.close()
+        for worker in procs:
+            worker.join(5.0)
+            if worker.exitcode is None:
+                worker.kill()
+                worker.join()
 
 
 def default_workers() -> int:
     """Parsing processes for a large file: one per CPU (the planner itself mostly waits on them)."""
     return max(1, (os.cpu_count() or 1))
+
+
+class _Errors:
+    """The first :data:`MAX_REPORTED_ERRORS` invalid lines of the file, in line order, and how many in all."""
+
+    def __init__(self) -> None:
+        self.first: list[InvalidLine] = []
+        self.total = 0
+
+    def add_block(self, errors: Iterable[InvalidLine], count: int) -> None:
+        """Blocks come in file order, each with its own first errors (any order): only a block's first few
+        can be among the file's first."""
+        self.total += count
+        room = MAX_REPORTED_ERRORS - len(self.first)
+        if room > 0:
+            self.first.extend(heapq.nsmallest(room, errors, key=lambda e: e.line_no))
 
 
 def plan_job(
@@ -157,56 +207,47 @@ def plan_job(
     *,
     token_cap: Callable[[str], int | None],
 ) -> PlanSummary:
-    """Validate ``path`` and write its shards and index rows for ``job``; raise :class:`BatchInputError`."""
+    """Validate ``path`` and write its shards and index rows for ``job``; raise :class:`BatchInputError`.
+
+    Every line is checked even after an error, so the report names the file's first errors, duplicates
+    included, in line order (a duplicate's index row is written like any valid line's; shard files stop
+    being written at the first error, as they will be discarded).
+    """
     writer = ShardWriter(directory, config, token_cap=token_cap)
-    errors: list[InvalidLine] = []
-    invalid = 0
+    errors = _Errors()
     first_url: tuple[str, int] | None = None
     total = 0
-    rows: list[tuple[int, str, int]] = []
-    add = writer.add_prepared
     exact = config.token_estimate == "exact"
     try:
         with store.bulk():
             n_workers = default_workers() if config.parse_workers is None else config.parse_workers
-            for item in _parsed_lines(path, exact, n_workers, force_parallel=config.parse_workers is not None):
-                if not isinstance(item, InvalidLine):
-                    line_no, cid, url, model, data, inputs, tokens = item
-                    if first_url is None:
-                        first_url = (url, line_no)
-                    if url == first_url[0]:
-                        if not invalid:
-                            # Rows are keyed by physical line number: input order, and what errors name.
-                            rows.append((line_no, cid, add(model, url, data, inputs, tokens)))
-                            if len(rows) >= 16384:
-                                store.add_lines(job, rows)
-                                rows.clear()
-                        total += 1
-                        continue
-                    item = _mixed_url(line_no, cid, url, first_url)
-                invalid += 1
-                if len(errors) < MAX_REPORTED_ERRORS:
-                    errors.append(item)
-            if invalid or total == 0:
-                raise BatchInputError(
-                    str(path),
-                    errors,
-                    invalid,
-                    reason=None if invalid else "empty file: no requests to submit (nothing uploaded)",
-                )
-            store.add_lines(job, rows)
+            for block in _blocks(path, exact, n_workers, force_parallel=config.parse_workers is not None):
+                groups = block.groups
+                if first_url is None and groups:
+                    first = min(groups, key=lambda g: g.line_nos[0])
+                    first_url = (first.url, first.line_nos[0])
+                good = [g for g in groups if first_url is not None and g.url == first_url[0]]
+                mixed = (_mixed_urls(g, first_url) for g in groups if first_url is not None and g.url != first_url[0])
+                n_mixed = sum(len(g.line_nos) for g in groups) - sum(len(g.line_nos) for g in good)
+                errors.add_block(itertools.chain(block.errors, *mixed), block.n_errors + n_mixed)
+                total += sum(len(g.line_nos) for g in good)
+                # Rows are keyed by physical line number: input order, and what errors name.
+                if errors.total:  # the plan is void; index rows still find duplicates for the report
+                    store.add_lines(job, _rows(good, [[(0, len(g.line_nos), -1)] for g in good]))
+                else:
+                    store.add_lines(job, _rows(good, writer.add_groups(good)))
+            if not errors.total and total == 0:
+                raise BatchInputError(str(path), reason="empty file: no requests to submit (nothing uploaded)")
             crash_point("during-plan")  # shard files written, nothing committed
             # Duplicate custom_ids are found by the unique index (no million-entry set in memory).
             duplicates, n_duplicates = store.index_lines(job, report=MAX_REPORTED_ERRORS)
-            if n_duplicates:
-                raise BatchInputError(
-                    str(path),
-                    [
-                        InvalidLine(line, "custom_id", f"duplicate custom_id {cid!r} (first on line {first})", cid)
-                        for cid, first, line in duplicates
-                    ],
-                    n_duplicates,
+            if errors.total or n_duplicates:
+                dup_errors = (
+                    InvalidLine(line, "custom_id", f"duplicate custom_id {cid!r} (first on line {first})", cid)
+                    for cid, first, line in duplicates
                 )
+                first_errors = list(heapq.merge(errors.first, dup_errors, key=lambda e: e.line_no))
+                raise BatchInputError(str(path), first_errors[:MAX_REPORTED_ERRORS], errors.total + n_duplicates)
             specs = writer.close()
             for spec in specs:
                 store.add_shard(_record(job, spec, round_=0))
@@ -216,6 +257,33 @@ def plan_job(
         writer.abort()
         raise
     return PlanSummary(total, first_url[0], tuple(specs), path.stat().st_size)
+
+
+def _rows(groups: list[UploadGroup], segments: list[list[Segment]]) -> list[tuple[int, str, int]]:
+    """The index rows ``(line number, custom_id, shard)`` of a block's groups, in line order.
+
+    Built by C iterators (zip, repeat, chain) with no Python code per row; the groups' rows are then merged
+    into line order (sorted runs: a linear merge), as appending to the table in rowid order is far cheaper
+    for SQLite than inserting between existing rows.
+    """
+    rows = list(
+        itertools.chain.from_iterable(
+            zip(g.line_nos[start:end], g.custom_ids[start:end], itertools.repeat(shard, end - start), strict=True)
+            for g, segs in zip(groups, segments, strict=True)
+            for start, end, shard in segs
+        )
+    )
+    if len(groups) > 1:
+        rows.sort(key=_LINE_NO)
+    return rows
+
+
+_LINE_NO = operator.itemgetter(0)
+
+
+def _mixed_urls(group: UploadGroup, first_url: tuple[str, int]) -> Iterator[InvalidLine]:
+    for line_no, cid in zip(group.line_nos, group.custom_ids, strict=True):
+        yield _mixed_url(line_no, cid, group.url, first_url)
 
 
 def _mixed_url(line_no: int, cid: str, url: str, first_url: tuple[str, int]) -> InvalidLine:

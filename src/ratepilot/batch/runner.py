@@ -364,14 +364,19 @@ class BatchRunner:
                         return
                     wait = self._poll([by_no[n] for n in numbers], job)
                     if wait > 0:
-                        if deadline is not None and self.clock.now() + wait > deadline:
+                        if deadline is not None:
                             remaining = deadline - self.clock.now()
-                            if remaining > 0:
-                                self._sleep(job, numbers, remaining)
-                            return
+                            if remaining <= 0:
+                                return
+                            # Not a return after this sleep: a webhook may end it early, and then the
+                            # woken batch is retrieved and the job goes on until the deadline.
+                            wait = min(wait, remaining)
                         self._sleep(job, numbers, wait)
                 case Done(blocked):
                     if not blocked and accepting and job.state != "done":
+                        if not self.config.keep_files:
+                            # before "done": a crash in between deletes again on the rerun (a 404 is fine)
+                            self._delete_inputs(job)
                         self.store.update_job(job, state="done")
                     return
             if self.on_progress is not None:
@@ -492,6 +497,8 @@ class BatchRunner:
                     raise
                 continue
             if sub is not None and woken:
+                # recorded, so a job's log shows what drove it (the event's type only: ids are in the shard)
+                self.store.log(job, "webhook", sub.event.type if sub.event else "", shard=shard.shard)
                 sub.rearm()  # if the batch is not terminal yet, the confirming retrieves take over
             self._schedule_next(job, shard, batch, woken=woken)
             self._apply_batch(job, shard, batch)
@@ -645,6 +652,27 @@ class BatchRunner:
             state, code = unanswered_outcome(shard.batch_status, shard.error_code)
             self.store.mark_unanswered(job, shard.shard, state, code)
             self.store.update_shard(shard, state=ShardState.COLLECTED, event="collected")
+
+    def _delete_inputs(self, job: JobRecord) -> None:
+        """The job is finished: delete the input files it uploaded (they count against the organization's
+        file storage and are never needed again). Best effort: a file that cannot be deleted is recorded in the
+        job's events, not an error of a job whose results are all in."""
+        from openai import APIError, NotFoundError
+
+        from ..errors import RatePilotError
+
+        for shard in self.store.shards(job):
+            if shard.file_id is None:
+                continue
+            try:
+                self.client.files.delete(shard.file_id)
+            except NotFoundError:
+                pass  # deleted by an earlier run that crashed before the job was marked done (or expired)
+            except (APIError, RatePilotError) as exc:
+                self.store.log(job, "input-delete-failed", f"{shard.file_id}: {type(exc).__name__}", shard=shard.shard)
+                continue
+            self.store.log(job, "input-deleted", shard.file_id, shard=shard.shard)
+            crash_point("during-cleanup")
 
     def _write_results(self, job: JobRecord, output: Path, *, overwrite: bool) -> CollectSummary:
         writer = open_results(

@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -64,6 +65,31 @@ _POLL = typer.Option(
 _FALLBACK = typer.Option(
     "none", "--fallback", help="'online': answer requests still failing after --max-attempts through the online API."
 )
+_WEBHOOK_PORT = typer.Option(
+    None,
+    "--webhook-port",
+    min=0,
+    max=65535,
+    help="Wait on the API's batch.* webhooks instead of polling: receive them on this port (point the "
+    "endpoint configured at platform.openai.com here, e.g. through a tunnel). Batches are then retrieved only "
+    "to confirm an event, plus a slow backstop poll in case one is lost. Needs --webhook-secret.",
+    show_default=False,
+)
+_KEEP_FILES = typer.Option(
+    False,
+    "--keep-files",
+    help="Keep the uploaded input files on the server when the job is done (default: delete them then).",
+)
+_WEBHOOK_HOST = typer.Option("127.0.0.1", "--webhook-host", help="With --webhook-port: the interface to listen on.")
+_WEBHOOK_SECRET = typer.Option(
+    None,
+    "--webhook-secret",
+    envvar="OPENAI_WEBHOOK_SECRET",
+    help="With --webhook-port: the endpoint's signing secret (whsec_...); deliveries that do not verify are "
+    "refused. Also read from OPENAI_WEBHOOK_SECRET.",
+    show_default=False,
+    show_envvar=True,
+)
 
 
 def register(root: typer.Typer) -> None:
@@ -83,6 +109,49 @@ def _parse_token_limits(values: list[str]) -> dict[str, int]:
     return limits
 
 
+@dataclass(frozen=True)
+class _Webhooks:
+    """Where to receive the API's webhooks while waiting, and the secret their signatures are checked with."""
+
+    host: str
+    port: int
+    secret: str
+
+
+def _webhooks(port: int | None, host: str, secret: str | None) -> _Webhooks | None:
+    if port is None:  # a secret alone changes nothing (OPENAI_WEBHOOK_SECRET may be set for other tools)
+        return None
+    if not secret:
+        raise typer.BadParameter(
+            "set --webhook-secret or OPENAI_WEBHOOK_SECRET (the endpoint's whsec_... signing secret)",
+            param_hint="--webhook-port",
+        )
+    return _Webhooks(host, port, secret)
+
+
+def _start_receiver(stack: ExitStack, webhooks: _Webhooks) -> Any:
+    """Start receiving webhooks (verified with the secret) on a background thread; stopped with ``stack``."""
+    from ratepilot.webhooks import ReceiverServer, WebhookReceiver
+
+    def report_reject(reason: str) -> None:
+        typer.echo(f"ratepilot: refused a webhook delivery: {reason}", err=True)
+
+    try:
+        receiver = WebhookReceiver(webhooks.secret, on_reject=report_reject)
+    except ValueError as exc:  # the message never contains the secret
+        raise _fail(f"--webhook-secret: {exc}", ExitCode.BAD_INPUT) from None
+    server = ReceiverServer(receiver, webhooks.host, webhooks.port)
+    try:
+        server.start()
+    except OSError as exc:
+        raise _fail(
+            f"cannot listen on {webhooks.host}:{webhooks.port}: {exc.strerror or exc}", ExitCode.CANNOT_LISTEN
+        ) from None
+    stack.callback(server.stop)
+    typer.echo(f"ratepilot: receiving webhooks on {server.url}", err=True)
+    return receiver
+
+
 @contextmanager
 def _runner(
     state_dir: Path | None,
@@ -90,9 +159,11 @@ def _runner(
     *,
     poll_interval: float | None = None,
     fallback: str = "none",
+    webhooks: _Webhooks | None = None,
     **config: Any,
 ) -> Iterator[BatchRunner]:
-    """A runner on ``OPENAI_API_KEY`` / ``--base-url``, its client wrapped by a Pilot (throttled, retried)."""
+    """A runner on ``OPENAI_API_KEY`` / ``--base-url``, its client wrapped by a Pilot (throttled, retried);
+    with ``webhooks``, a receiver runs alongside and the runner waits on its events instead of polling."""
     from openai import OpenAI
 
     from ratepilot.batch import BatchConfig, BatchRunner, sdk_fallback
@@ -104,6 +175,7 @@ def _runner(
         raise _fail("set OPENAI_API_KEY (any non-empty value for a simulator)", ExitCode.BAD_INPUT)
     cfg = BatchConfig(poll_interval=poll_interval, **config)
     with ExitStack() as stack:
+        receiver = _start_receiver(stack, webhooks) if webhooks is not None else None
         raw = stack.enter_context(OpenAI(api_key=api_key, base_url=base_url))
         client = raw
         try:  # every upload, poll and list goes through the pilot's throttled transport when it is available
@@ -120,6 +192,7 @@ def _runner(
                 state_dir=state_dir,
                 config=cfg,
                 fallback=sdk_fallback(client) if fallback == "online" else None,
+                receiver=receiver,
             )
         )
         yield runner
@@ -229,29 +302,39 @@ def submit(
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Submissions per request, retries included."),
     poll_interval: float | None = _POLL,
     fallback: str = _FALLBACK,
+    keep_files: bool = _KEEP_FILES,
+    webhook_port: int | None = _WEBHOOK_PORT,
+    webhook_host: str = _WEBHOOK_HOST,
+    webhook_secret: str | None = _WEBHOOK_SECRET,
     state_dir: Path | None = _STATE_DIR,
     base_url: str | None = _BASE_URL,
     as_json: bool = _JSON,
 ) -> None:
     """Validate REQUESTS (nothing is uploaded if any line is bad), shard it, upload and create the batches.
 
-    Rerunning the same command resumes the job; it never creates a batch twice.
+    Rerunning the same command resumes the job; it never creates a batch twice. With --wait and
+    --webhook-port, the wait is driven by the API's batch webhooks instead of polling.
     """
     from ratepilot.batch.runner import check_output, default_job_name
 
     if token_estimate not in ("fast", "exact"):
         raise typer.BadParameter("use 'fast' or 'exact'", param_hint="--token-estimate")
+    webhooks = _webhooks(webhook_port, webhook_host, webhook_secret)
+    if webhooks is not None and not wait_:
+        raise typer.BadParameter("only with --wait (submit alone does not wait)", param_hint="--webhook-port")
     runner_cm = _runner(
         state_dir,
         base_url,
         poll_interval=poll_interval,
         fallback=fallback,
+        webhooks=webhooks,
         max_requests=max_requests,
         max_bytes=max_bytes,
         max_embedding_inputs=max_embedding_inputs,
         token_limits=_parse_token_limits(token_limit),
         token_estimate=token_estimate,
         max_attempts=max_attempts,
+        keep_files=keep_files,
     )
     with runner_cm as runner:
         if output is not None:  # refuse a results file of another job before anything is uploaded
@@ -298,12 +381,29 @@ def wait(
     poll_interval: float | None = _POLL,
     fallback: str = _FALLBACK,
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Submissions per request, retries included."),
+    keep_files: bool = _KEEP_FILES,
+    webhook_port: int | None = _WEBHOOK_PORT,
+    webhook_host: str = _WEBHOOK_HOST,
+    webhook_secret: str | None = _WEBHOOK_SECRET,
     state_dir: Path | None = _STATE_DIR,
     base_url: str | None = _BASE_URL,
     as_json: bool = _JSON,
 ) -> None:
-    """Track the job's batches until every request is answered: submits deferred shards, collects, retries."""
-    with _runner(state_dir, base_url, poll_interval=poll_interval, fallback=fallback, max_attempts=max_attempts) as r:
+    """Track the job's batches until every request is answered: submits deferred shards, collects, retries.
+
+    With --webhook-port, batches are not polled: the API's batch.* webhooks (verified with --webhook-secret)
+    wake the wait, and each batch is retrieved once to confirm.
+    """
+    webhooks = _webhooks(webhook_port, webhook_host, webhook_secret)
+    with _runner(
+        state_dir,
+        base_url,
+        poll_interval=poll_interval,
+        fallback=fallback,
+        max_attempts=max_attempts,
+        keep_files=keep_files,
+        webhooks=webhooks,
+    ) as r:
         result = _run_guarded(lambda: r.wait(name, timeout=timeout))
         _print_status(result, as_json)
         if output is not None:
