@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .sqlite import open_database
+
 __all__ = [
     "DEFAULT_DB_NAME",
     "JobRecord",
@@ -207,16 +209,15 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed intent is on disk before the server call it announces.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        # 32 MiB of page cache (the default 2 MiB thrashes when a million-line index is updated in random
-        # custom_id order); well inside the 300 MB budget of a million-request job.
-        self._db.execute("PRAGMA cache_size=-32768")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(
+            self.path,
+            # FULL: a committed intent is on disk before the server call it announces.
+            synchronous="FULL",
+            # 32 MiB of page cache (the default 2 MiB thrashes when a million-line index is updated in random
+            # custom_id order); well inside the 300 MB budget of a million-request job.
+            pragmas=("cache_size=-32768",),
+            schema=_SCHEMA,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def close(self) -> None:
