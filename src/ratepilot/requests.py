@@ -30,12 +30,15 @@ Parsing one line is a pure function (:func:`parse_line`); :func:`read_requests` 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import pickle
+import struct
+import sys
 from array import array
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import IO, Any
 
 import orjson
@@ -57,6 +60,8 @@ __all__ = [
     "parse_upload_block",
     "read_requests",
     "read_upload_block",
+    "recv_message",
+    "send_message",
     "serve_upload_blocks",
 ]
 
@@ -550,23 +555,67 @@ def read_upload_block(
     return parse_upload_block(block, first_line, exact_tokens=exact_tokens, max_errors=max_errors)
 
 
-def serve_upload_blocks(conn: Connection) -> None:
+# A parsing worker is a fresh interpreter running :func:`serve_upload_blocks` on its stdin and stdout, started
+# by the planner with ``python -c WORKER_CODE`` rather than by multiprocessing: "spawn" re-imports the caller's
+# ``__main__`` in every worker (a script without a main guard would run again, once per worker; the CLI would
+# import typer for nothing), and "fork" is unsafe in a process with threads. The messages are pickles, each
+# after its length (8 bytes, big-endian): the framing of multiprocessing.connection, on plain pipes.
+WORKER_CODE = (
+    # first of all: Ctrl-C reaches the whole process group, and the planner stops its workers itself
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "from ratepilot.requests import serve_upload_blocks; serve_upload_blocks()\n"
+)
+_HEADER = struct.Struct("!Q")
+
+
+def send_message(out: IO[bytes], obj: object) -> None:
+    """Write ``obj`` as one message (pickled before anything is written: a failure leaves the stream clean)."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    out.write(_HEADER.pack(len(data)))
+    out.write(data)
+    out.flush()
+
+
+def recv_message(inp: IO[bytes]) -> Any:
+    """Read one message; ``EOFError`` when the other end is gone (closed, exited, killed)."""
+    header = inp.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError
+    (size,) = _HEADER.unpack(header)
+    data = inp.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)  # only ever from the planner or its own worker process
+
+
+def serve_upload_blocks(inp: IO[bytes] | None = None, out: IO[bytes] | None = None) -> None:
     """The loop of a parsing worker process: ``(path, start, end, first_line, exact_tokens, max_errors)`` tasks
-    in, :class:`UploadBlock` s (or the exception raised) out, until ``None`` (or the planner is gone)."""
+    in, :class:`UploadBlock` s (or the exception raised) out, until ``None`` (or the planner is gone).
+
+    By default on the process's stdin and stdout; stdout is then moved off fd 1 (which becomes stderr), so a
+    stray ``print`` cannot corrupt the stream.
+    """
+    if inp is None:
+        inp = sys.stdin.buffer
+    if out is None:
+        out = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
     try:
-        while (task := conn.recv()) is not None:
+        while (task := recv_message(inp)) is not None:
             try:
                 result: UploadBlock | BaseException = read_upload_block(*task)
             except Exception as exc:  # the planner re-raises it
                 result = exc
             try:
-                conn.send(result)  # pickled before anything is written: a failure leaves the pipe clean
+                send_message(out, result)
             except Exception:  # an exception that does not pickle: its description does
-                conn.send(RuntimeError(f"parsing worker failed: {result!r}"))
+                send_message(out, RuntimeError(f"parsing worker failed: {result!r}"))
     except (EOFError, OSError):
         pass  # the planner stopped (an error, or killed): nothing left to do
     finally:
-        conn.close()
+        with contextlib.suppress(OSError):
+            out.close()
 
 
 def _exact_estimator() -> Callable[[str, Mapping[str, Any]], int]:

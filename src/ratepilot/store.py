@@ -343,18 +343,20 @@ class Store:
         try:
             self._db.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {t}_cid ON {t} (custom_id)")
         except sqlite3.IntegrityError:
-            found: list[tuple[str, int, int]] = []
-            total = 0
-            rows = self._db.execute(
-                f"SELECT custom_id, MIN(idx), GROUP_CONCAT(idx), COUNT(*) FROM {t} GROUP BY custom_id "
-                "HAVING COUNT(*) > 1 ORDER BY MIN(idx)"
-            )
-            for cid, first, idxs, count in rows:
-                total += int(count) - 1
-                for idx in sorted(int(i) for i in str(idxs).split(","))[1:]:
-                    found.append((cid, int(first), idx))
-            found.sort(key=lambda d: d[2])
-            return found[:report], total
+            # Bounded whatever the number of duplicates: SQLite sorts on disk past its cache, and only the
+            # first `report` duplicates (in line order) come back, each with its id's first line.
+            found = [
+                (str(cid), int(first), int(idx))
+                for cid, first, idx in self._db.execute(
+                    f"SELECT custom_id, first, idx FROM (SELECT custom_id, idx, "
+                    "ROW_NUMBER() OVER (PARTITION BY custom_id ORDER BY idx) AS n, "
+                    f"MIN(idx) OVER (PARTITION BY custom_id) AS first FROM {t}) "
+                    "WHERE n > 1 ORDER BY idx LIMIT ?",
+                    (report,),
+                )
+            ]
+            row = self._db.execute(f"SELECT COUNT(*) - COUNT(DISTINCT custom_id) FROM {t}").fetchone()
+            return found, int(row[0])
         # (shard) only: state changes on every result, and keeping it out of the index keeps those updates cheap.
         self._db.execute(f"CREATE INDEX IF NOT EXISTS {t}_shard ON {t} (shard)")
         return [], 0

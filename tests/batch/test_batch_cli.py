@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openai import OpenAI
 from typer.testing import CliRunner
 
+from ratepilot.batch import BatchRunner
 from ratepilot.cli import app
 from ratepilot.exitcodes import ExitCode
 from ratepilot.protocol.webhooks import new_secret
@@ -166,6 +168,8 @@ def test_webhook_options_are_checked_before_anything_is_sent(sim: Simulator, tmp
     bad = "whsec_!!!not-base64!!!"
     code, out = _invoke(sim, state, "submit", str(requests), "--wait", "--webhook-port", port, "--webhook-secret", bad)
     assert code == ExitCode.BAD_INPUT and "--webhook-secret" in out and bad not in out  # never echoes the secret
+    with OpenAI(api_key=API_KEY, base_url=sim.base_url) as client, BatchRunner(client, state_dir=state) as runner:
+        runner.prepare(requests, name="x")  # planned, nothing uploaded: `wait` checks the job before the port
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -45,8 +45,8 @@ class BatchConfig:
     """Enqueued-token estimate per request: ``fast`` = line bytes / 4 (a conservative bound for Latin text,
     no tokenizer cost), ``exact`` = the real tokenizer (``protocol.tokens.estimate_prompt_tokens``)."""
     parse_workers: int | None = None
-    """Processes validating lines in parallel while planning: ``None`` = one per CPU for files of 256 MB and
-    more, inline below; ``1`` = always inline; ``n`` = always ``n`` workers."""
+    """Processes validating lines in parallel while planning: ``None`` = one per usable CPU, at most 4, for
+    files of 256 MB and more, inline below; ``1`` = always inline; ``n`` = always ``n`` workers."""
     max_deferrals: int = 50
     """How often a shard may fail with ``token_limit_exceeded`` before its lines are reported as failed."""
     keep_files: bool = False

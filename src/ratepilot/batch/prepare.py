@@ -16,24 +16,32 @@ import contextlib
 import hashlib
 import heapq
 import itertools
-import multiprocessing
 import operator
 import os
+import signal
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from ..errors import InputError
-from ..requests import InvalidLine, UploadBlock, UploadGroup, parse_upload_block, serve_upload_blocks
+from ..errors import InputError, RatePilotError
+from ..requests import (
+    WORKER_CODE,
+    InvalidLine,
+    UploadBlock,
+    UploadGroup,
+    parse_upload_block,
+    recv_message,
+    send_message,
+)
 from ..store import JobRecord, ShardRecord, Store
 from .config import BatchConfig
 from .crash import crash_point
 from .plan import Segment, ShardSpec, ShardWriter
 
-__all__ = ["MAX_REPORTED_ERRORS", "BatchInputError", "PlanSummary", "fingerprint", "plan_job"]
+__all__ = ["MAX_REPORTED_ERRORS", "BatchInputError", "ParseWorkerError", "PlanSummary", "fingerprint", "plan_job"]
 
 MAX_REPORTED_ERRORS = 20
 
@@ -130,56 +138,130 @@ def _inline_blocks(path: Path, exact: bool) -> Iterator[UploadBlock]:
 def _parallel_blocks(path: Path, size: int, exact: bool, workers: int) -> Iterator[UploadBlock]:
     """Blocks parsed by ``workers`` processes, handed out round-robin and read back in the same order.
 
-    A plain pipe per worker, read by this thread, rather than a ProcessPoolExecutor: the executor unpickles
-    results on a thread of its own, which contends for the GIL with the planner (whose SQLite inserts
-    release and retake it on every row) and made those inserts twice as slow.
+    A plain pipe each way per worker, read by this thread, rather than a ProcessPoolExecutor: the executor
+    unpickles results on a thread of its own, which contends for the GIL with the planner (whose SQLite
+    inserts release and retake it on every row) and made those inserts twice as slow.
     """
     ranges = _chunks(path, size, CHUNK_BYTES)
-    # Workers run ratepilot.requests.serve_upload_blocks (not a function of this package): a spawned worker
-    # imports only the module of the function it runs, and this package would pull in the OpenAI SDK.
-    ctx = multiprocessing.get_context("spawn")
-    conns: list[Connection] = []
-    procs: list[BaseProcess] = []
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(workers):
-            mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=serve_upload_blocks, args=(theirs,), daemon=True)
-            proc.start()
-            theirs.close()
-            conns.append(mine)
-            procs.append(proc)
-        pending: deque[Connection] = deque()  # the worker of each block in flight, in file order
+            procs.append(_start_worker())
+        pending: deque[subprocess.Popen[bytes]] = deque()  # the worker of each block in flight, in file order
         for i, r in enumerate(itertools.islice(ranges, workers * 2)):  # bounded in flight: bounded memory
-            conns[i % workers].send((str(path), *r, exact, MAX_REPORTED_ERRORS))
-            pending.append(conns[i % workers])
+            _send(procs[i % workers], (str(path), *r, exact, MAX_REPORTED_ERRORS))
+            pending.append(procs[i % workers])
         while pending:
-            conn = pending.popleft()
+            proc = pending.popleft()
+            assert proc.stdout is not None
             try:
-                block = conn.recv()
-            except EOFError:
-                raise RuntimeError("a parsing worker process exited unexpectedly (killed, out of memory?)") from None
+                block = recv_message(proc.stdout)
+            except (EOFError, OSError):
+                raise _worker_died(proc) from None
             if isinstance(block, BaseException):
                 raise block
             nxt = next(ranges, None)
             if nxt is not None:
-                conn.send((str(path), *nxt, exact, MAX_REPORTED_ERRORS))
-                pending.append(conn)
+                _send(proc, (str(path), *nxt, exact, MAX_REPORTED_ERRORS))
+                pending.append(proc)
             yield block
     finally:
-        for conn in conns:
+        _stop_workers(procs)
+
+
+def _start_worker() -> subprocess.Popen[bytes]:
+    """A parsing worker: a fresh interpreter that imports only :mod:`ratepilot.requests` (not the caller's
+    ``__main__``, which multiprocessing's "spawn" would run again in every worker; see ``WORKER_CODE``)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER_CODE, _PACKAGE_ROOT],  # the same ratepilot as this process's
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    _widen_pipe(proc.stdout.fileno())
+    return proc
+
+
+def _widen_pipe(fd: int) -> None:
+    """Give a results pipe 1 MB (Linux; the default is 64 KB): a block is megabytes, and a small pipe makes the
+    worker and the planner take turns 64 KB at a time (multiprocessing's socketpairs buffer more, too)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):  # another OS, or over the system's pipe-max-size
+        pass
+
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _send(proc: subprocess.Popen[bytes], task: tuple[object, ...]) -> None:
+    assert proc.stdin is not None
+    try:
+        send_message(proc.stdin, task)
+    except OSError:  # BrokenPipeError: the worker is gone
+        raise _worker_died(proc) from None
+
+
+def _worker_died(proc: subprocess.Popen[bytes]) -> ParseWorkerError:
+    try:
+        code: int | None = proc.wait(5.0)  # its pipe is closed: it has exited, or is about to
+    except subprocess.TimeoutExpired:
+        code = None
+    if code is None:
+        how = "its pipe closed"
+    elif code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"killed by {name}: by hand, or by the out-of-memory killer?"
+    else:
+        how = f"exit code {code}"
+    return ParseWorkerError(
+        f"a parsing worker process exited unexpectedly ({how}); nothing was uploaded, rerun to plan the job again"
+    )
+
+
+def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop every worker and reap it (no process is left behind, whatever happened)."""
+    for proc in procs:
+        # Our end of its results pipe first: a worker blocked writing a block nobody will read gets EPIPE.
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.stdin is not None:
             with contextlib.suppress(OSError):
-                conn.send(None)  # done: the worker returns
-            conn.close()
-        for worker in procs:
-            worker.join(5.0)
-            if worker.exitcode is None:
-                worker.kill()
-                worker.join()
+                send_message(proc.stdin, None)  # done: the worker returns
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+    for proc in procs:
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+MAX_DEFAULT_WORKERS = 4
+"""Parsing processes by default, at most. Each holds up to 2 blocks in flight (its task's input and its
+result, a few MB each, plus an interpreter of ~20 MB), and a job's planning must stay within 300 MB; past
+about 4 workers the planner's single thread (SQLite inserts, shard writes) is the bottleneck anyway."""
 
 
 def default_workers() -> int:
-    """Parsing processes for a large file: one per CPU (the planner itself mostly waits on them)."""
-    return max(1, (os.cpu_count() or 1))
+    """Parsing processes for a large file: one per CPU this process may run on, at most
+    :data:`MAX_DEFAULT_WORKERS` (``os.cpu_count()`` counts CPUs of the machine, not of a container's or a
+    ``taskset``'s share, and is unbounded on large hosts)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on every platform (macOS, Windows)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_DEFAULT_WORKERS))
+
+
+class ParseWorkerError(RatePilotError, RuntimeError):
+    """A process parsing the requests file died (killed, out of memory): nothing was uploaded; rerun."""
 
 
 class _Errors:

@@ -334,6 +334,8 @@ class BatchRunner:
     # ------------------------------------------------------------------------------------------ the loop
     def _drive(self, job: JobRecord, *, block: bool, timeout: float | None = None, collect_only: bool = False) -> None:
         deadline = None if timeout is None else self.clock.now() + timeout
+        if self.config.keep_files:
+            self._remember_keep_files(job)
         while True:
             shards = self.store.shards(job)
             accepting = job.state != "cancelled" and not collect_only
@@ -374,7 +376,7 @@ class BatchRunner:
                         self._sleep(job, numbers, wait)
                 case Done(blocked):
                     if not blocked and accepting and job.state != "done":
-                        if not self.config.keep_files:
+                        if not self._keeps_files(job):
                             # before "done": a crash in between deletes again on the rerun (a 404 is fine)
                             self._delete_inputs(job)
                         self.store.update_job(job, state="done")
@@ -653,6 +655,18 @@ class BatchRunner:
             self.store.mark_unanswered(job, shard.shard, state, code)
             self.store.update_shard(shard, state=ShardState.COLLECTED, event="collected")
 
+    def _keeps_files(self, job: JobRecord) -> bool:
+        """Whether the job's input files stay on the server once it is done: asked for by this runner's
+        config, or by the one that planned the job or drove it earlier (a later command without the flag must
+        not delete what ``submit --keep-files`` meant to keep)."""
+        return self.config.keep_files or bool(_job_config(job).get("keep_files"))
+
+    def _remember_keep_files(self, job: JobRecord) -> None:
+        """Record ``keep_files`` on the job (it may be turned on after submit, never off again)."""
+        stored = _job_config(job)
+        if not stored.get("keep_files"):
+            self.store.update_job(job, config=json.dumps({**stored, "keep_files": True}))
+
     def _delete_inputs(self, job: JobRecord) -> None:
         """The job is finished: delete the input files it uploaded (they count against the organization's
         file storage and are never needed again). Best effort: a file that cannot be deleted is recorded in the
@@ -839,3 +853,12 @@ def _config_dict(config: BatchConfig) -> dict[str, Any]:
     data = asdict(config)
     data["token_limits"] = dict(config.token_limits)
     return data
+
+
+def _job_config(job: JobRecord) -> dict[str, Any]:
+    """The settings recorded on the job (its planner's :class:`BatchConfig`, plus later choices)."""
+    try:
+        data = json.loads(job.config or "{}")
+    except ValueError:  # a damaged record: fall back to this runner's settings
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -65,28 +65,42 @@ _POLL = typer.Option(
 _FALLBACK = typer.Option(
     "none", "--fallback", help="'online': answer requests still failing after --max-attempts through the online API."
 )
-_WEBHOOK_PORT = typer.Option(
+_WEBHOOK_PORT_HELP = (
+    "Wait on the API's batch.* webhooks instead of polling: receive them on this port (point the "
+    "endpoint configured at platform.openai.com here, e.g. through a tunnel). Batches are then retrieved only "
+    "to confirm an event, plus a slow backstop poll in case one is lost. Needs the endpoint's secret "
+    "(OPENAI_WEBHOOK_SECRET)."
+)
+_WEBHOOK_PORT = typer.Option(None, "--webhook-port", min=0, max=65535, help=_WEBHOOK_PORT_HELP, show_default=False)
+_WEBHOOK_PORT_SUBMIT = typer.Option(
     None,
     "--webhook-port",
     min=0,
     max=65535,
-    help="Wait on the API's batch.* webhooks instead of polling: receive them on this port (point the "
-    "endpoint configured at platform.openai.com here, e.g. through a tunnel). Batches are then retrieved only "
-    "to confirm an event, plus a slow backstop poll in case one is lost. Needs --webhook-secret.",
+    help=_WEBHOOK_PORT_HELP + " Only with --wait (submit alone does not wait).",
     show_default=False,
 )
 _KEEP_FILES = typer.Option(
     False,
     "--keep-files",
-    help="Keep the uploaded input files on the server when the job is done (default: delete them then).",
+    help="Keep the job's uploaded input files on the server. Without it they are deleted when `submit`, `wait` "
+    "or `ratepilot run --mode batch` finds the job done (every request answered; for `submit`, in practice "
+    "with --wait) — never by `collect` alone or `cancel`. Remembered by the job: a later command without the "
+    "flag keeps them too.",
 )
-_WEBHOOK_HOST = typer.Option("127.0.0.1", "--webhook-host", help="With --webhook-port: the interface to listen on.")
+_WEBHOOK_HOST = typer.Option(
+    None,
+    "--webhook-host",
+    help="With --webhook-port: the interface to listen on (default 127.0.0.1).",
+    show_default=False,
+)
 _WEBHOOK_SECRET = typer.Option(
     None,
     "--webhook-secret",
     envvar="OPENAI_WEBHOOK_SECRET",
     help="With --webhook-port: the endpoint's signing secret (whsec_...); deliveries that do not verify are "
-    "refused. Also read from OPENAI_WEBHOOK_SECRET.",
+    "refused. Prefer setting OPENAI_WEBHOOK_SECRET: a secret on the command line is visible to other users "
+    "of the machine (ps, /proc) and stays in the shell's history.",
     show_default=False,
     show_envvar=True,
 )
@@ -115,18 +129,20 @@ class _Webhooks:
 
     host: str
     port: int
-    secret: str
+    secret: str = field(repr=False)  # never in a traceback's or a log's repr
 
 
-def _webhooks(port: int | None, host: str, secret: str | None) -> _Webhooks | None:
+def _webhooks(port: int | None, host: str | None, secret: str | None) -> _Webhooks | None:
     if port is None:  # a secret alone changes nothing (OPENAI_WEBHOOK_SECRET may be set for other tools)
+        if host is not None:
+            raise typer.BadParameter("only with --webhook-port", param_hint="--webhook-host")
         return None
     if not secret:
         raise typer.BadParameter(
             "set --webhook-secret or OPENAI_WEBHOOK_SECRET (the endpoint's whsec_... signing secret)",
             param_hint="--webhook-port",
         )
-    return _Webhooks(host, port, secret)
+    return _Webhooks(host or "127.0.0.1", port, secret)
 
 
 def _start_receiver(stack: ExitStack, webhooks: _Webhooks) -> Any:
@@ -160,10 +176,12 @@ def _runner(
     poll_interval: float | None = None,
     fallback: str = "none",
     webhooks: _Webhooks | None = None,
+    job: str | None = None,
     **config: Any,
 ) -> Iterator[BatchRunner]:
     """A runner on ``OPENAI_API_KEY`` / ``--base-url``, its client wrapped by a Pilot (throttled, retried);
-    with ``webhooks``, a receiver runs alongside and the runner waits on its events instead of polling."""
+    with ``webhooks``, a receiver runs alongside and the runner waits on its events instead of polling.
+    ``job``: a job that must exist, checked before the receiver takes its port."""
     from openai import OpenAI
 
     from ratepilot.batch import BatchConfig, BatchRunner, sdk_fallback
@@ -175,7 +193,6 @@ def _runner(
         raise _fail("set OPENAI_API_KEY (any non-empty value for a simulator)", ExitCode.BAD_INPUT)
     cfg = BatchConfig(poll_interval=poll_interval, **config)
     with ExitStack() as stack:
-        receiver = _start_receiver(stack, webhooks) if webhooks is not None else None
         raw = stack.enter_context(OpenAI(api_key=api_key, base_url=base_url))
         client = raw
         try:  # every upload, poll and list goes through the pilot's throttled transport when it is available
@@ -192,9 +209,12 @@ def _runner(
                 state_dir=state_dir,
                 config=cfg,
                 fallback=sdk_fallback(client) if fallback == "online" else None,
-                receiver=receiver,
             )
         )
+        if job is not None:  # an unknown job is a plain error (exit 2), not a receiver started for nothing
+            _run_guarded(lambda: runner.status(job))
+        if webhooks is not None:  # the runner subscribes to it only when it waits
+            runner.receiver = _start_receiver(stack, webhooks)
         yield runner
 
 
@@ -303,8 +323,8 @@ def submit(
     poll_interval: float | None = _POLL,
     fallback: str = _FALLBACK,
     keep_files: bool = _KEEP_FILES,
-    webhook_port: int | None = _WEBHOOK_PORT,
-    webhook_host: str = _WEBHOOK_HOST,
+    webhook_port: int | None = _WEBHOOK_PORT_SUBMIT,
+    webhook_host: str | None = _WEBHOOK_HOST,
     webhook_secret: str | None = _WEBHOOK_SECRET,
     state_dir: Path | None = _STATE_DIR,
     base_url: str | None = _BASE_URL,
@@ -383,7 +403,7 @@ def wait(
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Submissions per request, retries included."),
     keep_files: bool = _KEEP_FILES,
     webhook_port: int | None = _WEBHOOK_PORT,
-    webhook_host: str = _WEBHOOK_HOST,
+    webhook_host: str | None = _WEBHOOK_HOST,
     webhook_secret: str | None = _WEBHOOK_SECRET,
     state_dir: Path | None = _STATE_DIR,
     base_url: str | None = _BASE_URL,
@@ -403,6 +423,7 @@ def wait(
         max_attempts=max_attempts,
         keep_files=keep_files,
         webhooks=webhooks,
+        job=name,
     ) as r:
         result = _run_guarded(lambda: r.wait(name, timeout=timeout))
         _print_status(result, as_json)
