@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from openai import OpenAI
+from typer.testing import CliRunner
 
 from ratepilot.batch import BatchConfig, BatchRunner
+from ratepilot.cli import app
 from ratepilot.clock import FakeClock
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
@@ -70,3 +73,34 @@ def make_runner(fake_sim: Simulator, tmp_path: Path) -> Iterator[Callable[..., B
     for runner, client in made:
         runner.close()
         client.close()
+
+
+def invoke_batch_cli(sim: Simulator, state: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``ratepilot batch <args>`` against ``sim`` with its state in ``state``: (exit code, output)."""
+    env = {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": sim.base_url,
+        "RATEPILOT_HOME": str(state),
+        "OPENAI_WEBHOOK_SECRET": "",
+        **(env or {}),
+    }
+    result = CliRunner().invoke(app, ["batch", *args], env=env)
+    return result.exit_code, result.output
+
+
+@contextmanager
+def webhook_job(tmp_path: Path, make_runner: Callable[..., BatchRunner]) -> Iterator[tuple[BatchRunner, Any, Path]]:
+    """A runner woken by the simulator's signed webhooks (two 5-line shards of 100 s each): (runner, receiver,
+    requests file). The receiver's server runs for the block."""
+    from ratepilot.protocol.webhooks import new_secret
+    from ratepilot.webhooks import ReceiverServer, WebhookReceiver
+
+    secret = new_secret()
+    receiver = WebhookReceiver(secret)
+    with ReceiverServer(receiver) as server:
+        runner = make_runner(
+            config=BatchConfig(max_requests=5),
+            longrun=LongrunConfig(batch_lines_per_second=0.05, webhook_url=server.url, webhook_secret=secret),
+            receiver=receiver,
+        )
+        yield runner, receiver, write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(10)])

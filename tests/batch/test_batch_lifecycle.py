@@ -15,7 +15,7 @@ from ratepilot.batch import prepare as prepare_mod
 from ratepilot.sim import Simulator
 from ratepilot.sim.longrun import LongrunConfig
 
-from .conftest import API_KEY, chat_line, read_results, write_jsonl
+from .conftest import API_KEY, chat_line, read_results, webhook_job, write_jsonl
 
 
 def _endpoint_calls(sim: Simulator, endpoint: str) -> int:
@@ -133,18 +133,7 @@ def test_parallel_validation_keeps_line_numbers(tmp_path: Path, monkeypatch: pyt
 
 
 def test_webhooks_replace_polling(tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]) -> None:
-    from ratepilot.protocol.webhooks import new_secret
-    from ratepilot.webhooks import ReceiverServer, WebhookReceiver
-
-    secret = new_secret()
-    receiver = WebhookReceiver(secret)
-    with ReceiverServer(receiver) as server:
-        runner = make_runner(
-            config=BatchConfig(max_requests=5),
-            longrun=LongrunConfig(batch_lines_per_second=0.05, webhook_url=server.url, webhook_secret=secret),
-            receiver=receiver,
-        )
-        requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(10)])
+    with webhook_job(tmp_path, make_runner) as (runner, receiver, requests):
         status = runner.wait(runner.submit(requests, name="hooks").name)
         assert status.complete and status.done == 10
     # Two batches of 100 s each: no polling, one confirming retrieve per batch event. (The fake clock runs

@@ -18,7 +18,7 @@ from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
 from ratepilot.store import JobRecord, Store
 
-from .conftest import API_KEY, chat_line, write_jsonl
+from .conftest import API_KEY, chat_line, invoke_batch_cli, webhook_job, write_jsonl
 
 
 def _batch_files(sim: Simulator) -> list[str]:
@@ -26,29 +26,18 @@ def _batch_files(sim: Simulator) -> list[str]:
         return [f.id for f in client.files.list(purpose="batch")]
 
 
-def _cli(sim: Simulator, state: Path, *args: str) -> tuple[int, str]:
-    env = {
-        "OPENAI_API_KEY": API_KEY,
-        "OPENAI_BASE_URL": sim.base_url,
-        "RATEPILOT_HOME": str(state),
-        "OPENAI_WEBHOOK_SECRET": "",
-    }
-    result = CliRunner().invoke(app, ["batch", *args], env=env)
-    return result.exit_code, result.output
-
-
 def test_keep_files_is_remembered_by_the_job(tmp_path: Path) -> None:
     requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(4)])
     with Simulator(SimConfig(latency_ms=0)) as sim:
         configure(sim.state, LongrunConfig(time_scale=500.0, batch_lines_per_second=100.0))
         args = ["submit", str(requests), "--name", "kept", "--max-requests", "2"]
-        code, out = _cli(sim, tmp_path / "s", *args, "--keep-files")
+        code, out = invoke_batch_cli(sim, tmp_path / "s", *args, "--keep-files")
         assert code == 0, out
-        code, out = _cli(sim, tmp_path / "s", *args)  # a rerun without the flag does not turn keeping off
+        code, out = invoke_batch_cli(sim, tmp_path / "s", *args)  # a rerun without the flag does not turn keeping off
         assert code == 0, out
         inputs = set(_batch_files(sim))
         assert len(inputs) == 2
-        code, out = _cli(sim, tmp_path / "s", "wait", "kept", "--poll-interval", "0.01", "--timeout", "60")
+        code, out = invoke_batch_cli(sim, tmp_path / "s", "wait", "kept", "--poll-interval", "0.01", "--timeout", "60")
         assert code == 0 and "requests 4: done 4" in out, out
         assert inputs <= set(_batch_files(sim))  # `wait` without the flag kept them: the job remembers
     help_text = CliRunner().invoke(app, ["batch", "wait", "--help"], env={"COLUMNS": "200"}).output
@@ -95,9 +84,11 @@ def test_duplicate_report_is_the_first_duplicates_in_line_order(tmp_path: Path) 
 def test_webhook_host_needs_a_port_and_wait_checks_the_job_first(tmp_path: Path) -> None:
     with Simulator(SimConfig(latency_ms=0)) as sim:
         requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(0)])
-        code, out = _cli(sim, tmp_path / "s", "submit", str(requests), "--webhook-host", "0.0.0.0")
+        code, out = invoke_batch_cli(sim, tmp_path / "s", "submit", str(requests), "--webhook-host", "0.0.0.0")
         assert code == 2 and "--webhook-host" in out and "only with --webhook-port" in out  # a usage error
-        code, out = _cli(sim, tmp_path / "s", "wait", "nope", "--webhook-port", "0", "--webhook-secret", new_secret())
+        code, out = invoke_batch_cli(
+            sim, tmp_path / "s", "wait", "nope", "--webhook-port", "0", "--webhook-secret", new_secret()
+        )
         assert code == ExitCode.BAD_INPUT and "no batch job named 'nope'" in out
         assert "receiving webhooks" not in out  # no port was taken for a job that does not exist
         assert sim.stats()["requests"]["total"] == 0
@@ -108,17 +99,7 @@ def test_webhook_host_needs_a_port_and_wait_checks_the_job_first(tmp_path: Path)
 def test_a_webhook_wakes_a_timed_wait_and_the_job_goes_on(
     tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
 ) -> None:
-    from ratepilot.webhooks import ReceiverServer, WebhookReceiver
-
-    secret = new_secret()
-    receiver = WebhookReceiver(secret)
-    with ReceiverServer(receiver) as server:
-        runner = make_runner(
-            config=BatchConfig(max_requests=5),
-            longrun=LongrunConfig(batch_lines_per_second=0.05, webhook_url=server.url, webhook_secret=secret),
-            receiver=receiver,
-        )
-        requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(10)])
+    with webhook_job(tmp_path, make_runner) as (runner, receiver, requests):
         name = runner.submit(requests, name="timed").name
         start = fake_sim.clock.now()
         status = runner.wait(name, timeout=1000.0)  # above the batches' 100 s, under the 1800 s backstop poll
