@@ -243,10 +243,12 @@ def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-MAX_DEFAULT_WORKERS = 4
-"""Parsing processes by default, at most. Each holds up to 2 blocks in flight (its task's input and its
-result, a few MB each, plus an interpreter of ~20 MB), and a job's planning must stay within 300 MB; past
-about 4 workers the planner's single thread (SQLite inserts, shard writes) is the bottleneck anyway."""
+MAX_DEFAULT_WORKERS = 2
+"""Parsing processes by default, at most. A job's planning must stay within 300 MB: measured on 1M requests
+(``bench/batch_scale.py``), the planner peaks at ~157 MB with two workers' blocks in flight and each worker at
+~60 MB, 278 MB in all; every further worker adds ~85 MB. Throughput does not need more: one worker already
+gives ~140 MB/s, two ~150-170 MB/s (the planner's single thread, SQLite inserts and shard writes, is next).
+``BatchConfig(parse_workers=N)`` sets the count explicitly."""
 
 
 def default_workers() -> int:
