@@ -10,7 +10,7 @@ from ratepilot.protocol.errors import (
     rate_limit_error,
 )
 from ratepilot.protocol.headers import RateLimitHeaders, format_duration, parse_duration, parse_try_again_in
-from ratepilot.protocol.tokens import admission_cost, count_text, estimate_prompt_tokens
+from ratepilot.protocol.tokens import admission_cost, count_text, estimate_prompt_tokens, reservation_tokens
 
 
 @pytest.mark.parametrize(
@@ -107,3 +107,67 @@ def test_estimates_never_raise_on_odd_shapes(body: dict[str, object]) -> None:
     for endpoint in ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions"):
         assert admission_cost(endpoint, body) >= 0
         assert estimate_prompt_tokens(endpoint, body) >= 0
+
+
+CHAT = "/v1/chat/completions"
+MSG = [{"role": "user", "content": "x" * 400}]  # 100 tokens by the server's chars/4 rule
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "expected"),
+    [
+        (CHAT, {"messages": MSG}, 100),
+        (CHAT, {"messages": MSG, "max_tokens": 150}, 150),
+        (CHAT, {"messages": MSG, "max_completion_tokens": 60, "n": 3}, 180),  # n x the cap
+        ("/v1/responses", {"input": "x" * 400, "max_output_tokens": 300}, 300),
+        ("/v1/responses", {"input": "x" * 40, "instructions": "y" * 40}, 20),
+        ("/v1/completions", {"prompt": "x" * 400, "max_tokens": 10, "n": 2}, 100),
+        ("/v1/embeddings", {"model": "text-embedding-3-small", "input": [11, 22, 33]}, 3),  # one token array
+        ("/v1/embeddings", {"model": "text-embedding-3-small", "input": [[1, 2], [3]]}, 3),  # a list of them
+    ],
+)
+def test_admission_cost_follows_the_servers_rule(endpoint: str, body: dict[str, object], expected: int) -> None:
+    assert admission_cost(endpoint, body) == expected
+
+
+def test_embeddings_inputs_are_counted_with_the_tokenizer() -> None:
+    one = admission_cost("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hello world"})
+    assert one == count_text("hello world", "text-embedding-3-small") == 2
+    many = admission_cost("/v1/embeddings", {"model": "text-embedding-3-small", "input": ["hello world", "hi"]})
+    assert many == 2 + count_text("hi")
+
+
+def test_images_tool_calls_and_responses_items_are_counted_without_crashing() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    chat = {"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 40}, image]}]}
+    assert admission_cost(CHAT, chat) == 10 + 765
+    tool_turn = {
+        "messages": [
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "x" * 40},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"enum": {1, 2}}}}],  # a set: not JSON
+    }
+    assert admission_cost(CHAT, tool_turn) >= 10 and estimate_prompt_tokens(CHAT, tool_turn) >= 10
+    items = {
+        "input": [
+            {
+                "role": "user",
+                "content": [{"type": "input_text", "text": "x" * 40}, {"type": "input_image", "image_url": "u"}],
+            },
+            {"type": "function_call_output", "call_id": "c1", "output": "y" * 40},
+        ]
+    }
+    assert admission_cost("/v1/responses", items) >= 10 + 765
+    assert estimate_prompt_tokens("/v1/responses", items) > 765
+
+
+def test_reservation_tokens_mirror_the_server_or_count_with_the_tokenizer() -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5, "n": 2}
+    assert reservation_tokens(CHAT, body) == admission_cost(CHAT, body)
+    assert reservation_tokens(CHAT, body, "tokenizer") == estimate_prompt_tokens(CHAT, body) + 10
+    with pytest.raises(ValueError, match="unknown token estimate"):
+        reservation_tokens(CHAT, body, "guess")

@@ -222,3 +222,33 @@ def test_threads_share_one_wrapped_client(make_sim: Callable[..., Simulator], cl
             answers = list(pool.map(one, range(16)))
     assert all(answers)
     assert total_requests(sim) == 16 and sim_429s(sim) == 0
+
+
+@pytest.mark.parametrize("estimate", ["server", "tokenizer"])
+def test_token_estimate_decides_what_the_limiter_reserves(clock: FakeClock, api_key: str, estimate: str) -> None:
+    from ratepilot.client.passthrough import PassThroughLimiter
+    from ratepilot.limits import Cost, Grant, Priority, Scope
+    from ratepilot.protocol.tokens import reservation_tokens
+
+    reserved: list[int] = []
+
+    class Recording(PassThroughLimiter):
+        def acquire(self, scope: Scope, cost: Cost, priority: Priority = Priority.NORMAL) -> Grant:
+            reserved.append(cost.tokens)
+            return super().acquire(scope, cost, priority)
+
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "count these words " * 20}],
+        "max_tokens": 3,
+    }
+    ok = {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    pilot = Pilot(clock=clock, limiter=Recording(), token_estimate=estimate)
+    with (
+        httpx2.Client(transport=httpx2.MockTransport(lambda r: httpx2.Response(200, json=ok))) as http,
+        pilot.wrap(OpenAI(base_url="http://mock.test/v1", api_key=api_key, http_client=http)) as client,
+    ):
+        client.chat.completions.create(**body)  # type: ignore[call-overload]
+    assert reserved == [reservation_tokens("/v1/chat/completions", body, estimate)]
+    with pytest.raises(ValueError, match="token_estimate"):
+        Pilot(token_estimate="guess")

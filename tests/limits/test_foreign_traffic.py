@@ -66,4 +66,5 @@ def test_foreign_traffic_is_absorbed() -> None:
     }
     print(result, "our 429s at", [round(r.sent - start, 2) for r in limited])
     assert len(limited) <= 0.01 * len(ours), result
-    assert result["foreign_share"] >= 0.2, result  # the other client really did use its share
+    # The other client really did use its share (30% is its pace; measured 0.28, its first seconds included).
+    assert result["foreign_share"] >= 0.25, result

@@ -217,6 +217,16 @@ def test_limit_change_mid_run_is_adopted(limiter: Limiter) -> None:
     assert limiter.state(SCOPE)["rpm"].remaining == pytest.approx(17)
 
 
+def test_a_cut_limit_takes_the_servers_count_not_ours_rescaled(limiter: Limiter, clock: FakeClock) -> None:
+    learn(limiter, (100, 99), (1_000_000, 999_900))
+    grants = [limiter.acquire(SCOPE, Cost(1, 10)) for _ in range(51)]  # 52 requests in use of 100
+    # The limit is cut to 20; the server counts 19 in use (its own bucket, its own scale): one fits in 3 s.
+    limiter.observe(SCOPE, headers((20, 1), (1_000_000, 999_000)), sent_at=grants[-1].granted_at, grant=grants[-1])
+    start = clock.now()
+    limiter.acquire(SCOPE, Cost(1, 10))
+    assert clock.now() - start <= 3.0 + 1e-6  # not the ~100 s that 52 units rescaled to a limit of 20 would take
+
+
 def test_daily_limit_is_recognised_from_its_long_reset(limiter: Limiter, clock: FakeClock) -> None:
     g = limiter.acquire(SCOPE, Cost(1, 10))
     # 200 requests per day, 1 used: reset 432 s; the minute limit is not binding so not reported.
@@ -248,6 +258,29 @@ def test_missing_headers_keep_state_and_eventually_stop_probing(limiter: Limiter
     assert not any(g.probe for g in grants)
 
 
+def test_a_ceiling_on_both_minute_limits_needs_no_probe(store_uri: str, clock: FakeClock) -> None:
+    # A limiter used on its own terms (never observing): the configured limits are enforced from the start.
+    with Limiter(store_uri, clock=clock, ceiling={"rpm": 60, "tpm": 6_000}) as lim:
+        start = clock.now()
+        grants = [lim.acquire(SCOPE, Cost(1, 100)) for _ in range(90)]
+        assert not any(g.probe for g in grants)
+        assert clock.now() - start == pytest.approx(30.0, abs=1.01)
+
+
+def test_a_ceiling_is_enforced_when_the_server_never_sends_headers(store_uri: str, clock: FakeClock) -> None:
+    with Limiter(store_uri, clock=clock, ceiling={"rpm": 60}) as lim:
+        for _ in range(3):  # probes whose responses never carry headers
+            p = lim.acquire(SCOPE, Cost(1, 1))
+            assert p.probe
+            lim.observe(SCOPE, RateLimitHeaders(None, None), sent_at=p.granted_at, grant=p)
+            lim.settle(p, 1)
+        start = clock.now()
+        for _ in range(60 + 30):
+            lim.acquire(SCOPE, Cost(1, 1))
+        # 60 at once (the bucket starts full), then one per second: the ceiling holds without any headers
+        assert clock.now() - start == pytest.approx(30.0, abs=1.01)
+
+
 def test_penalty_after_429_blocks_the_scope(limiter: Limiter, clock: FakeClock) -> None:
     learn(limiter, (100, 99), (10_000, 9_900))
     body = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPD, 2000, 2000, 1, 43.2)
@@ -263,7 +296,11 @@ def test_penalty_after_429_blocks_the_scope(limiter: Limiter, clock: FakeClock) 
 def test_ceiling_and_safety_margin(store_uri: str, clock: FakeClock) -> None:
     with Limiter(store_uri, clock=clock, ceiling={"rpm": 30}, safety_margin=0.1) as lim:
         g = lim.acquire(SCOPE, Cost(1, 10))
-        assert not g.probe  # a configured ceiling is a known limit: no probing
+        # Even under a ceiling the first request probes: a ceiling on requests says nothing of the token limit,
+        # which a burst of large requests sent before any headers would overrun.
+        assert g.probe
+        wait = lim._try(SCOPE, Cost(1, 5_000), Priority.NORMAL)
+        assert not isinstance(wait, Grant) and wait.probe
         lim.observe(SCOPE, headers((100, 99), (10_000, 9_990)), sent_at=g.granted_at, grant=g)
         state = lim.state(SCOPE)
         assert state["rpm"].limit == 30  # the ceiling caps the server's 100

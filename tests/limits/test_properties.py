@@ -27,6 +27,7 @@ PARAMS = ReserveParams()
 def learned_state(rpm: float, tpm: float, now: float) -> ScopeState:
     s = ScopeState()
     s.lim[RPM], s.lim[TPM] = rpm, tpm
+    s.srv[RPM], s.srv[TPM] = rpm, tpm  # as reported by the server
     s.tat[RPM] = s.tat[TPM] = now
     return s
 

@@ -24,6 +24,7 @@ from ..clock import Clock, SystemClock
 from ..limits.types import DimensionView, Priority, Scope, key_id_for
 from ..protocol.headers import DimensionState, RateLimitHeaders
 from ..protocol.pricing import PriceTable
+from ..protocol.tokens import TOKEN_ESTIMATES
 from ..protocol.usage import usage_from_body
 from ..retry import RetryPolicy
 from .budget import Budget, BudgetAlert
@@ -137,7 +138,10 @@ class Pilot:
       calls then share one limiter scope). Calls that name no model use the ``"requests"`` scope;
     * ``settle_to_usage``: after a response, correct the limiter's token charge from the admission estimate to
       the reported usage (what the simulator does by default). ``False`` keeps the admission charge, for a
-      server that does not refund the difference (the real API's behaviour here is not documented).
+      server that does not refund the difference (the real API's behaviour here is not documented);
+    * ``token_estimate``: what the limiter reserves per request — ``"server"`` (default) mirrors the server's
+      admission rule; ``"tokenizer"`` reserves the real prompt tokens plus the output cap, for a server whose
+      rule is not known (see :func:`ratepilot.protocol.tokens.reservation_tokens`).
     """
 
     def __init__(
@@ -155,7 +159,10 @@ class Pilot:
         assume_output_tokens: int = 1024,
         pools: Mapping[str, str] | None = None,
         settle_to_usage: bool = True,
+        token_estimate: str = "server",
     ) -> None:
+        if token_estimate not in TOKEN_ESTIMATES:
+            raise ValueError(f"token_estimate must be one of {', '.join(TOKEN_ESTIMATES)}, got {token_estimate!r}")
         self.clock: Clock = clock or SystemClock()
         self.retry = retry or RetryPolicy()
         self.prices = prices or PriceTable()
@@ -165,6 +172,7 @@ class Pilot:
         self.assume_output_tokens = assume_output_tokens
         self.pools: dict[str, str] = dict(pools or {})
         self.settle_to_usage = settle_to_usage
+        self.token_estimate = token_estimate
         self._lock = threading.Lock()
         self._headers: dict[Scope, tuple[RateLimitHeaders, float]] = {}
         # run / batch / response ids whose usage is already in the ledger (bounded: least recently seen go)
@@ -247,7 +255,7 @@ class Pilot:
             del headers[PRIORITY_HEADER]
         key = _api_key(headers)
         scope_key = self._key_id(key) if key else ANONYMOUS_KEY_ID
-        plan = plan_request(method, path, headers.get("content-type"), body)
+        plan = plan_request(method, path, headers.get("content-type"), body, self.token_estimate)
         scope = Scope(scope_key, self.pools.get(plan.scope_model, plan.scope_model))
         reservation, worst = None, 0.0
         if self.budget is not None and plan.generation:

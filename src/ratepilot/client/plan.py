@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..protocol.tokens import admission_cost, max_output_tokens
+from ..protocol.tokens import admission_cost, max_output_tokens, reservation_tokens
 from ..protocol.usage import Usage, usage_from_mapping
 from ..protocol.usage import usage_from_body as usage_from_body_dict
 
@@ -85,8 +85,11 @@ def parse_json(body: bytes) -> Any:
         return None
 
 
-def plan_request(method: str, path: str, content_type: str | None, body: bytes) -> RequestPlan:
-    """Describe a request. Never raises: a body that is not JSON is simply a 0-token, model-less call."""
+def plan_request(
+    method: str, path: str, content_type: str | None, body: bytes, estimate: str = "server"
+) -> RequestPlan:
+    """Describe a request. Never raises: a body that is not JSON is simply a 0-token, model-less call.
+    ``estimate``: how its tokens are reserved (:func:`ratepilot.protocol.tokens.reservation_tokens`)."""
     method = method.upper()
     parsed: Mapping[str, Any] | None = None
     if method != "GET" and body and (content_type is None or "json" in content_type.lower()):
@@ -101,7 +104,7 @@ def plan_request(method: str, path: str, content_type: str | None, body: bytes) 
         method=method,
         path=path,
         model=model,
-        tokens=admission_cost(path, parsed),
+        tokens=reservation_tokens(path, parsed, estimate),
         max_output=max_output_tokens(parsed),
         stream=parsed.get("stream") is True,
         body=parsed,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .types import DIMENSIONS, N_DIMS, DimensionView
+from .types import DIM_INDEX, DIMENSIONS, N_DIMS, DimensionView
 
 __all__ = [
     "DimObservation",
@@ -35,6 +35,7 @@ EPS = 1e-9
 FOREIGN_TAU = 2.0  # seconds: time constant of the foreign-traffic rate estimate
 WINDOWS = tuple(d.window for d in DIMENSIONS)
 NO_CEILING = (0.0,) * N_DIMS
+_RPM, _TPM = DIM_INDEX["rpm"], DIM_INDEX["tpm"]
 
 
 def _zeros() -> list[float]:
@@ -59,7 +60,13 @@ class ScopeState:
 
     @property
     def known(self) -> bool:
+        """Some limit is enforced (learned from the server, or a configured ceiling)."""
         return max(self.lim) > 0
+
+    @property
+    def heard(self) -> bool:
+        """The server has reported limits."""
+        return max(self.srv) > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,15 +133,19 @@ def reserve(st: ScopeState, costs: tuple[float, ...], now: float, p: ReservePara
                 st.tat[d] = now
     if st.blocked_until > now + EPS:
         return Wait(st.blocked_until - now)
-    if not st.known:
-        if st.nohdr >= p.blind_after:  # the server never reports limits: admit, and rely on 429 penalties
+    # Until the server reports limits, one probe at a time, unless the ceiling gives both minute limits: a
+    # ceiling on requests alone says nothing of the token limit, which a burst of large requests would overrun.
+    if not st.heard and not (p.ceiling[_RPM] > 0 and p.ceiling[_TPM] > 0):
+        if st.nohdr < p.blind_after:
+            if st.probe_until > now + EPS:
+                return Wait(st.probe_until - now, probe=True)
+            st.probe_until = now + p.probe_timeout
+            st.seq += 1
+            return Reserved(st.seq, (0.0,) * N_DIMS, tuple(st.adj), (False,) * N_DIMS, True, st.probe_until)
+        if not st.known:  # the server never reports limits and none is configured: rely on 429 penalties
             st.seq += 1
             return Reserved(st.seq, (0.0,) * N_DIMS, tuple(st.adj), (False,) * N_DIMS, False)
-        if st.probe_until > now + EPS:
-            return Wait(st.probe_until - now, probe=True)
-        st.probe_until = now + p.probe_timeout
-        st.seq += 1
-        return Reserved(st.seq, (0.0,) * N_DIMS, tuple(st.adj), (False,) * N_DIMS, True, st.probe_until)
+        # no headers ever, but a configured ceiling: enforce it
     wait = 0.0
     updates: list[tuple[int, float]] = []
     keep = 1.0 - p.headroom
@@ -197,7 +208,7 @@ def adjust(
 def observe(st: ScopeState, obs: Observation, now: float) -> None:
     """Correct the scope's state from what the server said (see :mod:`ratepilot.limits.learning`)."""
     if not obs.dims:
-        if not st.known:
+        if not st.heard:
             st.nohdr += 1
             st.probe_until = 0.0
         return
@@ -214,10 +225,12 @@ def observe(st: ScopeState, obs: Observation, now: float) -> None:
             st.oseq[d] = st.seq  # grants made before this carry no accounting for this dimension
             st.ft[d] = now
             continue
-        if st.lim[d] != o.limit:  # the limit changed (server, ceiling or margin): keep the units in use
-            in_use = _used(st, d, now)
+        if st.lim[d] != o.limit:
+            # The limit changed (the server's, or first sight of it under a ceiling): adopt the server's count.
+            # Ours was kept on the old scale; rescaled, 52 units in use under a limit cut from 100 to 20 would
+            # wait ~100 s where the server says the next request fits in 3 s.
             st.lim[d] = o.limit
-            st.tat[d] = now + in_use * window / o.limit
+            st.tat[d] = now + o.used * window / o.limit
         interval = window / st.lim[d]
         if obs.ref_seq > st.oseq[d]:
             st.oseq[d] = obs.ref_seq  # the newest grant observed (bookkeeping only)

@@ -10,6 +10,9 @@ Two different questions, two functions:
   ``n × max_tokens`` (or ``max_completion_tokens`` / ``max_output_tokens``); embeddings are charged their
   input tokens. The simulator enforces exactly this, and the limiter reserves exactly this, so reservations
   match what the server charges.
+
+:func:`reservation_tokens` picks one of the two for the limiter: ``"server"`` (the default: mirror the server's
+rule) or ``"tokenizer"`` (the real prompt tokens plus the output cap, for a server whose rule is not known).
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ __all__ = [
     "max_output_tokens",
     "prompt_chars",
     "request_texts",
+    "reservation_tokens",
 ]
+
+TOKEN_ESTIMATES = ("server", "tokenizer")
 
 CHARS_PER_TOKEN = 4
 """The server's character-based estimate: ceil(characters / 4)."""
@@ -171,7 +177,8 @@ def request_texts(endpoint: str, body: Mapping[str, Any]) -> list[str]:
         if isinstance(tool, Mapping):
             import json
 
-            texts.append(json.dumps(tool, separators=(",", ":"), sort_keys=True))
+            # default=str: a tool holding something JSON cannot encode still counts, and never raises
+            texts.append(json.dumps(tool, separators=(",", ":"), sort_keys=True, default=str))
     return texts
 
 
@@ -229,3 +236,18 @@ def admission_cost(endpoint: str, body: Mapping[str, Any]) -> int:
     estimate = math.ceil(prompt_chars(endpoint, body) / CHARS_PER_TOKEN) + IMAGE_TOKENS * _images(endpoint, body)
     estimate += _token_array_count(body.get("prompt"))
     return max(estimate, max_output_tokens(body), 1)
+
+
+def reservation_tokens(endpoint: str, body: Mapping[str, Any], estimate: str = "server") -> int:
+    """Tokens the limiter reserves for a request.
+
+    * ``"server"``: :func:`admission_cost`, the server's own rule (what OpenAI documents and the simulator
+      enforces): reservations match what the server charges at admission;
+    * ``"tokenizer"``: the prompt's real tokens (:func:`estimate_prompt_tokens`) plus ``n × max_tokens``, for
+      a server whose admission rule is not known (an OpenAI-compatible gateway that counts real tokens).
+    """
+    if estimate == "server":
+        return admission_cost(endpoint, body)
+    if estimate == "tokenizer":
+        return max(1, estimate_prompt_tokens(endpoint, body) + max_output_tokens(body))
+    raise ValueError(f"unknown token estimate {estimate!r}: use {' or '.join(TOKEN_ESTIMATES)}")

@@ -5,12 +5,12 @@ local st = load(KEY)
 local now = NOW
 local ref_seq = A[2]
 local count = A[4 + 2 * N]
-local known = false
+local heard = false
 for d = 1, N do
-  if st.lim[d] > 0 then known = true end
+  if st.srv[d] > 0 then heard = true end
 end
 if count == 0 then
-  if not known then
+  if not heard then
     st.nohdr = st.nohdr + 1
     st.probe = 0
   end
@@ -34,9 +34,9 @@ for i = 0, count - 1 do
     st.ft[d] = now
   else
     if st.lim[d] ~= limit then
-      local in_use = used(st, d, now)
+      -- the limit changed: adopt the server's count (core.observe says why)
       st.lim[d] = limit
-      st.tat[d] = now + in_use * window / limit
+      st.tat[d] = now + o_used * window / limit
     end
     local interval = window / st.lim[d]
     if ref_seq > st.oseq[d] then st.oseq[d] = ref_seq end

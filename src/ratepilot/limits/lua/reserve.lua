@@ -39,19 +39,23 @@ end
 if st.blocked > now + EPS then
   return refuse(st.blocked - now, 0)
 end
-local known = false
+local known, heard = false, false
 for d = 1, N do
   if st.lim[d] > 0 then known = true end
+  if st.srv[d] > 0 then heard = true end
 end
-if not known then
-  if st.nohdr >= blind_after then
+-- until the server reports limits, one probe at a time, unless the ceiling gives both minute limits (core.reserve)
+if not heard and not (ceil[1] > 0 and ceil[2] > 0) then
+  if st.nohdr < blind_after then
+    if st.probe > now + EPS then
+      return refuse(st.probe - now, 1)
+    end
+    st.probe = now + probe_timeout
+    return granted(st.probe, false)
+  end
+  if not known then
     return granted(0, false)
   end
-  if st.probe > now + EPS then
-    return refuse(st.probe - now, 1)
-  end
-  st.probe = now + probe_timeout
-  return granted(st.probe, false)
 end
 
 local wait = 0
