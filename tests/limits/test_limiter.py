@@ -7,13 +7,13 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from limits_helpers import REDIS_URL, headers, quiesce
+from limits_helpers import REDIS_URL, dim, headers, quiesce
 
 from ratepilot.clock import FakeClock, SystemClock
 from ratepilot.limits import Cost, CostTooLarge, Grant, Limiter, Priority, Scope, key_id_for
 from ratepilot.limits.limiter import PROBE_GRACE
 from ratepilot.protocol.errors import LimitKind, classify, rate_limit_error
-from ratepilot.protocol.headers import RateLimitHeaders
+from ratepilot.protocol.headers import DimensionState, RateLimitHeaders
 from ratepilot.retry import server_wait_hint
 
 SCOPE = Scope(key_id_for("sk-test-limiter"), "gpt-4o-mini")
@@ -279,6 +279,43 @@ def test_a_ceiling_is_enforced_when_the_server_never_sends_headers(store_uri: st
             lim.acquire(SCOPE, Cost(1, 1))
         # 60 at once (the bucket starts full), then one per second: the ceiling holds without any headers
         assert clock.now() - start == pytest.approx(30.0, abs=1.01)
+
+
+def test_daily_token_and_project_token_limits_are_learned_and_enforced(limiter: Limiter, clock: FakeClock) -> None:
+    g = limiter.acquire(SCOPE, Cost(1, 10))
+    project = DimensionState(2_000, 1_990, 0.3)  # a per-minute project budget: 2,000 tokens, 10 used
+    reported = RateLimitHeaders(dim(1_000, 999), dim(100_000, 99_990, window=86_400.0), project)
+    limiter.observe(SCOPE, reported, sent_at=g.granted_at, grant=g)
+    state = limiter.state(SCOPE)
+    assert state["tpd"].limit == 100_000 and state["tpd"].window == 86_400 and "tpm" not in state
+    assert state["ptpm"].limit == 2_000 and state["ptpm"].remaining == pytest.approx(1_990)
+    start = clock.now()
+    for _ in range(2):
+        limiter.acquire(SCOPE, Cost(1, 995))  # two fit in the project's 1,990 left; the third waits
+    assert clock.now() - start == pytest.approx(0.0, abs=1e-6)
+    limiter.acquire(SCOPE, Cost(1, 995))
+    assert clock.now() - start == pytest.approx(995 * 60 / 2_000, rel=1e-3)
+
+
+async def test_a_large_head_is_not_overtaken_by_small_waiters(limiter: Limiter, clock: FakeClock) -> None:
+    learn(limiter, (1_000, 1_000), (1_000, 1_000))  # 1,000 tokens a minute, all free
+    await limiter.aacquire(SCOPE, Cost(1, 700))  # 300 left
+    order: list[str] = []
+
+    async def one(name: str, tokens: int) -> None:
+        await limiter.aacquire(SCOPE, Cost(1, tokens))
+        order.append(name)
+
+    clock.autojump = False
+    tasks = [asyncio.create_task(one("large", 800))]  # must wait; the small ones would fit now
+    await quiesce(limiter)
+    tasks += [asyncio.create_task(one(f"small{i}", 10)) for i in range(3)]
+    await quiesce(limiter)
+    assert order == []  # FIFO: nothing overtakes the head while it waits
+    while not all(t.done() for t in tasks):
+        clock.advance(1.0)
+        await quiesce(limiter)
+    assert order == ["large", "small0", "small1", "small2"]
 
 
 def test_penalty_after_429_blocks_the_scope(limiter: Limiter, clock: FakeClock) -> None:
