@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     state         TEXT NOT NULL,
     config        TEXT NOT NULL DEFAULT '{}',
     created_at    REAL NOT NULL,
-    updated_at    REAL NOT NULL
+    updated_at    REAL NOT NULL,
+    key_id        TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS shards (
     job            INTEGER NOT NULL,
@@ -104,7 +105,16 @@ CREATE TABLE IF NOT EXISTS token_limits (
     tokens INTEGER NOT NULL,
     learned_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS key_token_limits (
+    key_id     TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    tokens     INTEGER NOT NULL,
+    learned_at REAL NOT NULL,
+    PRIMARY KEY (key_id, model)
+) WITHOUT ROWID;
 """
+# ``token_limits`` (by model only) is what databases written before keys were recorded hold: still read, as a
+# fallback for every key (cautious: a limit is never higher than learned), never written any more.
 
 
 class ShardState(enum.StrEnum):
@@ -138,6 +148,9 @@ class JobRecord:
     config: str = "{}"
     created_at: float = 0.0
     updated_at: float = 0.0
+    key_id: str = ""
+    """:func:`ratepilot.limits.key_id_for` of the API key the job was submitted with ('' = unknown). The
+    enqueued-token limit is per organization, which is what a key stands for here."""
     id: int = 0
 
 
@@ -207,8 +220,11 @@ class Store:
     Safe to open from several processes: SQLite serializes writers, and ``busy_timeout`` waits for the lock.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, wall: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        # Every timestamp recorded here (updated_at, the event log...) is on this clock: the runner passes
+        # its own, so a shard's last-poll time and the server's in_progress_at share one time base (ETA).
+        self._wall = wall
         self._db = open_database(
             self.path,
             # FULL: a committed intent is on disk before the server call it announces.
@@ -218,6 +234,15 @@ class Store:
             pragmas=("cache_size=-32768",),
             schema=_SCHEMA,
         )
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add what newer versions record to a database an older version created (additive only)."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        if "key_id" not in columns:
+            with self._tx():
+                if "key_id" not in {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}:  # another process
+                    self._db.execute("ALTER TABLE jobs ADD COLUMN key_id TEXT NOT NULL DEFAULT ''")
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -234,7 +259,7 @@ class Store:
 
     # -- jobs ------------------------------------------------------------------------------------------------
     def create_job(self, job: JobRecord) -> JobRecord:
-        now = time.time()
+        now = self._wall()
         job.created_at = job.created_at or now
         job.updated_at = now
         cols = [c for c in _JOB_COLUMNS if c != "id"]
@@ -251,12 +276,16 @@ class Store:
         row = self._db.execute(f"SELECT {','.join(_JOB_COLUMNS)} FROM jobs WHERE name = ?", (name,)).fetchone()
         return JobRecord(*row) if row else None
 
+    def get_job_by_id(self, job_id: int) -> JobRecord | None:
+        row = self._db.execute(f"SELECT {','.join(_JOB_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobRecord(*row) if row else None
+
     def list_jobs(self) -> list[JobRecord]:
         rows = self._db.execute(f"SELECT {','.join(_JOB_COLUMNS)} FROM jobs ORDER BY created_at, id").fetchall()
         return [JobRecord(*r) for r in rows]
 
     def update_job(self, job: JobRecord, **changes: Any) -> None:
-        changes["updated_at"] = time.time()
+        changes["updated_at"] = self._wall()
         for key, value in changes.items():
             setattr(job, key, value)
         sets = ",".join(f"{k} = ?" for k in changes)
@@ -281,7 +310,7 @@ class Store:
 
     # -- shards ----------------------------------------------------------------------------------------------
     def add_shard(self, shard: ShardRecord) -> None:
-        shard.updated_at = time.time()
+        shard.updated_at = self._wall()
         with self._tx():
             self._db.execute(
                 f"INSERT INTO shards ({','.join(_SHARD_COLUMNS)}) VALUES ({','.join('?' * len(_SHARD_COLUMNS))})",
@@ -294,13 +323,43 @@ class Store:
         ).fetchall()
         return [ShardRecord(*r) for r in rows]
 
+    # Jobs of the same organization: the same key, or an unknown one on either side (counted, to be safe).
+    _SAME_KEY = "job IN (SELECT id FROM jobs WHERE ? = '' OR key_id = '' OR key_id = ?)"
+
+    def in_flight_tokens(self, model: str, *, key_id: str = "", exclude_job: int | None = None) -> int:
+        """Estimated enqueued tokens of the batches for ``model`` that the server may still count (shards
+        being created or submitted) of every job submitted with ``key_id``: the enqueued-token limit is per
+        organization and model, so those jobs share it. ``exclude_job``: leave that job's own shards out."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(est_tokens), 0) FROM shards WHERE model = ? AND state IN (?, ?) AND job != ? "
+            f"AND {self._SAME_KEY}",
+            (
+                model,
+                ShardState.CREATING.value,
+                ShardState.SUBMITTED.value,
+                -1 if exclude_job is None else exclude_job,
+                key_id,
+                key_id,
+            ),
+        ).fetchone()
+        return int(row[0])
+
+    def submitted_shards(self, model: str, *, key_id: str = "", exclude_job: int | None = None) -> list[ShardRecord]:
+        """Submitted shards (with a batch id) for ``model`` of every job (but ``exclude_job``) of ``key_id``."""
+        rows = self._db.execute(
+            f"SELECT {','.join(_SHARD_COLUMNS)} FROM shards WHERE model = ? AND state = ? AND job != ? "
+            f"AND batch_id IS NOT NULL AND {self._SAME_KEY} ORDER BY job, shard",
+            (model, ShardState.SUBMITTED.value, -1 if exclude_job is None else exclude_job, key_id, key_id),
+        ).fetchall()
+        return [ShardRecord(*r) for r in rows]
+
     def next_shard_number(self, job: JobRecord) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(shard), -1) + 1 FROM shards WHERE job = ?", (job.id,)).fetchone()
         return int(row[0])
 
     def update_shard(self, shard: ShardRecord, *, event: str | None = None, detail: str = "", **changes: Any) -> None:
         """Apply ``changes`` to a shard (and optionally append to the intent log) in one durable commit."""
-        changes["updated_at"] = time.time()
+        changes["updated_at"] = self._wall()
         for key, value in changes.items():
             setattr(shard, key, value)
         sets = ",".join(f"{k} = ?" for k in changes)
@@ -315,7 +374,7 @@ class Store:
     def _log(self, job: int, shard: int | None, kind: str, detail: str) -> None:
         self._db.execute(
             "INSERT INTO events (job, shard, kind, detail, at) VALUES (?, ?, ?, ?, ?)",
-            (job, shard, kind, detail, time.time()),
+            (job, shard, kind, detail, self._wall()),
         )
 
     def log(self, job: JobRecord, kind: str, detail: str = "", shard: int | None = None) -> None:
@@ -469,16 +528,25 @@ class Store:
         return {int(r[0]): r[1] for r in self._db.execute("SELECT id, path FROM files WHERE job = ?", (job.id,))}
 
     # -- learned enqueued-token limits -----------------------------------------------------------------------
-    def token_limit(self, model: str) -> int | None:
-        row = self._db.execute("SELECT tokens FROM token_limits WHERE model = ?", (model,)).fetchone()
+    def token_limit(self, model: str, key_id: str = "") -> int | None:
+        """The limit learned for ``model`` with ``key_id`` (else one learned without a known key)."""
+        row = self._db.execute(
+            "SELECT tokens FROM key_token_limits WHERE key_id = ? AND model = ?", (key_id, model)
+        ).fetchone()
+        if row is None and key_id:
+            row = self._db.execute(
+                "SELECT tokens FROM key_token_limits WHERE key_id = '' AND model = ?", (model,)
+            ).fetchone()
+        if row is None:
+            row = self._db.execute("SELECT tokens FROM token_limits WHERE model = ?", (model,)).fetchone()
         return int(row[0]) if row else None
 
-    def set_token_limit(self, model: str, tokens: int) -> None:
+    def set_token_limit(self, model: str, tokens: int, key_id: str = "") -> None:
         with self._tx():
             self._db.execute(
-                "INSERT INTO token_limits (model, tokens, learned_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(model) DO UPDATE SET tokens = excluded.tokens, learned_at = excluded.learned_at",
-                (model, tokens, time.time()),
+                "INSERT INTO key_token_limits (key_id, model, tokens, learned_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(key_id, model) DO UPDATE SET tokens = excluded.tokens, learned_at = excluded.learned_at",
+                (key_id, model, tokens, self._wall()),
             )
 
 

@@ -63,7 +63,9 @@ def test_submit_wait_collect_status_list(sim: Simulator, tmp_path: Path) -> None
     assert len(json.loads(out)["data"]) == 5
 
     code, out = invoke_batch_cli(sim, state, "list", "--jobs")
-    assert code == 0 and "cli\tdone\t9" in out
+    assert code == 0 and "local batch jobs" in out
+    row = next(line for line in out.splitlines() if "│ cli " in line)
+    assert [cell.strip() for cell in row.split("│")[1:4]] == ["cli", "done", "9"]
 
 
 def test_unknown_job_and_foreign_results_file(sim: Simulator, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_multi_model_job_with_failures_expiry_and_token_limit(
     assert job is not None
     events = [kind for _shard, kind, _detail in runner.store.events(job)]
     assert "token-limit-deferred" in events
-    assert runner.store.token_limit(NANO) == nano_limit  # learned from the failure message
+    assert runner.store.token_limit(NANO, runner.key_id) == nano_limit  # learned from the failure message
     assert status.cost_usd > 0
 
     # Never a duplicate batch: each (shard, submission) has exactly one batch on the server.

@@ -19,6 +19,7 @@ from ratepilot.batch import BatchConfig, BatchRunner, sdk_fallback
 from ratepilot.cli import app
 from ratepilot.errors import BudgetExceeded, QuotaExhausted, RequestTooLarge, RetriesExhausted
 from ratepilot.exitcodes import ExitCode
+from ratepilot.run.window import InFlightWindow
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig
 
@@ -94,17 +95,19 @@ def test_fallback_stops_on_quota_keeping_what_it_answered(
             longrun=LongrunConfig(batch_line_failure_rate=0.5, seed=11),
             fallback=fallback,
         )
-        requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(20)])
+        requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(40)])
         name = runner.submit(requests, name="q").name
         with pytest.raises(QuotaExhausted):
             runner.wait(name)
-        assert len(calls) == 3  # stopped at once: no request sent after the quota error
+        # Stopped at once: the stragglers go out concurrently (the online engine's window starts at 8), so
+        # those already in flight when the quota error came may finish, but nothing new is issued after it.
+        assert 3 <= len(calls) <= 3 + InFlightWindow().floor
         status = runner.status(name)
         assert status.failed == 0 and status.retry > 0  # nothing marked failed; the rest waits for a rerun
         kept = status.done
         runner.fallback = post  # credit added: the same job goes on from there
         final = runner.wait(name)
-    assert final.complete and final.done == 20 and final.done > kept
+    assert final.complete and final.done == 40 and final.done > kept
     runner.collect("q", tmp_path / "out.jsonl")
     assert all(r["response"]["status_code"] == 200 for r in read_results(tmp_path / "out.jsonl"))
 

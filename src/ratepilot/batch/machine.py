@@ -24,6 +24,7 @@ __all__ = [
     "RETRYABLE_LINE_CODES",
     "TERMINAL_BATCH_STATUSES",
     "Action",
+    "AwaitCapacity",
     "Collect",
     "Create",
     "Done",
@@ -89,6 +90,14 @@ class Refresh:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitCapacity:
+    """Uploaded shards wait for enqueued-token capacity that only *other* jobs' batches hold (this job has
+    nothing running whose end would free it): watch those batches, then decide again."""
+
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PlanRetry:
     """Every shard is collected and some lines failed retryably: put them in new shards."""
 
@@ -100,7 +109,11 @@ class Done:
     blocked: bool = False
 
 
-Action = ReconcileUpload | Upload | ReconcileCreate | Create | Collect | Refresh | PlanRetry | Done
+Action = ReconcileUpload | Upload | ReconcileCreate | Create | Collect | Refresh | AwaitCapacity | PlanRetry | Done
+
+
+def _no_others(model: str) -> int:
+    return 0
 
 
 def pending_tokens(shards: Sequence[ShardRecord], model: str) -> int:
@@ -110,15 +123,16 @@ def pending_tokens(shards: Sequence[ShardRecord], model: str) -> int:
     )
 
 
-def admits(shards: Sequence[ShardRecord], shard: ShardRecord, limit: int | None) -> bool:
+def admits(shards: Sequence[ShardRecord], shard: ShardRecord, limit: int | None, others: int = 0) -> bool:
     """May ``shard`` be created now without exceeding the model's enqueued-token limit?
 
-    With nothing pending for the model it is always admitted (waiting could never help, and the planner keeps
-    shards under a known limit).
+    The limit is per organization and model, so ``others`` (the other jobs' pending tokens for the model)
+    counts too. With nothing pending for the model at all it is always admitted (waiting could never help,
+    and the planner keeps shards under a known limit).
     """
     if limit is None:
         return True
-    pending = pending_tokens(shards, shard.model)
+    pending = pending_tokens(shards, shard.model) + others
     return pending == 0 or pending + shard.est_tokens <= limit
 
 
@@ -128,12 +142,14 @@ def next_action(
     token_limit: Callable[[str], int | None],
     retry_waiting: bool,
     accepting: bool = True,
+    others_pending: Callable[[str], int] = _no_others,
 ) -> Action:
     """The next step for a job whose shards are ``shards`` (in shard order).
 
     Reconciliation of intents comes first, then collecting finished batches (frees capacity and results),
     then uploads, then creates that the token budget admits, then polling. ``accepting=False`` (a cancelled
     job) stops new uploads, creates and retry rounds but still tracks and collects what is on the server.
+    ``others_pending(model)``: enqueued tokens of other jobs' running batches for the model (same limit).
     """
     by_state: dict[str, list[ShardRecord]] = {}
     for s in shards:
@@ -148,11 +164,14 @@ def next_action(
         if by_state.get(ShardState.PLANNED):
             return Upload(by_state[ShardState.PLANNED][0].shard)
         for s in by_state.get(ShardState.UPLOADED, []):
-            if admits(shards, s, token_limit(s.model)):
+            if admits(shards, s, token_limit(s.model), others_pending(s.model)):
                 return Create(s.shard)
     submitted = by_state.get(ShardState.SUBMITTED, [])
     if submitted:
         return Refresh(tuple(s.shard for s in submitted))
+    if accepting and by_state.get(ShardState.UPLOADED):
+        # Not admitted with nothing of ours running: other jobs' batches hold the capacity.
+        return AwaitCapacity(tuple(dict.fromkeys(s.model for s in by_state[ShardState.UPLOADED])))
     waiting = bool(by_state.get(ShardState.PLANNED) or by_state.get(ShardState.UPLOADED))
     if not accepting:
         return Done(blocked=waiting or retry_waiting)

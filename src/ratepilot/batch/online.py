@@ -1,16 +1,50 @@
-"""The ``--fallback online`` path: answer one straggler through the synchronous API with the same client."""
+"""The ``--fallback online`` path: stragglers go through the online runner's concurrent engine.
+
+:func:`sdk_fallback` is how one request is answered (a raw post through the same, ideally Pilot-wrapped,
+client). :func:`answer_online` feeds a whole list of stragglers through :class:`ratepilot.run.OnlineRunner` —
+the engine of ``ratepilot run``: many requests in flight at once (its in-flight window follows the learned
+limits), sent when the Pilot's limiter lets them go — instead of one after another. The client is synchronous,
+so each post runs in a worker thread (:class:`FallbackSender`); the Pilot's limiter is shared by those threads.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from openai import OpenAI
 
+    from ..requests import RequestLine
+    from ..run.online import OnlineStats
+    from ..run.sender import Answer
     from .runner import OnlineFallback
 
-__all__ = ["sdk_fallback"]
+__all__ = ["FALLBACK_CONCURRENCY", "FallbackSender", "SdkFallback", "answer_online", "sdk_fallback"]
+
+FALLBACK_CONCURRENCY = 64
+"""At most this many stragglers in flight (worker threads); the window starts lower and follows the limits."""
+
+
+@dataclass(frozen=True)
+class SdkFallback:
+    """An :data:`~ratepilot.batch.runner.OnlineFallback` posting through ``client`` (see :func:`sdk_fallback`);
+    :meth:`answer` also keeps the response headers, so the online engine's window can follow the limits."""
+
+    client: OpenAI
+
+    def answer(self, url: str, body: Mapping[str, Any]) -> Answer:
+        from ..run.sender import sdk_post
+
+        return sdk_post(self.client, url, dict(body))
+
+    def __call__(self, url: str, body: Mapping[str, Any]) -> tuple[int, str | None, Any]:
+        answer = self.answer(url, body)
+        return answer.status_code, answer.request_id or None, answer.body
 
 
 def sdk_fallback(client: OpenAI) -> OnlineFallback:
@@ -21,14 +55,80 @@ def sdk_fallback(client: OpenAI) -> OnlineFallback:
     Pilot's own errors, such as ``QuotaExhausted``, as themselves). The post is the runner's
     (:func:`ratepilot.run.sender.sdk_post`): one raw-SDK code path for both.
     """
-    from ..run.sender import sdk_post
+    return SdkFallback(client)
 
-    def call(url: str, body: Mapping[str, Any]) -> tuple[int, str | None, Any]:
-        answer = sdk_post(client, url, dict(body))
-        result: Any = answer.body
-        if answer.status_code >= 400 and not (isinstance(result, dict) and "error" in result):
+
+class FallbackSender:
+    """A :class:`ratepilot.run.Sender` over a synchronous :data:`OnlineFallback`: each post in a worker thread.
+
+    Errors: the Pilot's quota and budget errors are raised as themselves (the engine stops on them) and the
+    first one is kept in :attr:`stop_error` for the caller to re-raise; any other failure to get an answer is
+    a :class:`~ratepilot.run.sender.TransientFailure` (the request stays unanswered).
+    """
+
+    def __init__(self, fallback: OnlineFallback, *, workers: int = FALLBACK_CONCURRENCY) -> None:
+        self.fallback = fallback
+        self.stop_error: BaseException | None = None
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ratepilot-fallback")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _post(self, url: str, body: Mapping[str, Any]) -> Answer:
+        from ..run.sender import Answer
+
+        answer = getattr(self.fallback, "answer", None)
+        if callable(answer):
+            found = answer(url, body)
+            assert isinstance(found, Answer)
+            return found
+        status, request_id, result = self.fallback(url, body)
+        return Answer(status, request_id or "", result, {})
+
+    async def send(self, request: RequestLine) -> Answer:
+        from ..errors import BudgetExceeded, QuotaExhausted
+        from ..run.sender import TransientFailure, unwrap_pilot_error
+
+        loop = asyncio.get_running_loop()
+        try:
+            answer = await loop.run_in_executor(self._pool, self._post, request.url, request.body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a request that got no HTTP answer even after retries
+            inner = unwrap_pilot_error(exc)
+            if isinstance(inner, QuotaExhausted | BudgetExceeded):
+                if self.stop_error is None:
+                    self.stop_error = inner
+                raise inner from None
+            raise TransientFailure(f"no answer from the online API ({type(exc).__name__})") from None
+        if answer.status_code >= 400 and not (isinstance(answer.body, dict) and "error" in answer.body):
             # A result line's error body is always {"error": {...}}, even when the server answered otherwise.
-            result = {"error": result if isinstance(result, dict) else {"message": str(result)}}
-        return answer.status_code, answer.request_id or None, result
+            body = answer.body
+            wrapped = {"error": body if isinstance(body, dict) else {"message": str(body)}}
+            from ..run.sender import Answer
 
-    return call
+            answer = Answer(answer.status_code, answer.request_id, wrapped, answer.headers)
+        return answer
+
+
+def answer_online(fallback: OnlineFallback, requests: Iterable[RequestLine], target: Path) -> OnlineStats:
+    """Answer ``requests`` through the online engine, appending their result lines to ``target`` in the order
+    given (``ratepilot run``'s result-line format). Requests that got no answer have no line.
+
+    Raises the Pilot's ``QuotaExhausted`` / ``BudgetExceeded`` after the engine stopped on it (what was
+    answered before is in ``target``).
+    """
+    from ..results import ResultWriter
+    from ..run.online import OnlineRunner
+    from ..run.window import InFlightWindow
+
+    sender = FallbackSender(fallback)
+    try:
+        with ResultWriter(target) as writer:
+            engine = OnlineRunner(sender, writer, ordered=True, window=InFlightWindow(ceiling=FALLBACK_CONCURRENCY))
+            stats = asyncio.run(engine.run(requests))
+    finally:
+        sender.close()
+    if stats.stop in ("quota", "budget") and sender.stop_error is not None:
+        raise sender.stop_error
+    return stats

@@ -34,13 +34,14 @@ from ..clock import Clock, SystemClock
 from ..poll import _TRANSIENT as TRANSIENT_POLL_ERRORS  # the one classification of a missed poll
 from ..poll import KINDS, PRIORITY_HEADER, GiveUp, Poll, PollSchedule, snapshot
 from ..protocol.pricing import PriceTable
-from ..results import ForeignResultsError, error_result, fsync_dir, open_results, read_marker, response_result
+from ..results import ForeignResultsError, error_result, fsync_dir, open_results, read_marker
 from ..store import DEFAULT_DB_NAME, JobRecord, LineState, ShardRecord, ShardState, Store
 from .collect import CollectSummary, index_result_file, write_ordered_results
 from .config import BatchConfig
 from .crash import crash_point
 from .machine import (
     TERMINAL_BATCH_STATUSES,
+    AwaitCapacity,
     Collect,
     Create,
     Done,
@@ -107,6 +108,10 @@ class JobStatus:
     eta_seconds: float | None
     shards: tuple[ShardRecord, ...] = field(repr=False)
     failure_codes: Mapping[str, int] = field(default_factory=dict)
+    polled_at: float | None = None
+    """Wall time (the runner's clock) of the last look at the running batches; ``None`` if none runs."""
+    now: float = 0.0
+    """Wall time (the runner's clock) this status was taken at."""
 
     @property
     def complete(self) -> bool:
@@ -173,7 +178,8 @@ class BatchRunner:
         self.prices = prices or PriceTable()
         self.fallback = fallback
         self.on_progress = on_progress
-        self.store = Store(self.state_dir / DEFAULT_DB_NAME)
+        self.store = Store(self.state_dir / DEFAULT_DB_NAME, wall=self.clock.wall)
+        self.key_id = _key_id(client)
         self._next_poll: dict[tuple[int, int], float] = {}
         self._schedules: dict[tuple[int, int], PollSchedule] = {}
         self.receiver = receiver
@@ -227,6 +233,7 @@ class BatchRunner:
                     fingerprint=fp,
                     nonce=secrets.token_hex(4),
                     config=json.dumps(_config_dict(self.config)),
+                    key_id=self.key_id,
                 )
             )
         else:
@@ -317,10 +324,21 @@ class BatchRunner:
             retry=counts[LineState.RETRY],
             pending=counts[LineState.PENDING],
             cost_usd=sum(s.cost_usd for s in shards),
-            eta_seconds=_eta(shards),
+            eta_seconds=_eta(shards, self.clock.wall()),
+            polled_at=last_polled(shards),
+            now=self.clock.wall(),
             shards=shards,
             failure_codes=self.store.line_codes(job, LineState.FAILED),
         )
+
+    def refresh(self, name: str) -> JobStatus:
+        """Retrieve each running batch of the job once (low priority, the polling code path: the state is
+        recorded) and return the fresh status. Nothing is created, downloaded or collected."""
+        job = self._job(name)
+        running = [s for s in self.store.shards(job) if s.state == ShardState.SUBMITTED and s.batch_id]
+        if running:
+            self._poll(running, job, force=True)
+        return self.status(name)
 
     def jobs(self) -> list[JobRecord]:
         return self.store.list_jobs()
@@ -334,6 +352,8 @@ class BatchRunner:
     # ------------------------------------------------------------------------------------------ the loop
     def _drive(self, job: JobRecord, *, block: bool, timeout: float | None = None, collect_only: bool = False) -> None:
         deadline = None if timeout is None else self.clock.now() + timeout
+        if self.key_id and not job.key_id:  # a job recorded before keys were: it is driven with this one
+            self.store.update_job(job, key_id=self.key_id)
         if self.config.keep_files:
             self._remember_keep_files(job)
         while True:
@@ -341,7 +361,11 @@ class BatchRunner:
             accepting = job.state != "cancelled" and not collect_only
             retry_waiting = self._settle_retries(job, shards) if accepting and _quiet(shards) else False
             action = next_action(
-                shards, token_limit=self._token_limit, retry_waiting=retry_waiting, accepting=accepting
+                shards,
+                token_limit=self._token_limit,
+                retry_waiting=retry_waiting,
+                accepting=accepting,
+                others_pending=lambda model: self.store.in_flight_tokens(model, key_id=job.key_id, exclude_job=job.id),
             )
             by_no = {s.shard: s for s in shards}
             match action:
@@ -374,6 +398,13 @@ class BatchRunner:
                             # woken batch is retrieved and the job goes on until the deadline.
                             wait = min(wait, remaining)
                         self._sleep(job, numbers, wait)
+                case AwaitCapacity(models):
+                    if not block:
+                        self._log_capacity_wait(job, shards)
+                        return
+                    self._await_capacity(job, shards, models, deadline)
+                    if deadline is not None and self.clock.now() >= deadline:
+                        return
                 case Done(blocked):
                     if not blocked and accepting and job.state != "done":
                         if not self._keeps_files(job):
@@ -383,6 +414,39 @@ class BatchRunner:
                     return
             if self.on_progress is not None:
                 self.on_progress(self.status(job.name))
+
+    def _log_capacity_wait(self, job: JobRecord, shards: list[ShardRecord]) -> None:
+        """Record (once per shard and submission) that a shard waits for other jobs' enqueued tokens."""
+        for s in shards:
+            if s.state == ShardState.UPLOADED and s.error_code != "capacity_wait":
+                # error_code marks it, so status shows why and the event is logged once, not on every loop.
+                self.store.update_shard(s, error_code="capacity_wait", event="capacity-wait", detail=s.model)
+
+    def _await_capacity(
+        self, job: JobRecord, shards: list[ShardRecord], models: tuple[str, ...], deadline: float | None
+    ) -> None:
+        """Our uploaded shards wait for enqueued-token capacity held by other jobs of this state directory.
+
+        Those jobs may have no process tracking them, so their running batches are retrieved here (low
+        priority, recorded like any poll: a finished one frees the capacity; its own job collects it later),
+        at the poll interval.
+        """
+        self._log_capacity_wait(job, shards)
+        interval = self.config.poll_interval if self.config.poll_interval is not None else 60.0
+        if deadline is not None:
+            interval = min(interval, max(0.0, deadline - self.clock.now()))
+        self.clock.sleep(interval)
+        for model in models:
+            for shard in self.store.submitted_shards(model, key_id=job.key_id, exclude_job=job.id):
+                other = self.store.get_job_by_id(shard.job)
+                if other is None:
+                    continue
+                assert shard.batch_id is not None
+                try:
+                    batch = self.client.batches.retrieve(shard.batch_id, extra_headers={PRIORITY_HEADER: "low"})
+                except TRANSIENT_POLL_ERRORS:
+                    continue  # looked at again after the next interval
+                self._apply_batch(other, shard, batch)
 
     def _collect_finished(self, job: JobRecord) -> None:
         for shard in self.store.shards(job):
@@ -433,12 +497,14 @@ class BatchRunner:
         }
 
     def _create(self, job: JobRecord, shard: ShardRecord) -> None:
+        waited: dict[str, Any] = {"error_code": None} if shard.error_code == "capacity_wait" else {}
         self.store.update_shard(
             shard,
             state=ShardState.CREATING,
             submit_no=shard.submit_no + 1,
             intent_at=self.clock.wall(),
             event="create-intent",
+            **waited,
         )
         crash_point("after-create-intent")
         assert shard.file_id is not None
@@ -594,7 +660,7 @@ class BatchRunner:
         """The batch failed over the enqueued-token limit: learn the limit, resubmit once capacity frees."""
         limit = parse_token_limit(message)
         if limit is not None and shard.model not in self.config.token_limits:
-            self.store.set_token_limit(shard.model, limit)
+            self.store.set_token_limit(shard.model, limit, self.key_id)
         if (limit is not None and shard.est_tokens > limit) or shard.deferrals + 1 > self.config.max_deferrals:
             # It can never fit as it is: its lines go to the retry round, where they are re-packed under the
             # learned limit (or, out of attempts, reported with this code).
@@ -624,7 +690,7 @@ class BatchRunner:
     def _token_limit(self, model: str) -> int | None:
         if model in self.config.token_limits:
             return self.config.token_limits[model]
-        return self.store.token_limit(model)
+        return self.store.token_limit(model, self.key_id)
 
     # ------------------------------------------------------------------------------------------ collect
     def _download(self, file_id: str, target: Path) -> None:
@@ -742,12 +808,16 @@ class BatchRunner:
             self.store.log(job, "retry-planned", f"{len(moves)} lines in {len(specs)} shards")
 
     def _run_fallback(self, job: JobRecord, shards: list[ShardRecord]) -> None:
-        """Answer out-of-attempts stragglers through the online API; results are indexed like batch results.
+        """Answer out-of-attempts stragglers through the online runner's concurrent engine
+        (:func:`~ratepilot.batch.online.answer_online`); results are indexed like batch results.
 
-        A request that got no answer is recorded as failed and the next one is tried — but quota and budget
+        A request that got no answer is recorded as failed (``online_fallback_failed``) — but quota and budget
         errors stop the job: every following request would meet them too (and a budget must not be crossed).
         The lines answered before the stop are kept; the rest stay waiting for a retry, so a rerun goes on.
         """
+        from ..requests import RequestLine
+        from .online import answer_online
+
         assert self.fallback is not None
         by_no = {s.shard: s for s in shards}
         for old in self.store.shards_with_state(job, LineState.RETRY):
@@ -755,47 +825,53 @@ class BatchRunner:
             if not wanted:
                 continue
             target = self._job_dir(job) / f"online-{old:05d}-{secrets.token_hex(3)}.jsonl"
-            rows: list[tuple[int, int, int, int, str | None, str]] = []
             file_no = self.store.add_file(job, str(target), "online")
+
+            def stragglers(path: str = by_no[old].path, wanted: set[str] = wanted) -> Iterable[RequestLine]:
+                with open(path, "rb") as src:
+                    for line_no, raw in enumerate(src, 1):
+                        line = orjson.loads(raw)
+                        if line["custom_id"] in wanted:
+                            yield RequestLine(line_no, line["custom_id"], "POST", line["url"], line["body"])
+
+            stopped = True
             try:
-                with open(by_no[old].path, "rb") as src, open(target, "wb") as out:
-                    try:
-                        offset = 0
-                        for raw in src:
-                            line = orjson.loads(raw)
-                            cid = line["custom_id"]
-                            if cid not in wanted:
-                                continue
-                            result = self._fallback_one(cid, line["url"], line["body"])
-                            data = orjson.dumps(result) + b"\n"
-                            out.write(data)
-                            state, code = line_outcome(result)
-                            final = LineState.DONE if state == LineState.DONE else LineState.FAILED
-                            rows.append((int(final), file_no, offset, len(data), code, cid))
-                            offset += len(data)
-                    finally:
-                        out.flush()
-                        os.fsync(out.fileno())
+                answer_online(self.fallback, stragglers(), target)
+                stopped = False
             finally:  # also when stopped by quota/budget: what was answered is kept
-                fsync_dir(target.parent)
-                if rows:
-                    with self.store.bulk():
-                        self.store.set_results(job, old, rows, from_state=LineState.RETRY)
-                        self.store.log(job, "online-fallback", f"{len(rows)} lines", shard=old)
+                self._index_online(job, old, file_no, target, wanted, stopped=stopped)
 
-    def _fallback_one(self, cid: str, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        from ..errors import BudgetExceeded, QuotaExhausted
-        from ..run.sender import unwrap_pilot_error
-
-        assert self.fallback is not None
-        try:
-            status, request_id, answer = self.fallback(url, body)
-        except Exception as exc:  # a request that got no HTTP answer even after retries
-            inner = unwrap_pilot_error(exc)
-            if isinstance(inner, QuotaExhausted | BudgetExceeded):
-                raise inner from None
-            return error_result(cid, "online_fallback_failed", type(exc).__name__)
-        return response_result(cid, status, request_id, answer)
+    def _index_online(
+        self, job: JobRecord, shard: int, file_no: int, target: Path, wanted: set[str], *, stopped: bool
+    ) -> None:
+        """Index the fallback's result lines of one shard. Unless the engine was stopped (quota, budget), a
+        straggler it could not answer gets an ``online_fallback_failed`` line, so every request ends answered."""
+        rows: list[tuple[int, int, int, int, str | None, str]] = []
+        seen: set[str] = set()
+        with open(target, "ab+") as fh:
+            fh.seek(0)
+            offset = 0
+            for raw in fh:
+                result = orjson.loads(raw)
+                cid = result["custom_id"]
+                seen.add(cid)
+                state, code = line_outcome(result)
+                final = LineState.DONE if state == LineState.DONE else LineState.FAILED
+                rows.append((int(final), file_no, offset, len(raw), code, cid))
+                offset += len(raw)
+            if not stopped:
+                for cid in sorted(wanted - seen):
+                    data = orjson.dumps(error_result(cid, "online_fallback_failed", "no answer after retries")) + b"\n"
+                    fh.write(data)
+                    rows.append((int(LineState.FAILED), file_no, offset, len(data), "online_fallback_failed", cid))
+                    offset += len(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(target.parent)
+        if rows:
+            with self.store.bulk():
+                self.store.set_results(job, shard, rows, from_state=LineState.RETRY)
+                self.store.log(job, "online-fallback", f"{len(rows)} lines", shard=shard)
 
     # ------------------------------------------------------------------------------------------ helpers
     def _job(self, name: str) -> JobRecord:
@@ -830,23 +906,49 @@ class BatchRunner:
         return target, f"sha256:{hexdigest}"
 
 
+def _key_id(client: Any) -> str:
+    """The id of the client's API key (never the key): the enqueued-token limit is per organization, and jobs
+    and learned limits are kept apart by key. '' when the client has no key to tell."""
+    from ..limits import key_id_for
+
+    api_key = getattr(client, "api_key", None)
+    return key_id_for(api_key) if isinstance(api_key, str) and api_key else ""
+
+
 def _quiet(shards: list[ShardRecord]) -> bool:
     return all(s.state == ShardState.COLLECTED for s in shards)
 
 
-def _eta(shards: tuple[ShardRecord, ...]) -> float | None:
-    """Seconds until the running batches finish, from each one's progress rate since it started."""
-    worst: float | None = None
+def _eta(shards: tuple[ShardRecord, ...], now: float) -> float | None:
+    """Seconds from ``now`` (the runner's wall clock, the time base of the shards' ``updated_at``) until the
+    job's current batches finish, or ``None`` when that is unknown.
+
+    Each running batch's rate is its progress between the server's ``in_progress_at`` and the last poll
+    (``updated_at``); what the batch still needs at that rate, less the time since that poll. Unknown — rather
+    than a wrong number — while any shard of the job waits to be created (deferred for enqueued-token capacity,
+    not uploaded yet) or runs without measurable progress yet (validating, nothing finished).
+    """
+    worst = 0.0
+    running = False
     for s in shards:
-        if s.state != ShardState.SUBMITTED or not s.in_progress_at or not s.total:
+        if s.state in (ShardState.FINISHED, ShardState.COLLECTED):
             continue
+        if s.state != ShardState.SUBMITTED:
+            return None  # planned, uploaded (deferred), or an intent: its batch has not started
         finished = s.completed + s.failed
-        elapsed = s.updated_at - s.in_progress_at
-        if finished <= 0 or elapsed <= 0:
-            continue
-        eta = (s.total - finished) * elapsed / finished
-        worst = eta if worst is None else max(worst, eta)
-    return worst
+        elapsed = s.updated_at - (s.in_progress_at or 0.0)
+        if not s.in_progress_at or not s.total or finished <= 0 or elapsed <= 0:
+            return None
+        running = True
+        left = (s.total - finished) * elapsed / finished - (now - s.updated_at)
+        worst = max(worst, left)
+    return worst if running else None
+
+
+def last_polled(shards: tuple[ShardRecord, ...]) -> float | None:
+    """When the job's running batches were last looked at (the runner's wall clock), if any is running."""
+    times = [s.updated_at for s in shards if s.state == ShardState.SUBMITTED]
+    return max(times) if times else None
 
 
 def _config_dict(config: BatchConfig) -> dict[str, Any]:

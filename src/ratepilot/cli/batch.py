@@ -19,10 +19,13 @@ Exit codes (stable, for scripts; the scheme shared by every command, :class:`rat
 from __future__ import annotations
 
 import json
+import math
 import os
+import shlex
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -60,6 +63,7 @@ _POLL = typer.Option(
     None,
     "--poll-interval",
     min=0.0,
+    metavar="SECONDS",
     help="Fixed seconds between status polls of each batch (default: adaptive, budgeted by ratepilot.poll).",
 )
 _FALLBACK = typer.Option(
@@ -71,12 +75,12 @@ _WEBHOOK_PORT_HELP = (
     "to confirm an event, plus a slow backstop poll in case one is lost. Needs the endpoint's secret "
     "(OPENAI_WEBHOOK_SECRET)."
 )
-_WEBHOOK_PORT = typer.Option(None, "--webhook-port", min=0, max=65535, help=_WEBHOOK_PORT_HELP, show_default=False)
+# No min/max here (checked in _webhooks): typer would print the range next to the metavar, widening --help.
+_WEBHOOK_PORT = typer.Option(None, "--webhook-port", metavar="PORT", help=_WEBHOOK_PORT_HELP, show_default=False)
 _WEBHOOK_PORT_SUBMIT = typer.Option(
     None,
     "--webhook-port",
-    min=0,
-    max=65535,
+    metavar="PORT",
     help=_WEBHOOK_PORT_HELP + " Only with --wait (submit alone does not wait).",
     show_default=False,
 )
@@ -137,6 +141,8 @@ def _webhooks(port: int | None, host: str | None, secret: str | None) -> _Webhoo
         if host is not None:
             raise typer.BadParameter("only with --webhook-port", param_hint="--webhook-host")
         return None
+    if not 0 <= port <= 65535:
+        raise typer.BadParameter(f"{port} is not a port number (0-65535)", param_hint="--webhook-port")
     if not secret:
         raise typer.BadParameter(
             "set --webhook-secret or OPENAI_WEBHOOK_SECRET (the endpoint's whsec_... signing secret)",
@@ -250,13 +256,42 @@ def _console() -> Any:
     return console if console.is_terminal else Console(width=200)
 
 
-def _print_status(status: JobStatus, as_json: bool) -> None:
+def _money(usd: float) -> str:
+    """Dollars with enough digits for small jobs: 3 significant digits under $0.01 ($0.000123), else cents
+    and two more ($1.2345)."""
+    if usd <= 0:
+        return "0.00"
+    if usd < 0.01:
+        return f"{usd:.{2 - math.floor(math.log10(usd))}f}"
+    return f"{usd:,.4f}"
+
+
+def _clock_time(wall: float) -> str:
+    return datetime.fromtimestamp(wall, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _caption(status: JobStatus, refreshed: bool) -> str:
+    if status.polled_at is None:
+        return "from local state (no batch running)"
+    ago = max(0.0, status.now - status.polled_at)
+    when = f"{_clock_time(status.polled_at)}, {ago:,.0f}s ago"
+    if refreshed:
+        return f"batches retrieved just now ({when})"
+    return f"last known state, batches last polled {when}; --refresh to retrieve them now"
+
+
+def _print_status(status: JobStatus, as_json: bool, *, refreshed: bool = False) -> None:
     if as_json:
         typer.echo(json.dumps(status.to_dict(), default=str))
         return
     from rich.table import Table
 
-    table = Table(title=f"batch job {status.name} — {status.state}", title_justify="left")
+    table = Table(
+        title=f"batch job {status.name} — {status.state}",
+        title_justify="left",
+        caption=_caption(status, refreshed),
+        caption_justify="left",
+    )
     for col in (
         "shard",
         "round",
@@ -278,14 +313,14 @@ def _print_status(status: JobStatus, as_json: bool) -> None:
             str(s.shard),
             str(s.round),
             s.model,
-            s.state,
+            s.state + (" (waits for capacity)" if s.error_code == "capacity_wait" and s.state == "uploaded" else ""),
             s.batch_id or "-",
             s.batch_status or "-",
             f"{s.n_requests:,}",
             f"{s.completed:,}",
             f"{s.failed:,}",
             f"{s.est_tokens:,}",
-            f"{s.cost_usd:.4f}",
+            _money(s.cost_usd),
         )
     console = _console()
     console.print(table)
@@ -293,7 +328,7 @@ def _print_status(status: JobStatus, as_json: bool) -> None:
     console.print(
         f"requests {status.total:,}: done {status.done:,}, failed {status.failed:,}, "
         f"waiting for retry {status.retry:,}, pending {status.pending:,} | "
-        f"cost so far ${status.cost_usd:.4f} | ETA {eta}"
+        f"cost so far ${_money(status.cost_usd)} | ETA {eta}"
     )
     if status.failure_codes:
         codes = ", ".join(f"{code or '?'} x{n}" for code, n in sorted(status.failure_codes.items()))
@@ -308,18 +343,22 @@ def submit(
     requests: Annotated[Path, typer.Argument(help="Requests JSONL: Batch-API lines or bare request bodies.")],
     name: str | None = typer.Option(None, "--name", help="Job name (default: file name + hash of its path)."),
     output: Annotated[Path | None, typer.Option("-o", "--output", help="With --wait: write results here.")] = None,
-    wait_: bool = typer.Option(False, "--wait", help="Wait until every request is answered (then collect with -o)."),
+    wait_: bool = typer.Option(False, "--wait", help="Wait until every request is answered."),
     timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up waiting after N seconds."),
-    max_requests: int = typer.Option(50_000, "--max-requests", min=1, help="Requests per batch file."),
-    max_bytes: int = typer.Option(200 * 1024 * 1024, "--max-bytes", min=1, help="Bytes per batch file."),
+    max_requests: int = typer.Option(50_000, "--max-requests", min=1, metavar="N", help="Requests per batch file."),
+    max_bytes: int = typer.Option(
+        200 * 1024 * 1024, "--max-bytes", min=1, metavar="BYTES", help="Bytes per batch file."
+    ),
     max_embedding_inputs: int = typer.Option(
-        50_000, "--max-embedding-inputs", min=1, help="Embedding inputs per file."
+        50_000, "--max-embedding-inputs", min=1, metavar="N", help="Embedding inputs per file."
     ),
     token_limit: list[str] = typer.Option(  # noqa: B008
         [], "--token-limit", help="MODEL=TOKENS enqueued-token limit (repeatable; otherwise learned)."
     ),
     token_estimate: str = typer.Option("fast", "--token-estimate", help="'fast' (bytes/4) or 'exact' (tokenizer)."),
-    max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Submissions per request, retries included."),
+    max_attempts: int = typer.Option(
+        3, "--max-attempts", min=1, metavar="N", help="Submissions per request, retries included."
+    ),
     poll_interval: float | None = _POLL,
     fallback: str = _FALLBACK,
     keep_files: bool = _KEEP_FILES,
@@ -332,8 +371,9 @@ def submit(
 ) -> None:
     """Validate REQUESTS (nothing is uploaded if any line is bad), shard it, upload and create the batches.
 
-    Rerunning the same command resumes the job; it never creates a batch twice. With --wait and
-    --webhook-port, the wait is driven by the API's batch webhooks instead of polling.
+    Rerunning the same command resumes the job; it never creates a batch twice.
+
+    With --wait and --webhook-port, the wait is driven by the API's batch webhooks instead of polling.
     """
     from ratepilot.batch.runner import check_output, default_job_name
 
@@ -342,6 +382,12 @@ def submit(
     webhooks = _webhooks(webhook_port, webhook_host, webhook_secret)
     if webhooks is not None and not wait_:
         raise typer.BadParameter("only with --wait (submit alone does not wait)", param_hint="--webhook-port")
+    if output is not None and not wait_:
+        # Right after submitting nothing is answered yet: the file would be empty. `wait -o` writes it.
+        raise typer.BadParameter(
+            "only with --wait; without it, write the results later with `ratepilot batch wait NAME -o FILE`",
+            param_hint="-o/--output",
+        )
     runner_cm = _runner(
         state_dir,
         base_url,
@@ -363,6 +409,8 @@ def submit(
         if wait_:
             status = _run_guarded(lambda: runner.wait(status.name, timeout=timeout))
         _print_status(status, as_json)
+        if not wait_:
+            _next_steps(status.name, as_json)
         if output is not None:
             summary = _run_guarded(lambda: runner.collect(status.name, output))
             _print_collect(summary, as_json)
@@ -372,25 +420,50 @@ def submit(
             raise typer.Exit(ExitCode.INCOMPLETE)
 
 
+def _next_steps(name: str, as_json: bool) -> None:
+    """After a submit without --wait: the job's name and the commands that go on from here."""
+    lines = (
+        f"submitted job: {name}",
+        f"next: ratepilot batch wait {name} -o FILE   (tracks, retries, writes results in input order)",
+        f"      ratepilot batch status {name} --refresh",
+    )
+    for line in lines:  # on stderr with --json, so stdout stays one JSON document
+        typer.echo(line, err=as_json)
+
+
 @app.command()
 def status(
     name: str | None = typer.Argument(None, help="Job name (default: every job)."),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="Retrieve each running batch once (low priority) first; needs OPENAI_API_KEY."
+    ),
     state_dir: Path | None = _STATE_DIR,
-    base_url: str | None = _BASE_URL,
+    base_url: str | None = typer.Option(
+        None, "--base-url", envvar="OPENAI_BASE_URL", help="With --refresh: the API base URL."
+    ),
     as_json: bool = _JSON,
 ) -> None:
-    """Show a table per job: shards, their batches and states, counts, ETA, cost so far (from local state)."""
+    """Show a table per job: shards, batches, states, counts, ETA, cost so far.
+
+    Without --refresh it shows the last known state (no API call); the caption says when it was polled.
+    """
     from openai import OpenAI
 
     from ratepilot.batch import BatchRunner
 
-    client = OpenAI(api_key=os.environ.get("OPENAI_API_KEY") or "unused", base_url=base_url)
-    with client, BatchRunner(client, state_dir=state_dir) as runner:
+    runner_cm: Any
+    if refresh:
+        runner_cm = _runner(state_dir, base_url)
+    else:  # local state only: no key needed and nothing is sent
+        client = OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1")
+        runner_cm = BatchRunner(client, state_dir=state_dir, close_client=True)
+    with runner_cm as runner:
         names = [name] if name else [j.name for j in runner.jobs() if j.state != "planning"]
         if not names:
             typer.echo("no batch jobs")
         for n in names:
-            _print_status(_run_guarded(lambda n=n: runner.status(n)), as_json)
+            get = runner.refresh if refresh else runner.status
+            _print_status(_run_guarded(lambda n=n, get=get: get(n)), as_json, refreshed=refresh)
 
 
 @app.command()
@@ -400,7 +473,9 @@ def wait(
     timeout: float | None = typer.Option(None, "--timeout", help="Give up waiting after N seconds (exit 6)."),
     poll_interval: float | None = _POLL,
     fallback: str = _FALLBACK,
-    max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Submissions per request, retries included."),
+    max_attempts: int = typer.Option(
+        3, "--max-attempts", min=1, metavar="N", help="Submissions per request, retries included."
+    ),
     keep_files: bool = _KEEP_FILES,
     webhook_port: int | None = _WEBHOOK_PORT,
     webhook_host: str | None = _WEBHOOK_HOST,
@@ -411,8 +486,7 @@ def wait(
 ) -> None:
     """Track the job's batches until every request is answered: submits deferred shards, collects, retries.
 
-    With --webhook-port, batches are not polled: the API's batch.* webhooks (verified with --webhook-secret)
-    wake the wait, and each batch is retrieved once to confirm.
+    With --webhook-port, batches are not polled: the API's batch.* webhooks wake the wait instead.
     """
     webhooks = _webhooks(webhook_port, webhook_host, webhook_secret)
     with _runner(
@@ -475,11 +549,19 @@ def cancel(
 ) -> None:
     """Cancel the job's running batches. Finished results are kept: `collect` writes them.
 
-    `submit` with the same input later resubmits what did not finish.
+    Resume later with `ratepilot batch submit REQUESTS --name NAME`: it resubmits what did not finish.
     """
     with _runner(state_dir, base_url, poll_interval=poll_interval) as runner:
         result = _run_guarded(lambda: runner.cancel(name, wait=not no_wait))
         _print_status(result, as_json)
+        job = runner.store.get_job(name)
+        hints = (
+            f"cancelled job: {name}; finished results are kept",
+            f"collect them: ratepilot batch collect {name} -o FILE",
+            f"resume:       ratepilot batch submit {shlex.quote(job.input_path) if job else 'REQUESTS'} --name {name}",
+        )
+        for line in hints:
+            typer.echo(line, err=as_json)
 
 
 @app.command("list")
@@ -498,9 +580,15 @@ def list_(
             rows = [{"name": j.name, "state": j.state, "total": j.total, "input": j.input_path} for j in runner.jobs()]
             if as_json:
                 typer.echo(json.dumps(rows))
-            else:
-                for row in rows:
-                    typer.echo(f"{row['name']}\t{row['state']}\t{row['total']}\t{row['input']}")
+                return
+            from rich.table import Table
+
+            jobs_table = Table(title="local batch jobs (oldest first)", title_justify="left")
+            for col in ("name", "state", "requests", "input"):
+                jobs_table.add_column(col, justify="right" if col == "requests" else "left")
+            for row in rows:
+                jobs_table.add_row(str(row["name"]), str(row["state"]), f"{row['total']:,}", str(row["input"]))
+            _console().print(jobs_table)
             return
 
         def pages() -> list[dict[str, Any]]:
