@@ -373,3 +373,21 @@ def test_help_fits_eighty_columns(command: str) -> None:
     assert result.exit_code == 0
     assert max(len(line) for line in result.output.splitlines()) <= 80
     assert "…" not in result.output  # no help text cut short
+
+
+def test_another_jobs_missing_batch_does_not_fail_this_jobs_wait(
+    tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
+) -> None:
+    limit = 600
+    runner = make_runner(
+        config=BatchConfig(poll_interval=1.0, token_limits={"gpt-4o-mini": limit}),
+        longrun=LongrunConfig(enqueued_token_limit=limit, batch_lines_per_second=1.0),
+    )
+    a = runner.submit(write_jsonl(tmp_path / "a.jsonl", [chat_line(i, words=20) for i in range(8)]), name="a")
+    runner.submit(write_jsonl(tmp_path / "b.jsonl", [chat_line(i, words=20) for i in range(8)]), name="b")
+    runner.store.update_shard(a.shards[0], batch_id="batch_gone")  # e.g. made with another project's key
+    status = runner.wait("b", timeout=5.0)  # keeps waiting for the capacity job a holds; does not raise
+    assert not status.complete
+    job_a = runner.store.get_job("a")
+    assert job_a is not None
+    assert any(kind == "capacity-check-failed" and "404" in detail for _, kind, detail in runner.store.events(job_a))

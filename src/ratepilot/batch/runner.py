@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import openai
 import orjson
 
 from .. import paths
@@ -446,6 +447,13 @@ class BatchRunner:
                     batch = self.client.batches.retrieve(shard.batch_id, extra_headers={PRIORITY_HEADER: "low"})
                 except TRANSIENT_POLL_ERRORS:
                     continue  # looked at again after the next interval
+                except openai.APIStatusError as exc:
+                    # Another job's problem (its batch gone, another project's key): recorded on that job, whose
+                    # own wait deals with it; this job keeps waiting (until its --timeout), it does not fail.
+                    self.store.log(
+                        other, "capacity-check-failed", f"{exc.status_code} {exc.code or ''}".strip(), shard.shard
+                    )
+                    continue
                 self._apply_batch(other, shard, batch)
 
     def _collect_finished(self, job: JobRecord) -> None:
