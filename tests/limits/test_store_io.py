@@ -248,3 +248,52 @@ def test_a_forked_child_gets_its_own_io_thread(shared_uri: str, clock: FakeClock
         assert child.exitcode == 0
     finally:
         lim.close()
+
+
+def test_a_redis_settle_rides_with_the_next_call_in_one_round_trip(redis_limiter: tuple[RedisStore, Limiter]) -> None:
+    store, lim = redis_limiter
+    conn = store._connection()
+    wire: list[str] = []
+    send, read = conn.send_command, conn.read_response
+    conn.send_command = lambda *a, **k: (wire.append("send"), send(*a, **k))[1]
+    conn.read_response = lambda *a, **k: (wire.append("read"), read(*a, **k))[1]
+    g = lim.acquire(SCOPE, Cost(1, 100))
+    wire.clear()
+    lim.settle(g, 40)
+    assert wire == [] and len(store._deferred) == 1  # nothing sent yet
+    before = lim.state(SCOPE)["tpm"].remaining  # the read takes the settle along: it sees it
+    assert wire == ["send", "send", "read", "read"]  # both commands, then both replies: one round trip
+    assert before == pytest.approx(9_900 - 40, abs=1)
+
+
+def test_a_redis_settle_no_call_picks_up_is_sent_by_the_flusher(
+    redis_prefix: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ratepilot.limits.stores.redis as redis_store
+
+    monkeypatch.setattr(redis_store, "FLUSH_AFTER_S", 0.0)
+    ours = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
+    theirs = RedisStore(REDIS_URL, clock, prefix=redis_prefix)  # another process's view of the same scope
+    sent = threading.Event()
+    deferred: list[Any] = []
+    run_settles, defer = ours._run_settles, ours._defer
+
+    def spy(conn: Any, commands: list[Any]) -> None:
+        run_settles(conn, commands)
+        if threading.current_thread().name == "ratepilot-redis-flush" and any(c in deferred for c in commands):
+            sent.set()  # the flusher has sent the settle this test made
+
+    monkeypatch.setattr(ours, "_run_settles", spy)
+    lim = Limiter(ours, clock=clock)
+    other = Limiter(theirs, clock=clock)
+    try:
+        _learned(lim)
+        before = other.state(SCOPE)["tpm"].remaining
+        g = lim.acquire(SCOPE, Cost(1, 500))
+        monkeypatch.setattr(ours, "_defer", lambda command: (deferred.append(command), defer(command)))
+        lim.settle(g, 100)  # deferred; no further call from us
+        assert sent.wait(10)
+        assert other.state(SCOPE)["tpm"].remaining == pytest.approx(before - 100, abs=1)
+    finally:
+        lim.close()
+        other.close()
