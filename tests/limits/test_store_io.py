@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing as mp
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,7 +252,12 @@ def test_a_forked_child_gets_its_own_io_thread(shared_uri: str, clock: FakeClock
         lim.close()
 
 
-def test_a_redis_settle_rides_with_the_next_call_in_one_round_trip(redis_limiter: tuple[RedisStore, Limiter]) -> None:
+def test_a_redis_settle_rides_with_the_next_call_in_one_round_trip(
+    redis_limiter: tuple[RedisStore, Limiter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ratepilot.limits.stores.redis as redis_store
+
+    monkeypatch.setattr(redis_store, "FLUSH_AFTER_S", 60.0)  # the flusher stays out of it
     store, lim = redis_limiter
     conn = store._connection()
     wire: list[str] = []
@@ -297,3 +304,50 @@ def test_a_redis_settle_no_call_picks_up_is_sent_by_the_flusher(
     finally:
         lim.close()
         other.close()
+
+
+def test_redis_settles_after_close_still_reach_redis(redis_prefix: str, clock: FakeClock) -> None:
+    ours = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
+    theirs = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
+    lim, other = Limiter(ours, clock=clock), Limiter(theirs, clock=clock)
+    try:
+        _learned(lim)
+        before = other.state(SCOPE)["tpm"].remaining
+        g = lim.acquire(SCOPE, Cost(1, 500))
+        ours.close()  # e.g. a grant given back by a callback after the limiter was closed
+        lim.cancel(g)
+        ours.close()  # (what Limiter.close does): sends it
+        assert other.state(SCOPE)["tpm"].remaining == pytest.approx(before, abs=1)
+    finally:
+        other.close()
+
+
+EXIT_WITHOUT_CLOSE = """
+import sys
+from ratepilot.clock import FakeClock
+from ratepilot.limits import Cost, Limiter, Scope
+from ratepilot.limits.stores.redis import RedisStore
+import ratepilot.limits.stores.redis as redis_store
+redis_store.FLUSH_AFTER_S = 3600.0  # only the exit hook can send it
+clock = FakeClock()
+lim = Limiter(RedisStore(sys.argv[1], clock, prefix=sys.argv[2]), clock=clock)
+grant = lim.acquire(Scope(sys.argv[3], "gpt-4o-mini"), Cost(1, 500))
+lim.cancel(grant)  # deferred; the process exits without close()
+"""
+
+
+def test_a_redis_settle_deferred_at_exit_is_sent(redis_prefix: str, clock: FakeClock) -> None:
+    theirs = Limiter(RedisStore(REDIS_URL, clock, prefix=redis_prefix), clock=clock)
+    try:
+        _learned(theirs)
+        before = theirs.state(SCOPE)["tpm"].remaining
+        done = subprocess.run(
+            [sys.executable, "-c", EXIT_WITHOUT_CLOSE, REDIS_URL, redis_prefix, SCOPE.key_id],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert theirs.state(SCOPE)["tpm"].remaining == pytest.approx(before, abs=1)  # reserved, then given back
+    finally:
+        theirs.close()

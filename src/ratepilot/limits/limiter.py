@@ -424,11 +424,11 @@ class Limiter:
         return view(st, now) if st is not None else {}
 
     async def aflush(self) -> None:
-        """Wait until the store updates handed to the I/O thread so far are applied (nothing to do for a
-        store without I/O, whose updates are applied in place)."""
-        io = self._io
-        if io is not None:
-            await asyncio.wrap_future(io.submit(lambda: None))  # one worker, in order: everything before is done
+        """Wait until the store updates handed over so far are applied: by the I/O thread (one worker, in order),
+        and by the store itself when it defers some (Redis sends settles with its next call)."""
+        flush = getattr(self.store, "flush", None)
+        if self._offload:
+            await asyncio.wrap_future(self._io_thread().submit(flush or (lambda: None)))
 
     # ----------------------------------------------------------------------------------- conveniences
     @contextmanager

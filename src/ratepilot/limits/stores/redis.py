@@ -13,6 +13,7 @@ retry wrapper on every call; on loopback that bookkeeping cost as much as the ro
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -89,11 +90,17 @@ class RedisStore:
         # Every thread's connection, to close them all. Weak: the connection of a thread that has ended goes
         # with its thread-local (redis-py disconnects a connection when it is collected).
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # redis-py's Connection (untyped)
-        # Settles (adjusts) waiting to ride along with the next call (see adjust), and the thread that sends
-        # them on their own when no call comes within FLUSH_AFTER_S.
+        self._reset_deferral()
+        _STORES.add(self)
+
+    def _reset_deferral(self) -> None:
+        """The deferred-settle state (see adjust); also what a forked child starts from (its parent's locks may
+        be held by threads that do not exist in the child, and its settles are the parent's to send)."""
+        self._mu = threading.Lock()
+        self._changed = threading.Condition(self._mu)  # settles deferred, a pipeline done, closing
         self._deferred: list[_Command] = []
-        self._deferred_pid = os.getpid()
-        self._wake = threading.Condition(self._mu)
+        self._first_deferred_at = 0.0  # time.monotonic() of the oldest deferred settle
+        self._inflight = 0  # pipelines carrying deferred settles, not yet answered
         self._flusher: threading.Thread | None = None
         self._closing = False
 
@@ -106,6 +113,12 @@ class RedisStore:
         if conn is None or local.pid != os.getpid():
             pool = self._redis.connection_pool
             conn = pool.connection_class(**pool.connection_kwargs)
+            # Every script loaded up front, in one round trip: NOSCRIPT is then only seen after a SCRIPT FLUSH
+            # or a server restart (a deferred settle refused with it runs after the call that carried it).
+            for script in self._scripts.values():
+                conn.send_command("SCRIPT", "LOAD", script.source)
+            for _ in self._scripts:
+                conn.read_response()
             local.conn, local.pid = conn, os.getpid()
             with self._mu:
                 self._connections.add(conn)
@@ -160,7 +173,10 @@ class RedisStore:
                     conn.send_command("SCRIPT", "LOAD", script.source)
                     conn.read_response()
                 if all(c is not own for c in refused):  # its reply is in: run the refused settles, keep it
-                    self._run_settles(conn, refused)
+                    try:
+                        self._run_settles(conn, refused)
+                    except Exception as exc:  # the caller's reply must not be lost to a settle's failure
+                        log.warning("ratepilot: %d limiter settles not sent to Redis (%s)", len(refused), exc)
                     return self._reply(replies[-1])
                 commands = refused
                 continue
@@ -181,48 +197,74 @@ class RedisStore:
         return reply
 
     def _eval(self, name: str, key: str, packed: bytes) -> Any:
-        return self._run([*self._take_deferred(), self._command(name, key, packed)])
+        taken = self._take_deferred()
+        try:
+            return self._run([*taken, self._command(name, key, packed)])
+        except BaseException:
+            if taken:
+                log.warning("ratepilot: %d limiter settles may not have reached Redis", len(taken))
+            raise
+        finally:
+            self._done(taken)
 
     # -- deferred settles ------------------------------------------------------------------------------------------
+    #
+    # A settle is information for later reservations. Deferred, it rides ahead of the next call from any thread
+    # (which then always sees it), or the flusher sends it once it is FLUSH_AFTER_S old. Order: a call first waits
+    # for any pipeline still carrying settles, so nothing can overtake a settle deferred before it started.
 
     def _take_deferred(self) -> list[_Command]:
         with self._mu:
-            if self._deferred_pid != os.getpid():  # a forked child: those settles are its parent's to send
-                self._deferred, self._deferred_pid, self._flusher = [], os.getpid(), None
+            while self._inflight:
+                self._changed.wait()
             taken, self._deferred = self._deferred, []
+            if taken:
+                self._inflight += 1
             return taken
+
+    def _done(self, taken: list[_Command]) -> None:
+        if taken:
+            with self._mu:
+                self._inflight -= 1
+                self._changed.notify_all()
 
     def _defer(self, command: _Command) -> None:
         with self._mu:
-            if self._deferred_pid != os.getpid():
-                self._deferred, self._deferred_pid, self._flusher = [], os.getpid(), None
+            if not self._deferred:
+                self._first_deferred_at = time.monotonic()
+                self._changed.notify_all()  # the flusher's clock starts now (not on every settle)
             self._deferred.append(command)
-            if self._flusher is None:
+            if self._flusher is None or not self._flusher.is_alive():
                 self._flusher = threading.Thread(target=self._flush_loop, name="ratepilot-redis-flush", daemon=True)
                 self._flusher.start()
-            self._wake.notify()
 
     def _flush_loop(self) -> None:
         """Send deferred settles that no call picked up within FLUSH_AFTER_S (so other processes see them)."""
         while True:
             with self._mu:
                 while not self._deferred and not self._closing:
-                    self._wake.wait()
+                    self._changed.wait()
                 if self._closing:
                     return
-            time.sleep(FLUSH_AFTER_S)  # a coalescing window: the caller's next reservation usually takes them
-            commands = self._take_deferred()
-            if commands:
-                try:
-                    self._run_settles(self._connection(), commands)
-                except Exception as exc:  # a background thread: nobody to raise to
-                    log.warning("ratepilot: %d limiter settles not sent to Redis (%s)", len(commands), exc)
+                due = self._first_deferred_at + FLUSH_AFTER_S - time.monotonic()
+            if due > 0:
+                time.sleep(due)  # a coalescing window: the caller's next call usually takes them first
+            try:
+                self.flush()
+            except Exception as exc:  # a background thread: nobody to raise to
+                log.warning("ratepilot: limiter settles not sent to Redis (%s)", exc)
 
     def flush(self) -> None:
-        """Send the deferred settles now."""
-        commands = self._take_deferred()
-        if commands:
-            self._run_settles(self._connection(), commands)
+        """Send the deferred settles now (after any pipeline already carrying some)."""
+        taken = self._take_deferred()
+        try:
+            if taken:
+                self._run_settles(self._connection(), taken)
+        except BaseException:
+            log.warning("ratepilot: %d limiter settles may not have reached Redis", len(taken))
+            raise
+        finally:
+            self._done(taken)
 
     def _call(self, name: str, key: str, numbers: list[float]) -> Any:
         return self._eval(name, key, struct.pack(f"<{len(numbers)}d", *numbers))
@@ -269,16 +311,46 @@ class RedisStore:
         return (decode_state(raw.decode()) if raw else None), float(now)
 
     def close(self) -> None:
+        """Send what is deferred, stop the flusher, close the connections. The store may be used again after."""
         try:
             self.flush()
         except Exception as exc:  # closing must not fail on a server that is gone
             log.warning("ratepilot: limiter settles not sent to Redis on close (%s)", exc)
         with self._mu:
+            while self._inflight:  # the flusher's own pipeline
+                self._changed.wait()
             self._closing = True
-            self._wake.notify_all()
+            self._changed.notify_all()
+            flusher, self._flusher = self._flusher, None
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout=5.0)
         with self._mu:
+            self._closing = False
             connections, self._connections = list(self._connections), weakref.WeakSet()
             self._local = threading.local()  # a later call opens (and tracks) a new connection
         for conn in connections:
             conn.disconnect()
         self._redis.close()
+
+
+# Every open store: flushed at interpreter exit (the flusher is a daemon thread, which exit does not wait for),
+# and given fresh locks and an empty settle queue in a forked child.
+_STORES: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+
+
+def _flush_all_at_exit() -> None:
+    for store in list(_STORES):
+        try:
+            store.flush()
+        except Exception as exc:  # exiting: say it, do not raise
+            log.warning("ratepilot: limiter settles not sent to Redis at exit (%s)", exc)
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._reset_deferral()
+
+
+atexit.register(_flush_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
