@@ -64,6 +64,16 @@ class _Script:
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 
+class _Held:
+    """A thread's connection (and the process that opened it), kept in the thread's local storage."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: Any, pid: int) -> None:
+        self.conn = conn
+        self.pid = pid
+
+
 @dataclass(frozen=True, slots=True, eq=False)  # told apart by identity
 class _Command:
     """One EVALSHA: the script, the full key, the time argument and the packed numbers."""
@@ -107,21 +117,24 @@ class RedisStore:
     # -- the round trip --------------------------------------------------------------------------------------------
 
     def _connection(self) -> Any:
-        local = self._local
-        conn = getattr(local, "conn", None)
+        held: _Held | None = getattr(self._local, "held", None)
         # A forked child must not share its parent's socket: replies would be read by the wrong process.
-        if conn is None or local.pid != os.getpid():
-            pool = self._redis.connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)
-            # Every script loaded up front, in one round trip: NOSCRIPT is then only seen after a SCRIPT FLUSH
-            # or a server restart (a deferred settle refused with it runs after the call that carried it).
-            for script in self._scripts.values():
-                conn.send_command("SCRIPT", "LOAD", script.source)
-            for _ in self._scripts:
-                conn.read_response()
-            local.conn, local.pid = conn, os.getpid()
-            with self._mu:
-                self._connections.add(conn)
+        if held is not None and held.pid == os.getpid():
+            return held.conn
+        pool = self._redis.connection_pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        # Every script loaded up front, in one round trip: NOSCRIPT is then only seen after a SCRIPT FLUSH or a
+        # server restart (a deferred settle refused with it runs after the call that carried it).
+        for script in self._scripts.values():
+            conn.send_command("SCRIPT", "LOAD", script.source)
+        for _ in self._scripts:
+            conn.read_response()
+        held = _Held(conn, os.getpid())
+        # When the thread ends, its thread-local goes, and with it this holder: its socket is closed then.
+        weakref.finalize(held, conn.disconnect)
+        self._local.held = held
+        with self._mu:
+            self._connections.add(conn)
         return conn
 
     def _command(self, name: str, key: str, packed: bytes) -> _Command:
