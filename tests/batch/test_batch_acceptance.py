@@ -33,10 +33,9 @@ def _batches(sim: Simulator) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------ 1. shared enqueued-token limit
 
 
-def test_the_token_limit_is_shared_by_every_job_on_the_model(
-    tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
-) -> None:
-    # Each job's one shard fits the limit alone; together they do not (for us and for the server).
+def _two_jobs_over_the_limit(tmp_path: Path, make_runner: Callable[..., BatchRunner]) -> tuple[BatchRunner, Any, Any]:
+    """Jobs "a" and "b" submitted on one model: each one's single shard fits the enqueued-token limit alone,
+    together they do not (for us and for the server)."""
     limit = 600
     runner = make_runner(
         config=BatchConfig(poll_interval=1.0, token_limits={"gpt-4o-mini": limit}),
@@ -45,6 +44,13 @@ def test_the_token_limit_is_shared_by_every_job_on_the_model(
     a = runner.submit(write_jsonl(tmp_path / "a.jsonl", [chat_line(i, words=20) for i in range(8)]), name="a")
     b = runner.submit(write_jsonl(tmp_path / "b.jsonl", [chat_line(i, words=20) for i in range(8)]), name="b")
     assert a.shards[0].est_tokens < limit and a.shards[0].est_tokens + b.shards[0].est_tokens > limit
+    return runner, a, b
+
+
+def test_the_token_limit_is_shared_by_every_job_on_the_model(
+    tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
+) -> None:
+    runner, a, b = _two_jobs_over_the_limit(tmp_path, make_runner)
     assert a.shards[0].state == ShardState.SUBMITTED
     assert b.shards[0].state == ShardState.UPLOADED and b.shards[0].error_code == "capacity_wait"
     assert len(_batches(fake_sim)) == 1  # deferred locally: never created (and failed) on the server
@@ -378,13 +384,7 @@ def test_help_fits_eighty_columns(command: str) -> None:
 def test_another_jobs_missing_batch_does_not_fail_this_jobs_wait(
     tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner]
 ) -> None:
-    limit = 600
-    runner = make_runner(
-        config=BatchConfig(poll_interval=1.0, token_limits={"gpt-4o-mini": limit}),
-        longrun=LongrunConfig(enqueued_token_limit=limit, batch_lines_per_second=1.0),
-    )
-    a = runner.submit(write_jsonl(tmp_path / "a.jsonl", [chat_line(i, words=20) for i in range(8)]), name="a")
-    runner.submit(write_jsonl(tmp_path / "b.jsonl", [chat_line(i, words=20) for i in range(8)]), name="b")
+    runner, a, _ = _two_jobs_over_the_limit(tmp_path, make_runner)
     runner.store.update_shard(a.shards[0], batch_id="batch_gone")  # e.g. made with another project's key
     status = runner.wait("b", timeout=5.0)  # keeps waiting for the capacity job a holds; does not raise
     assert not status.complete
