@@ -111,3 +111,12 @@ def test_a_dead_worker_is_a_clean_cli_error() -> None:
 
     known = classify_exit(ParseWorkerError("a parsing worker process exited unexpectedly (exit code 1)"))
     assert known == (ExitCode.API_ERROR, "a parsing worker process exited unexpectedly (exit code 1)")  # no traceback
+
+
+def test_default_workers_stay_within_the_memory_bound_on_a_large_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ratepilot.batch import prepare
+
+    monkeypatch.setattr(prepare.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert prepare.default_workers() == prepare.MAX_DEFAULT_WORKERS == 2  # each further worker: ~85 MB
+    monkeypatch.setattr(prepare.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert prepare.default_workers() == 1

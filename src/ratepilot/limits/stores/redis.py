@@ -21,6 +21,8 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -48,8 +50,7 @@ def _script_source(name: str) -> str:
     return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
-_RESERVED = range(3 + 3 * N_DIMS)  # reply length of a granted reservation (a refusal is 3 numbers)
-_REPLY = struct.Struct(f"<{len(_RESERVED)}d")
+_REPLY = struct.Struct(f"<{3 + 3 * N_DIMS}d")  # a granted reservation's reply (a refusal is 3 numbers, padded)
 
 
 def _padded(reply: bytes) -> bytes:
@@ -57,11 +58,17 @@ def _padded(reply: bytes) -> bytes:
 
 
 class _Script:
-    """One operation's Lua source and its SHA1 (what ``EVALSHA`` names; loaded on the first NOSCRIPT)."""
+    """One operation's Lua source and its SHA1 (what ``EVALSHA`` names; loaded when a connection opens)."""
 
     def __init__(self, name: str) -> None:
         self.source = _script_source(name)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+def _log_failed_settles(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            log.warning("ratepilot: a deferred limiter settle failed (%s)", reply)
 
 
 class _Held:
@@ -193,15 +200,11 @@ class RedisStore:
                     return self._reply(replies[-1])
                 commands = refused
                 continue
-            for r in replies[:-1]:
-                if isinstance(r, Exception):
-                    log.warning("ratepilot: a deferred limiter settle failed (%s)", r)
+            _log_failed_settles(replies[:-1])
             return self._reply(replies[-1])
 
     def _run_settles(self, conn: Any, commands: list[_Command]) -> None:
-        for r in self._pipeline(conn, commands):
-            if isinstance(r, Exception):
-                log.warning("ratepilot: a deferred limiter settle failed (%s)", r)
+        _log_failed_settles(self._pipeline(conn, commands))
 
     @staticmethod
     def _reply(reply: Any) -> Any:
@@ -210,15 +213,8 @@ class RedisStore:
         return reply
 
     def _eval(self, name: str, key: str, packed: bytes) -> Any:
-        taken = self._take_deferred()
-        try:
+        with self._carrying_deferred() as taken:
             return self._run([*taken, self._command(name, key, packed)])
-        except BaseException:
-            if taken:
-                log.warning("ratepilot: %d limiter settles may not have reached Redis", len(taken))
-            raise
-        finally:
-            self._done(taken)
 
     # -- deferred settles ------------------------------------------------------------------------------------------
     #
@@ -226,20 +222,27 @@ class RedisStore:
     # (which then always sees it), or the flusher sends it once it is FLUSH_AFTER_S old. Order: a call first waits
     # for any pipeline still carrying settles, so nothing can overtake a settle deferred before it started.
 
-    def _take_deferred(self) -> list[_Command]:
+    @contextmanager
+    def _carrying_deferred(self) -> Iterator[list[_Command]]:
+        """The deferred settles, taken to be sent with this call (after any pipeline already carrying some);
+        later calls wait until this one is answered."""
         with self._mu:
             while self._inflight:
                 self._changed.wait()
             taken, self._deferred = self._deferred, []
             if taken:
                 self._inflight += 1
-            return taken
-
-    def _done(self, taken: list[_Command]) -> None:
-        if taken:
-            with self._mu:
-                self._inflight -= 1
-                self._changed.notify_all()
+        try:
+            yield taken
+        except BaseException:
+            if taken:
+                log.warning("ratepilot: %d limiter settles may not have reached Redis", len(taken))
+            raise
+        finally:
+            if taken:
+                with self._mu:
+                    self._inflight -= 1
+                    self._changed.notify_all()
 
     def _defer(self, command: _Command) -> None:
         with self._mu:
@@ -269,15 +272,9 @@ class RedisStore:
 
     def flush(self) -> None:
         """Send the deferred settles now (after any pipeline already carrying some)."""
-        taken = self._take_deferred()
-        try:
+        with self._carrying_deferred() as taken:
             if taken:
                 self._run_settles(self._connection(), taken)
-        except BaseException:
-            log.warning("ratepilot: %d limiter settles may not have reached Redis", len(taken))
-            raise
-        finally:
-            self._done(taken)
 
     def _call(self, name: str, key: str, numbers: list[float]) -> Any:
         return self._eval(name, key, struct.pack(f"<{len(numbers)}d", *numbers))
