@@ -4,10 +4,14 @@ Modelled on tenacity's "iter" loop, but with no sleeping, no clock and no I/O in
 and async drivers describe each failed attempt as a :class:`RetryState`, call :meth:`RetryPolicy.decide`,
 and do the waiting themselves. One decision engine, two thin loops.
 
-What is retried: 429 ``rate_limit_exceeded``, 408, 409, 5xx, timeouts and connection errors, with exponential
-backoff and full jitter (``uniform(0, min(cap, base·2^(n-1)))``). When the server says how long to wait, that
-wins, in this order: ``retry-after-ms``, ``retry-after``, the "Please try again in 20s" text, and finally the
-``x-ratelimit-reset-*`` headers (time for one unit of the exhausted bucket to refill).
+What is retried: 429 ``rate_limit_exceeded`` / ``slow_down``, 408, 409, 5xx, timeouts and connection errors,
+with exponential backoff and full jitter (``uniform(0, min(cap, base·2^(n-1)))``). When the server says how
+long to wait, that wins, in this order: ``retry-after-ms``, ``retry-after``, the "Please try again in 20s"
+text, and finally the ``x-ratelimit-reset-*`` headers (time for one unit of the exhausted bucket to refill).
+
+A rate-limit refusal is never a reason to give up: it can always succeed later. ``max_attempts`` and
+``max_total_wait`` count faults only (5xx, timeouts, dropped connections); refusals wait as long as it takes,
+unless ``patience`` bounds the time one request may spend waiting for rate-limit capacity.
 
 Never retried (exactly one HTTP call): ``insufficient_quota`` and the billing codes, "Request too large",
 400, 401, 403, 404 and other client errors — :func:`ratepilot.protocol.errors.classify` decides the class.
@@ -46,8 +50,9 @@ class FailureKind(enum.Enum):
 class RetryState:
     """Everything the policy may look at after a failed attempt.
 
-    ``attempt`` counts attempts made so far, including the one that just failed (1 after the first);
-    ``waited`` is the time already spent waiting between attempts of this request.
+    ``attempt`` counts attempts made so far, including the one that just failed (1 after the first), of which
+    ``refusals`` were refused for a rate limit; ``waited`` is the time already spent waiting after faults, and
+    ``refusal_waited`` after refusals.
     """
 
     attempt: int
@@ -55,6 +60,8 @@ class RetryState:
     waited: float = 0.0
     error: ErrorInfo | None = None  # the classified body when kind is RESPONSE
     headers: Mapping[str, str] = field(default_factory=dict)
+    refusals: int = 0
+    refusal_waited: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +108,11 @@ class RetryPolicy:
     """Caps and backoff shape. ``rng`` (a seeded ``random.Random`` or any ``() -> float`` in [0, 1)) makes
     the jitter reproducible in tests.
 
-    * ``max_attempts``: total attempts including the first (8 -> up to 7 retries);
-    * ``max_total_wait``: seconds of waiting between attempts, summed, before giving up;
-    * ``max_single_wait``: a server hint longer than this (a daily limit hours away) gives up at once;
+    * ``max_attempts``: attempts that may fail with a fault, the first included (8 -> up to 7 retries);
+    * ``max_total_wait``: seconds of waiting after faults, summed, before giving up;
+    * ``max_single_wait``: a fault's server hint longer than this gives up at once;
+    * ``patience``: seconds one request may wait after rate-limit refusals, summed (``None``: as long as it
+      takes; a server hint longer than what is left gives up at once, exhausted);
     * ``base`` / ``cap``: exponential backoff ``min(cap, base·2^(n-1))``, full jitter below it.
     """
 
@@ -113,6 +122,7 @@ class RetryPolicy:
     base: float = 0.5
     cap: float = 30.0
     retry_timeouts: bool = True
+    patience: float | None = None
     rng: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
     @classmethod
@@ -128,15 +138,28 @@ class RetryPolicy:
         reason = self._retryable(state)
         if isinstance(reason, GiveUp):
             return reason
-        if state.attempt >= self.max_attempts:
-            return GiveUp(f"{state.attempt} attempts made (max_attempts={self.max_attempts})", exhausted=True)
         hint = server_wait_hint(state.error, state.headers) if state.kind is FailureKind.RESPONSE else None
-        after = hint if hint is not None else self.backoff(state.attempt)
+        if state.error is not None and state.error.error_class is ErrorClass.RATE_LIMITED:
+            return self._after_refusal(state, reason, hint)
+        faults = state.attempt - state.refusals
+        if faults >= self.max_attempts:
+            return GiveUp(f"{faults} attempts failed (max_attempts={self.max_attempts})", exhausted=True)
+        after = hint if hint is not None else self.backoff(faults)
         if hint is not None and hint > self.max_single_wait:
             return GiveUp(f"server asks to wait {hint:.1f}s (max_single_wait={self.max_single_wait}s)", True)
         if state.waited + after > self.max_total_wait:
             return GiveUp(
                 f"waiting {after:.1f}s more would exceed max_total_wait={self.max_total_wait}s", exhausted=True
+            )
+        return Retry(after, reason)
+
+    def _after_refusal(self, state: RetryState, reason: str, hint: float | None) -> Decision:
+        """A rate-limit refusal: wait what the server asked (or back off), never give up unless out of patience."""
+        after = hint if hint is not None else self.backoff(max(1, state.refusals))
+        if self.patience is not None and state.refusal_waited + after > self.patience:
+            return GiveUp(
+                f"waiting {after:.1f}s more for rate-limit capacity would exceed patience={self.patience:g}s",
+                exhausted=True,
             )
         return Retry(after, reason)
 

@@ -12,6 +12,7 @@ from openai import AsyncOpenAI, OpenAI
 from ratepilot.client import Pilot
 from ratepilot.clock import FakeClock
 from ratepilot.errors import QuotaExhausted, RequestTooLarge, RetriesExhausted
+from ratepilot.limits import Limiter
 from ratepilot.protocol.errors import server_error
 from ratepilot.retry import RetryPolicy
 from ratepilot.sim import Simulator
@@ -97,7 +98,8 @@ def test_429_from_foreign_traffic_is_retried_after_the_hint(
     make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
 ) -> None:
     sim = make_sim(rpm=3, tpm=100_000)
-    pilot = Pilot(clock=clock)
+    # Trusting the whole minute at once (start_burst=60), the limiter sends into the foreign requests' use.
+    pilot = Pilot(clock=clock, limiter=Limiter(clock=clock, start_burst=60.0))
     with (
         OpenAI(base_url=sim.base_url, api_key=api_key, max_retries=0) as foreign,
         pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client,

@@ -6,12 +6,14 @@ import pytest
 
 from ratepilot.protocol.errors import (
     BILLING_CODES,
+    ErrorClass,
     LimitKind,
     classify,
     insufficient_quota_error,
     rate_limit_error,
     request_too_large_error,
     server_error,
+    slow_down_error,
 )
 from ratepilot.retry import FailureKind, GiveUp, Retry, RetryPolicy, RetryState, server_wait_hint
 
@@ -82,16 +84,42 @@ def test_client_errors_are_never_retried(status: int) -> None:
     assert isinstance(d, GiveUp) and not d.exhausted
 
 
-def test_caps_attempts_total_wait_and_single_wait() -> None:
+def test_caps_attempts_total_wait_and_single_wait_apply_to_faults() -> None:
     policy = RetryPolicy.seeded(1, max_attempts=3, max_total_wait=30.0, max_single_wait=25.0)
-    assert isinstance(policy.decide(_state(429, RPM_429, attempt=2)), Retry)
-    capped = policy.decide(_state(429, RPM_429, attempt=3))
+    assert isinstance(policy.decide(_state(500, server_error(), attempt=2)), Retry)
+    capped = policy.decide(_state(500, server_error(), attempt=3))
     assert isinstance(capped, GiveUp) and capped.exhausted
-    waited = policy.decide(RetryState(1, FailureKind.RESPONSE, 15.0, classify(429, RPM_429), {}))
+    waited = policy.decide(
+        RetryState(1, FailureKind.RESPONSE, 15.0, classify(503, server_error(True)), {"retry-after": "20"})
+    )
     assert isinstance(waited, GiveUp) and waited.exhausted  # 15 s waited + 20 s > 30 s
-    daily = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPD, 10, 10, 1, 3600.0)
-    too_long = policy.decide(_state(429, daily))
+    too_long = policy.decide(_state(503, server_error(True), {"retry-after": "60"}))
     assert isinstance(too_long, GiveUp) and too_long.exhausted and "max_single_wait" in too_long.reason
+
+
+def test_a_rate_limit_refusal_never_gives_up_for_attempts_or_waits() -> None:
+    """A 429 rate_limit_exceeded / slow_down can always succeed later: no attempt or wait cap applies."""
+    policy = RetryPolicy.seeded(1, max_attempts=3, max_total_wait=30.0, max_single_wait=25.0)
+    many = policy.decide(RetryState(50, FailureKind.RESPONSE, 0.0, classify(429, RPM_429), {}, refusals=50))
+    assert isinstance(many, Retry) and many.after == pytest.approx(20.0)
+    daily = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPD, 10, 10, 1, 3600.0)
+    assert isinstance(policy.decide(_state(429, daily)), Retry)
+    slow = classify(429, slow_down_error(4.2))
+    assert slow.error_class is ErrorClass.RATE_LIMITED
+    assert isinstance(policy.decide(RetryState(9, FailureKind.RESPONSE, 0.0, slow, {}, refusals=9)), Retry)
+    # Faults before and after refusals are counted on their own: 2 faults + 40 refusals is under max_attempts=3.
+    mixed = policy.decide(RetryState(42, FailureKind.RESPONSE, 0.0, classify(500, server_error()), {}, refusals=40))
+    assert isinstance(mixed, Retry)
+
+
+def test_patience_bounds_the_wait_for_rate_limit_capacity() -> None:
+    policy = RetryPolicy.seeded(1, patience=60.0)
+    ok = policy.decide(RetryState(2, FailureKind.RESPONSE, 0.0, classify(429, RPM_429), {}, 2, refusal_waited=30.0))
+    assert isinstance(ok, Retry)
+    out = policy.decide(RetryState(3, FailureKind.RESPONSE, 0.0, classify(429, RPM_429), {}, 3, refusal_waited=45.0))
+    assert isinstance(out, GiveUp) and out.exhausted and "patience" in out.reason
+    daily = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPD, 10, 10, 1, 3600.0)
+    assert isinstance(policy.decide(_state(429, daily)), GiveUp)  # an hour away: never within 60 s
 
 
 def test_x_should_retry_false_stops_a_5xx() -> None:

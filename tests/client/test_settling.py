@@ -49,7 +49,7 @@ async def test_cancelled_after_sending_keeps_the_reservation(
     make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
 ) -> None:
     sim = make_sim(rpm=10, tpm=100_000)
-    pilot = Pilot(clock=clock)
+    pilot = Pilot(clock=clock, limiter=Limiter(clock=clock, start_burst=60.0))  # no wait before the second request
     transport = _HangsAfterSending()
     http = httpx2.AsyncClient(transport=transport)
     async with pilot.wrap(AsyncOpenAI(base_url=sim.base_url, api_key=api_key, http_client=http)) as client:

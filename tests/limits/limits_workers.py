@@ -2,8 +2,8 @@
 
 The client transport (``ratepilot.client``) is tested on its own; here the limiter is exercised directly
 around ``with_raw_response`` calls, exactly as the transport uses it: acquire, send, settle, observe (or
-settle 0, observe, penalize after a 429). Settling first matters: the server's headers already include this
-request's actual usage, so a pending refund must not hide other clients' traffic.
+settle 0, observe, ``refused`` with the evidence after a 429). Settling first matters: the server's headers
+already include this request's actual usage, so a pending refund must not hide other clients' traffic.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import openai
 
 from ratepilot.limits import Cost, Limiter, Scope, key_id_for
+from ratepilot.limits.learning import refusal_evidence
 from ratepilot.protocol.errors import classify
 from ratepilot.protocol.tokens import admission_cost
 from ratepilot.retry import server_wait_hint
@@ -47,13 +48,15 @@ def send_one(client: openai.OpenAI, limiter: Limiter, scope: Scope, cost: Cost, 
         limiter.settle(grant, 0)
         limiter.observe(scope, headers, sent, grant=grant)
         if exc.status_code == 429:
-            wait = server_wait_hint(classify(exc.status_code, exc.response.json(), headers), headers)
-            limiter.penalize(scope, wait or 1.0)
+            info = classify(exc.status_code, exc.response.json(), headers)
+            wait = server_wait_hint(info, headers) or 1.0
+            evidence = refusal_evidence(info.message, info.type, headers, cost.tokens)
+            limiter.refused(grant, wait, evidence=evidence, slow_down=info.code == "slow_down")
         return Record(sent, exc.status_code, 0, limiter.clock.now())
     usage = raw.parse().usage
     tokens = usage.total_tokens if usage else 0
     limiter.settle(grant, tokens)
-    limiter.observe(scope, raw.headers, sent, grant=grant)
+    limiter.observe(scope, raw.headers, sent, grant=grant, answered=True)
     remaining = int(raw.headers.get("x-ratelimit-remaining-tokens", "-1"))
     return Record(sent, raw.status_code, tokens, limiter.clock.now(), remaining)
 

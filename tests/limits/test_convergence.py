@@ -77,7 +77,7 @@ def drive(
             headers = RateLimitHeaders(requests=_family(server_rpm, now), tokens=_family(server_tpm, now))
             if settle_first:
                 limiter.settle(grant, actual)
-            limiter.observe(SCOPE, headers, grant.granted_at, grant=grant)
+            limiter.observe(SCOPE, headers, grant.granted_at, grant=grant, answered=True)
             limiter.settle(grant, actual)  # a second settle is a no-op
             view = limiter.state(SCOPE)
             run.gaps.append(
@@ -97,7 +97,7 @@ def drive(
             if not ok:
                 run.refused += 1
                 limiter.settle(decision, 0)
-                limiter.penalize(SCOPE, 1.0)
+                limiter.refused(decision, 1.0)
                 break
             sent += 1
             run.admitted.append(now)

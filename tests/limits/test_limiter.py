@@ -21,7 +21,9 @@ SCOPE = Scope(key_id_for("sk-test-limiter"), "gpt-4o-mini")
 
 @pytest.fixture
 def limiter(store_uri: str, clock: FakeClock) -> Iterator[Limiter]:
-    lim = Limiter(store_uri, clock=clock)
+    # These tests are about the minute bucket itself: the burst allowance starts at the whole window. The
+    # learned burst (slow start, cuts) has its own tests in test_burst.py.
+    lim = Limiter(store_uri, clock=clock, start_burst=60.0)
     yield lim
     lim.close()
 
@@ -495,7 +497,7 @@ class SkewedClock(SystemClock):
 
 def test_redis_time_is_the_clock_so_host_clocks_do_not_matter(redis_prefix: str) -> None:
     uri = f"{REDIS_URL}?prefix={redis_prefix}"
-    with Limiter(uri) as here, Limiter(uri, clock=SkewedClock()) as there:
+    with Limiter(uri, start_burst=60.0) as here, Limiter(uri, clock=SkewedClock(), start_burst=60.0) as there:
         probe = here.acquire(SCOPE, Cost(1, 10))
         here.observe(SCOPE, headers((100, 99), (1_000_000, 999_990)), sent_at=probe.granted_at, grant=probe)
         here.settle(probe, 10)

@@ -163,7 +163,9 @@ def test_learning_converges_after_one_response(
     state, now = ScopeState(), 1_000.0
     probe = core.reserve(state, Cost(1, 1).per_dimension(), now - age, PARAMS)
     assert isinstance(probe, Reserved) and probe.probe
-    obs = interpret(hdrs, age=age, grant=None, ceiling=(0.0,) * N_DIMS, safety_margin=margin)
+    obs = interpret(
+        hdrs, age=age, grant=None, ceiling=(0.0,) * N_DIMS, safety_margin=margin, answered=True, start_burst=60.0
+    )
     core.observe(state, obs, now)
     view = core.view(state, now)
     req = view["rpd" if daily else "rpm"]

@@ -1,5 +1,9 @@
 """Where store round trips run: never on an event loop's thread, in order, and a Redis connection that
-recovers from a flushed script cache or a killed connection."""
+recovers from a flushed script cache or a killed connection.
+
+The limiters here start with the whole minute as their burst allowance (``start_burst=60``): these tests are
+about where store calls run, not about the learned burst (test_burst.py).
+"""
 
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ def shared_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 async def test_shared_store_calls_never_run_on_the_loop_thread(shared_uri: str, clock: FakeClock) -> None:
     store = Recording(open_store(shared_uri, clock))
-    lim = Limiter(store, clock=clock)  # type: ignore[arg-type]
+    lim = Limiter(store, clock=clock, start_burst=60.0)  # type: ignore[arg-type]
     try:
         g = await lim.aacquire(SCOPE, Cost(1, 100))
         lim.observe(SCOPE, headers((60, 59), (10_000, 9_900)), sent_at=g.granted_at, grant=g)
@@ -91,7 +95,7 @@ async def test_shared_store_calls_never_run_on_the_loop_thread(shared_uri: str, 
 
 async def test_a_waiter_cancelled_during_its_reservation_holds_nothing(shared_uri: str, clock: FakeClock) -> None:
     store = Recording(open_store(shared_uri, clock))
-    lim = Limiter(store, clock=clock)  # type: ignore[arg-type]
+    lim = Limiter(store, clock=clock, start_burst=60.0)  # type: ignore[arg-type]
     try:
         _learned(lim)
         before = lim.state(SCOPE)["tpm"].remaining
@@ -112,7 +116,7 @@ async def test_a_waiter_cancelled_during_its_reservation_holds_nothing(shared_ur
 
 
 def test_memory_store_is_called_in_place(clock: FakeClock) -> None:
-    lim = Limiter("memory://", clock=clock)
+    lim = Limiter("memory://", clock=clock, start_burst=60.0)
 
     async def main() -> None:
         await lim.aacquire(SCOPE, Cost(1, 1))
@@ -126,7 +130,7 @@ def test_memory_store_is_called_in_place(clock: FakeClock) -> None:
 def redis_limiter(redis_prefix: str, clock: FakeClock) -> Iterator[tuple[RedisStore, Limiter]]:
     """A limiter on a Redis store that has learned the scope's limits (60 RPM)."""
     store = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
-    lim = Limiter(store, clock=clock)
+    lim = Limiter(store, clock=clock, start_burst=60.0)
     _learned(lim)
     yield store, lim
     lim.close()
@@ -198,7 +202,7 @@ async def test_a_refund_landing_while_the_head_asks_the_store_wakes_it(shared_ur
     # Real clock: the head's reservation is held in flight and a refund is handed over behind it. The answer the
     # head then gets ("wait ~16 s") predates the refund, so it must not sleep on it.
     store = Recording(open_store(shared_uri, SystemClock()))
-    lim = Limiter(store)  # type: ignore[arg-type]
+    lim = Limiter(store, start_burst=60.0)  # type: ignore[arg-type]
     try:
         g = await lim.aacquire(SCOPE, Cost(1, 1))  # the probe
         lim.observe(SCOPE, headers((1_000, 999), (3_000, 1_000)), sent_at=g.granted_at, grant=g)
@@ -218,13 +222,13 @@ async def test_a_refund_landing_while_the_head_asks_the_store_wakes_it(shared_ur
 
 
 async def test_close_applies_the_updates_handed_over(shared_uri: str, clock: FakeClock) -> None:
-    lim = Limiter(shared_uri, clock=clock)
+    lim = Limiter(shared_uri, clock=clock, start_burst=60.0)
     _learned(lim)
     before = lim.state(SCOPE)["tpm"].remaining
     g = await lim.aacquire(SCOPE, Cost(1, 500))
     lim.settle(g, 100)  # handed over, not yet applied perhaps
     lim.close()
-    again = Limiter(shared_uri, clock=clock)
+    again = Limiter(shared_uri, clock=clock, start_burst=60.0)
     try:
         assert again.state(SCOPE)["tpm"].remaining == pytest.approx(before - 100, abs=1)
     finally:
@@ -234,7 +238,7 @@ async def test_close_applies_the_updates_handed_over(shared_uri: str, clock: Fak
 def test_a_forked_child_gets_its_own_io_thread(shared_uri: str, clock: FakeClock) -> None:
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("needs fork")
-    lim = Limiter(shared_uri, clock=clock)
+    lim = Limiter(shared_uri, clock=clock, start_burst=60.0)
     try:
 
         async def one() -> int:
@@ -291,8 +295,8 @@ def test_a_redis_settle_no_call_picks_up_is_sent_by_the_flusher(
             sent.set()  # the flusher has sent the settle this test made
 
     monkeypatch.setattr(ours, "_run_settles", spy)
-    lim = Limiter(ours, clock=clock)
-    other = Limiter(theirs, clock=clock)
+    lim = Limiter(ours, clock=clock, start_burst=60.0)
+    other = Limiter(theirs, clock=clock, start_burst=60.0)
     try:
         _learned(lim)
         before = other.state(SCOPE)["tpm"].remaining
@@ -309,7 +313,7 @@ def test_a_redis_settle_no_call_picks_up_is_sent_by_the_flusher(
 def test_redis_settles_after_close_still_reach_redis(redis_prefix: str, clock: FakeClock) -> None:
     ours = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
     theirs = RedisStore(REDIS_URL, clock, prefix=redis_prefix)
-    lim, other = Limiter(ours, clock=clock), Limiter(theirs, clock=clock)
+    lim, other = Limiter(ours, clock=clock, start_burst=60.0), Limiter(theirs, clock=clock, start_burst=60.0)
     try:
         _learned(lim)
         before = other.state(SCOPE)["tpm"].remaining
@@ -330,14 +334,14 @@ from ratepilot.limits.stores.redis import RedisStore
 import ratepilot.limits.stores.redis as redis_store
 redis_store.FLUSH_AFTER_S = 3600.0  # only the exit hook can send it
 clock = FakeClock()
-lim = Limiter(RedisStore(sys.argv[1], clock, prefix=sys.argv[2]), clock=clock)
+lim = Limiter(RedisStore(sys.argv[1], clock, prefix=sys.argv[2]), clock=clock, start_burst=60.0)
 grant = lim.acquire(Scope(sys.argv[3], "gpt-4o-mini"), Cost(1, 500))
 lim.cancel(grant)  # deferred; the process exits without close()
 """
 
 
 def test_a_redis_settle_deferred_at_exit_is_sent(redis_prefix: str, clock: FakeClock) -> None:
-    theirs = Limiter(RedisStore(REDIS_URL, clock, prefix=redis_prefix), clock=clock)
+    theirs = Limiter(RedisStore(REDIS_URL, clock, prefix=redis_prefix), clock=clock, start_burst=60.0)
     try:
         _learned(theirs)
         before = theirs.state(SCOPE)["tpm"].remaining

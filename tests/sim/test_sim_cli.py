@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from ratepilot.cli import app
 from ratepilot.exitcodes import ExitCode
+from ratepilot.sim import SimConfig
 
 
 def test_sim_help_lists_the_flags() -> None:
@@ -41,3 +43,112 @@ def test_sim_busy_port_exits_cannot_listen() -> None:
         result = CliRunner().invoke(app, ["sim", "--port", str(port), "--log-level", "critical"])
     assert result.exit_code == ExitCode.CANNOT_LISTEN, result.output
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+# -- realistic enforcement flags ------------------------------------------------------------------------------
+
+
+def _config_of(monkeypatch: pytest.MonkeyPatch, *args: str) -> SimConfig:
+    """The SimConfig `ratepilot sim ARGS` would serve (serve is replaced: nothing listens)."""
+    import ratepilot.sim
+
+    seen: list[SimConfig] = []
+    monkeypatch.setattr(ratepilot.sim, "serve", lambda config, **_: seen.append(config))
+    result = CliRunner().invoke(app, ["sim", *args])
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    return config
+
+
+def test_sim_help_lists_the_realistic_flags() -> None:
+    # rich sizes the help from COLUMNS (a narrow terminal truncates long flag names with an ellipsis).
+    result = CliRunner().invoke(app, ["sim", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in (
+        "--realistic",
+        "--quantum-s",
+        "--charge-refusals",
+        "--no-charge-refusals",
+        "--headers-missing-p",
+        "--headers-on-429-p",
+        "--retry-after-p",
+        "--ramp-factor",
+        "--ramp-window-s",
+        "--ramp-floor",
+    ):
+        assert flag in result.output
+
+
+def test_sim_defaults_without_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _config_of(monkeypatch) == SimConfig()
+
+
+def test_sim_realistic_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config_of(
+        monkeypatch,
+        "--quantum-s",
+        "2.5",
+        "--no-charge-refusals",
+        "--headers-missing-p",
+        "0.1",
+        "--headers-on-429-p",
+        "0.25",
+        "--retry-after-p",
+        "0",
+        "--ramp-factor",
+        "1.5",
+        "--ramp-window-s",
+        "30",
+        "--ramp-floor",
+        "0.2",
+    )
+    assert config.quantum_s == 2.5
+    assert config.count_refused_requests is False
+    assert config.faults.missing_headers == 0.1
+    assert config.faults.headers_on_429_p == 0.25
+    assert config.faults.retry_after_p == 0.0
+    assert (config.ramp_factor, config.ramp_window_s, config.ramp_floor) == (1.5, 30.0, 0.2)
+    assert _config_of(monkeypatch, "--charge-refusals").count_refused_requests is True
+
+
+def test_sim_realistic_preset_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert _config_of(monkeypatch, "--realistic") == SimConfig.realistic()
+    config = _config_of(monkeypatch, "--realistic", "--quantum-s", "0", "--retry-after-p", "1", "--rpm", "300")
+    assert config.quantum_s is None  # 0: off, even under the preset
+    assert config.faults.retry_after_p == 1.0 and config.faults.headers_on_429_p == 0.5  # the rest stays
+    assert config.rpm == 300 and config.ramp_factor == 2.0
+    assert _config_of(monkeypatch, "--realistic", "--ramp-factor", "0").ramp_factor is None
+    # With a file: the preset, then the file, then the flags.
+    path = tmp_path / "sim.toml"
+    path.write_text("ramp_floor = 0.25\n[faults]\nretry_after_p = 0.75\n")
+    config = _config_of(monkeypatch, "--realistic", "--config", str(path), "--ramp-window-s", "60")
+    assert (config.quantum_s, config.ramp_floor, config.ramp_window_s) == (1.0, 0.25, 60.0)
+    assert config.faults.retry_after_p == 0.75 and config.faults.missing_headers == 0.02
+
+
+def test_sim_headers_on_429_flag_replaces_the_files_bool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "sim.toml"
+    path.write_text("[faults]\nmissing_headers_on_429 = true\n")
+    assert _config_of(monkeypatch, "--config", str(path)).faults.ratelimit_headers_on_429 == 0.0
+    config = _config_of(monkeypatch, "--config", str(path), "--headers-on-429-p", "0.5")
+    assert config.faults.ratelimit_headers_on_429 == 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--quantum-s", "61"], "--quantum-s"),
+        (["--quantum-s", "-1"], "--quantum-s"),
+        (["--quantum-s", "soon"], "--quantum-s"),
+        (["--headers-on-429-p", "1.5"], "--headers-on-429-p"),
+        (["--retry-after-p", "-0.1"], "--retry-after-p"),
+        (["--headers-missing-p", "2"], "--headers-missing-p"),
+        (["--ramp-factor", "0.5"], "--ramp-factor: ramp_factor must be a number >= 1"),
+        (["--ramp-window-s", "0"], "--ramp-window-s: ramp_window_s must be a positive number"),
+        (["--ramp-floor", "-1"], "--ramp-floor"),
+    ],
+)
+def test_sim_bad_realistic_values_exit_2(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["sim", "--port", "0", *args], terminal_width=200)
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert message in result.output

@@ -83,7 +83,9 @@ async def test_headers_async_client(make_sim: Callable[..., Simulator], async_cl
 
 
 def test_rpm_n_plus_one_gets_exact_429(make_sim: Callable[..., Simulator], sync_client: Any) -> None:
-    sim = make_sim(rpm=3, tpm=None)
+    # Free refusals: the wait is then exactly one refill interval, as in the documented example body
+    # (charged refusals, the default, are test_count_refused_requests_by_default).
+    sim = make_sim(rpm=3, tpm=None, count_refused_requests=False)
     client = sync_client(sim)
     for _ in range(3):
         _chat(client)
@@ -101,7 +103,7 @@ def test_rpm_n_plus_one_gets_exact_429(make_sim: Callable[..., Simulator], sync_
 
 
 async def test_rpm_async_429(make_sim: Callable[..., Simulator], async_client: Any) -> None:
-    sim = make_sim(rpm=2, tpm=None)
+    sim = make_sim(rpm=2, tpm=None, count_refused_requests=False)  # the exact body of a first refusal
     client = async_client(sim)
     for _ in range(2):
         await client.chat.completions.create(model=MODEL, messages=user("x"))
@@ -129,7 +131,7 @@ def test_tpm_n_plus_one_gets_exact_429(make_sim: Callable[..., Simulator], sync_
 
 
 def test_rpd_n_plus_one_gets_exact_429_and_daily_headers(make_sim: Callable[..., Simulator], sync_client: Any) -> None:
-    sim = make_sim(rpm=100, rpd=2, tpm=None)
+    sim = make_sim(rpm=100, rpd=2, tpm=None, count_refused_requests=False)  # the exact wait of a free refusal
     client = sync_client(sim)
     first = _chat(client)
     # The daily bucket binds (1 left of 2 vs 99 of 100), so it is what the -requests headers report.
@@ -215,8 +217,9 @@ def test_get_requests_can_be_free(make_sim: Callable[..., Simulator], sync_clien
         client.models.list()
 
 
-def test_count_refused_requests_option(make_sim: Callable[..., Simulator], sync_client: Any) -> None:
-    sim = make_sim(rpm=3, tpm=None, count_refused_requests=True)
+def test_count_refused_requests_by_default(make_sim: Callable[..., Simulator], sync_client: Any) -> None:
+    sim = make_sim(rpm=3, tpm=None)  # the default: "unsuccessful requests contribute to your per-minute limit"
+    assert sim.config.count_refused_requests is True
     client = sync_client(sim)
     for _ in range(3):
         _chat(client)
@@ -224,6 +227,23 @@ def test_count_refused_requests_option(make_sim: Callable[..., Simulator], sync_
         with pytest.raises(openai.RateLimitError) as exc:
             _chat(client)
         assert exc.value.response.headers["retry-after"] == str(expected_wait)
+        org = exc.value.response.headers["openai-organization"]
+        # The body's wait is the honest one: it includes this refused request's own charge.
+        assert _error(exc) == rate_limit_error(MODEL, org, LimitKind.RPM, 3, 3, 1, float(expected_wait))
+    # Waiting what the last error said is enough.
+    sim.clock.advance(60.0)  # type: ignore[attr-defined]
+    assert _chat(client).status_code == 200
+
+
+def test_refusals_can_be_free(make_sim: Callable[..., Simulator], sync_client: Any) -> None:
+    sim = make_sim(rpm=3, tpm=None, count_refused_requests=False)
+    client = sync_client(sim)
+    for _ in range(3):
+        _chat(client)
+    for _ in range(3):  # retrying too early costs nothing: the wait stays one interval
+        with pytest.raises(openai.RateLimitError) as exc:
+            _chat(client)
+        assert exc.value.response.headers["retry-after"] == "20"
 
 
 def test_organizations_and_pools(sync_client: Any) -> None:
@@ -281,7 +301,7 @@ async def test_async_quota_too_large_and_daily(make_sim: Callable[..., Simulator
     with pytest.raises(openai.RateLimitError) as quota:
         await client.chat.completions.create(model=MODEL, messages=user("x"))
     assert quota.value.response.json() == insufficient_quota_error()
-    other = async_client(make_sim(rpd=1, tpm=None))
+    other = async_client(make_sim(rpd=1, tpm=None, count_refused_requests=False))  # exact one-interval wait
     await other.chat.completions.create(model=MODEL, messages=user("x"))
     with pytest.raises(openai.RateLimitError) as daily:
         await other.chat.completions.create(model=MODEL, messages=user("x"))

@@ -16,6 +16,7 @@ from openai import OpenAI
 
 from ratepilot.client import Pilot
 from ratepilot.clock import FakeClock
+from ratepilot.limits import Limiter
 from ratepilot.poll import wait
 from ratepilot.sim import PoolSpec, SimConfig, Simulator
 from ratepilot.sim.longrun import configure
@@ -88,7 +89,10 @@ def run(
         # scope, where a LOW-priority poll waits behind any NORMAL request (without it, see the README note).
         # (The NORMAL-priority fixed loop would head the limiter queue while the runner, nested in the same
         # thread, waits behind it; there the pilot sleeps on the plain FakeClock instead.)
-        pilot = Pilot(clock=busy if strategy == "ratepilot" else clock, pools=pools)
+        # The work is a nested, one-at-a-time loop inside the clock's sleeps: the limiter trusts the whole minute
+        # from the start (start_burst=60), as the capacity computed below assumes.
+        pclock = busy if strategy == "ratepilot" else clock
+        pilot = Pilot(clock=pclock, pools=pools, limiter=Limiter(clock=pclock, start_burst=60.0))
         with OpenAI(base_url=sim.base_url, api_key="sk-test-saturation", max_retries=0) as raw:
             client = pilot.wrap(raw)
             batch = create_batch(client, 20)

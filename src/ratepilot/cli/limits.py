@@ -55,7 +55,7 @@ def limits(
         raise typer.Exit(ExitCode.BAD_INPUT)
     shown_key = redact_key(api_key)
     # A probe is interactive: one quick retry at most, not the minutes of back-off a job would accept.
-    pilot = Pilot(retry=RetryPolicy(max_attempts=2, max_total_wait=2.0))
+    pilot = Pilot(retry=RetryPolicy(max_attempts=2, max_total_wait=2.0, patience=2.0))
     try:
         with pilot.wrap(openai.OpenAI(api_key=api_key, base_url=base_url)) as client:
             if "embedding" in model:

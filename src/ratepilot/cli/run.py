@@ -87,6 +87,13 @@ def run_command(
         min=8,
         help="Safety ceiling on concurrent requests (the limiter sizes the real number).",
     ),
+    patience: float | None = typer.Option(
+        None,
+        "--patience",
+        min=0.0,
+        help="Seconds one request may wait for rate-limit capacity after refusals (default: as long as it takes; "
+        "a request out of patience is left for a rerun, exit 6).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (no live progress)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress bar."),
 ) -> None:
@@ -119,6 +126,7 @@ def run_command(
         overwrite=overwrite,
         deadline_s=deadline,
         max_in_flight=max_in_flight,
+        patience_s=patience,
     )
     live = not as_json and not quiet and err.is_terminal
     progress = LiveProgress(err) if live else None

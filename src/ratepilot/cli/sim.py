@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,19 +11,26 @@ from ratepilot.exitcodes import ExitCode
 
 __all__ = ["register"]
 
-_HELP = """Run a local OpenAI-compatible server that enforces rate limits like api.openai.com.
-
-No keys configured: any non-empty API key is accepted, and each distinct key is its own organization with
-its own RPM/TPM/RPD/TPD buckets per model. Flags override the --config TOML file.
-
-Example:
-
-  ratepilot sim --rpm 60 --tpm 20000
-
-  OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=sk-test-anything python my_script.py
-
-Exit codes: 0 stopped (Ctrl-C), 1 unexpected error, 2 bad configuration, 9 cannot listen (port busy).
-"""
+_HELP = "\n\n".join(
+    [
+        "Run a local OpenAI-compatible server that enforces rate limits like api.openai.com.",
+        (
+            "No keys configured: any non-empty API key is accepted, and each distinct key is its own organization "
+            "with its own RPM/TPM/RPD/TPD buckets per model. Flags override the --config TOML file, which "
+            "overrides --realistic."
+        ),
+        (
+            "By default only minute (and day) buckets are enforced, and refused requests count. --realistic adds "
+            "what the real API also does: limits quantized to 1 s windows, responses and 429s without rate-limit "
+            "headers or retry-after, and a ramp limit (429 slow_down when traffic grows too fast)."
+        ),
+        "Example:",
+        "  ratepilot sim --rpm 60 --tpm 20000",
+        "  ratepilot sim --rpm 600 --tpm 60000 --realistic --seed 1",
+        "  OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=sk-test-anything python my_script.py",
+        "Exit codes: 0 stopped (Ctrl-C), 1 unexpected error, 2 bad configuration, 9 cannot listen (port busy).",
+    ]
+)
 
 
 def sim(
@@ -42,12 +49,73 @@ def sim(
     ),
     responder: str | None = typer.Option(None, "--responder", help="echo | fixed | classify."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for jitter, faults and ids."),
+    realistic: bool = typer.Option(
+        False,
+        "--realistic",
+        help="Enforce like the real API (docs/simulator.md, 'Realistic enforcement'): --quantum-s 1, refusals "
+        "charged, --headers-missing-p 0.02, --headers-on-429-p 0.5, --retry-after-p 0.5, --ramp-factor 2, "
+        "--ramp-window-s 15, --ramp-floor 0.5. Other flags override these values.",
+    ),
+    quantum_s: float | None = typer.Option(
+        None,
+        "--quantum-s",
+        min=0.0,
+        max=60.0,
+        help="Also enforce every RPM/TPM limit over windows of this many seconds (capacity limit × Q / 60), "
+        "so a burst the minute bucket allows is refused; headers still show the minute bucket. 0: off.",
+    ),
+    charge_refusals: bool | None = typer.Option(
+        None,
+        "--charge-refusals/--no-charge-refusals",
+        help="A refused (429) request still costs one request, as on the real API (default: charge).",
+        show_default=False,
+    ),
+    headers_missing_p: float | None = typer.Option(
+        None,
+        "--headers-missing-p",
+        min=0.0,
+        max=1.0,
+        help="Probability that a successful response lacks the x-ratelimit-* headers (default: 0).",
+    ),
+    headers_on_429_p: float | None = typer.Option(
+        None,
+        "--headers-on-429-p",
+        min=0.0,
+        max=1.0,
+        help="Probability that a rate-limit 429 carries the x-ratelimit-* headers (default: 1).",
+    ),
+    retry_after_p: float | None = typer.Option(
+        None,
+        "--retry-after-p",
+        min=0.0,
+        max=1.0,
+        help="Probability that a rate-limit 429 carries retry-after (and retry-after-ms) (default: 1).",
+    ),
+    ramp_factor: float | None = typer.Option(
+        None,
+        "--ramp-factor",
+        min=0.0,
+        help="Ramp limit: a window may admit at most this × what the previous one admitted, else 429 "
+        "slow_down (>= 1; 0 or not given: off).",
+    ),
+    ramp_window_s: float | None = typer.Option(
+        None, "--ramp-window-s", min=0.0, help="Ramp limit: window length in seconds (default: 15)."
+    ),
+    ramp_floor: float | None = typer.Option(
+        None,
+        "--ramp-floor",
+        min=0.0,
+        help="Ramp limit: a window may always admit this fraction of its share of the minute limit "
+        "(limit × window / 60) (default: 0.5).",
+    ),
     config: Annotated[
         Path | None,
         typer.Option("--config", dir_okay=False, help="TOML file: models, pools, limits, keys, prices, faults."),
     ] = None,
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
+    from dataclasses import replace
+
     from ratepilot.sim import ConfigError, SimConfig, serve
 
     overrides = {
@@ -60,17 +128,57 @@ def sim(
         "latency_per_token_ms": latency_per_token_ms,
         "responder": responder,
         "seed": seed,
+        "count_refused_requests": charge_refusals,
+        "ramp_window_s": ramp_window_s,
+        "ramp_floor": ramp_floor,
+    }
+    preset = "realistic" if realistic else None
+    fault_overrides = {
+        "missing_headers": headers_missing_p,
+        "headers_on_429_p": headers_on_429_p,
+        "retry_after_p": retry_after_p,
     }
     try:
-        cfg = SimConfig.from_toml(config, **overrides) if config else SimConfig().with_overrides(**overrides)
+        if config:
+            cfg = SimConfig.from_toml(config, preset=preset, **overrides)
+        else:
+            cfg = (SimConfig.realistic() if realistic else SimConfig()).with_overrides(**overrides)
+        changes: dict[str, Any] = {}
+        for name, value in (("quantum_s", quantum_s), ("ramp_factor", ramp_factor)):
+            if value is not None:  # not given: keep the file's or the preset's value; 0 turns it off
+                changes[name] = value or None
+        faults: dict[str, Any] = {k: v for k, v in fault_overrides.items() if v is not None}
+        if faults:
+            if cfg.faults.missing_headers_on_429 and "headers_on_429_p" in faults:
+                faults["missing_headers_on_429"] = False  # the flag's probability replaces the file's bool
+            changes["faults"] = replace(cfg.faults, **faults)
+        if changes:
+            cfg = replace(cfg, **changes)
     except (ConfigError, TypeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        text = str(exc)
+        # Name the flag when a flag's value is the bad one (the message names the setting).
+        for name, flag, value in (
+            ("quantum_s", "--quantum-s", quantum_s),
+            ("ramp_factor", "--ramp-factor", ramp_factor),
+            ("ramp_window_s", "--ramp-window-s", ramp_window_s),
+            ("ramp_floor", "--ramp-floor", ramp_floor),
+        ):
+            if value is not None and text.startswith(f"{name} "):
+                text = f"{flag}: {text}"
+        typer.echo(f"error: {text}", err=True)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     limits = ", ".join(f"{n.upper()} {getattr(cfg, n)}" for n in ("rpm", "tpm", "rpd", "tpd") if getattr(cfg, n))
+    extras = []
+    if cfg.quantum_s is not None:
+        extras.append(f"quantized to {cfg.quantum_s:g}s")
+    if cfg.ramp_factor is not None:
+        extras.append(f"ramp x{cfg.ramp_factor:g} per {cfg.ramp_window_s:g}s")
+    extras.append("refusals charged" if cfg.count_refused_requests else "refusals free")
+    limits = "; ".join(x for x in (limits or "no limits", ", ".join(extras)) if x)
 
     def announce(base_url: str) -> None:
         root = base_url.removesuffix("/v1")
-        typer.echo(f"ratepilot simulator on {base_url}  ({limits or 'no limits'}; any non-empty key)")
+        typer.echo(f"ratepilot simulator on {base_url}  ({limits}; any non-empty key)")
         typer.echo("try:")
         typer.echo(
             f"  curl -s {base_url}/chat/completions -H 'Authorization: Bearer sk-test-1' "

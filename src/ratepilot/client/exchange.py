@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QuotaExhausted, RequestTooLarge, RetriesExhausted
+from ..limits.learning import refusal_evidence
 from ..limits.types import Cost, CostTooLarge, Grant, Priority, Scope
 from ..protocol.errors import ErrorClass, ErrorInfo, classify
 from ..protocol.headers import RateLimitHeaders
@@ -37,6 +38,7 @@ __all__ = ["ATTEMPTS_HEADER", "WAITED_HEADER", "Deliver", "Exchange", "Fail", "R
 log = logging.getLogger("ratepilot.client")
 
 _LIMIT_REQUESTED = re.compile(r"Limit (\d+), Requested (\d+)")
+_LONG_WAIT_S = 60.0  # a refusal wait at least this long is logged as a warning (a daily limit, say)
 _TOKEN_DIMENSIONS = ("tpm", "tpd", "ptpm")
 # Polls of runs, batches and background responses: small JSON objects whose usage the ledger records once
 # they finish.
@@ -99,7 +101,10 @@ class Exchange:
         self.worst_case_usd = worst_case_usd
         self.lib = lib
         self.attempt = 0
-        self.retry_waited = 0.0  # waits between attempts (what the retry policy's total-wait cap counts)
+        self.retry_waited = 0.0  # waits after faults (what the retry policy's total-wait cap counts)
+        self.refusals = 0  # attempts refused for a rate limit (they never count toward the attempt cap)
+        self.refusal_waited = 0.0  # waits after those refusals (what the retry policy's patience counts)
+        self._refused = False  # the wait being made follows a refusal
         self.total_waited = 0.0  # plus waits for the limiter
         self.grant: Grant | None = None  # the current attempt's reservation
         self.sent = False  # the current attempt was handed to the inner transport: the server may count it
@@ -140,7 +145,9 @@ class Exchange:
     def waited(self, seconds: float, *, retry: bool = False) -> None:
         self.pilot.ledger.waited(seconds)
         self.total_waited += max(0.0, seconds)
-        if retry:
+        if retry and self._refused:
+            self.refusal_waited += seconds
+        elif retry:
             self.retry_waited += seconds
 
     # -- per attempt: the outcome -------------------------------------------------------------------------------
@@ -174,7 +181,7 @@ class Exchange:
         grant = self._grant()
         if self.plan.generation and raw is None:
             # A streamed generation: its wrapper calls finish_stream() when it ends; learn from the headers now.
-            self._observe(headers)
+            self._observe(headers, answered=True)
             return Deliver()
         if self.plan.generation:
             usage = usage_from_body(self.body)
@@ -195,30 +202,64 @@ class Exchange:
         # Settle first, then observe: the server's headers already include this request's actual usage (it
         # settles before answering), so a pending refund must not hide other clients' traffic. Against a
         # server that reports at admission this order errs the safe way (a refund looks like foreign use).
-        self._observe(headers)
+        self._observe(headers, answered=True)
         return Deliver()
 
     def _on_error(self, status: int, headers: Mapping[str, str]) -> Step:
         # A refused or failed request used no tokens; its request was counted by the server (and by us).
         # Settled before observing, for the reason given in _on_success.
-        self._settle(self._grant(), 0)
+        grant = self._grant()
+        self._settle(grant, 0)
         self._observe(headers)
         info = classify(status, self.body, headers)
-        if info.error_class is ErrorClass.RATE_LIMITED:
+        refused = info.error_class is ErrorClass.RATE_LIMITED
+        self._refused = refused
+        if refused:
+            self.refusals += 1
             self.pilot.ledger.count(rate_limited=1)
         else:
             self.pilot.ledger.count(errors=1)
         decision = self.pilot.retry.decide(
-            RetryState(self.attempt, FailureKind.RESPONSE, self.retry_waited, info, headers)
+            RetryState(
+                self.attempt,
+                FailureKind.RESPONSE,
+                self.retry_waited,
+                info,
+                headers,
+                refusals=self.refusals,
+                refusal_waited=self.refusal_waited,
+            )
         )
         if not isinstance(decision, GiveUp):
-            if info.error_class is ErrorClass.RATE_LIMITED:
-                # Everyone sharing this scope should hold back, not just this request.
-                self._guarded("penalize", self.pilot.limiter.penalize, self.scope, decision.after)
+            if refused:
+                # Everyone sharing this scope holds back, not just this request; and the limiter learns from it.
+                self._learn_refusal(grant, info, headers, decision.after)
+                if decision.after >= _LONG_WAIT_S:
+                    log.warning(
+                        "ratepilot: %s for %s: waiting %.0fs for capacity (the request is kept, not dropped)",
+                        info.code or "rate limited",
+                        self.plan.model or self.plan.path,
+                        decision.after,
+                    )
             self._log_retry(decision.reason, decision.after)
             return Wait(decision.after)
         self._close_budget(0.0)
         return self._give_up(info, decision, headers)
+
+    def _learn_refusal(self, grant: Grant, info: ErrorInfo, headers: Mapping[str, str], wait: float) -> None:
+        """Tell the limiter: block the scope for ``wait``, and learn a shorter window or a slower pace.
+
+        The refusal is evidence of a window shorter than the minute only where the headers cannot explain it:
+        the refusing dimension's headers showed room for this request, or were missing.
+        """
+        limiter = self.pilot.limiter
+        slow_down = info.code == "slow_down"
+        evidence = None if slow_down else refusal_evidence(info.message, info.type, headers, self.cost.tokens)
+        refused = getattr(limiter, "refused", None)
+        if refused is None:  # a limiter written to the older interface: block only
+            self._guarded("penalize", limiter.penalize, self.scope, wait)
+            return
+        self._guarded("refused", refused, grant, wait, evidence=evidence, slow_down=slow_down)
 
     def on_exception(self, exc: Exception) -> Step:
         """The inner transport (or reading the body) raised. Only timeouts and connection errors are retried;
@@ -229,7 +270,12 @@ class Exchange:
         # The request may have reached the server (a read timeout): keep its reservation as charged.
         self._settle(self._grant(), None, headers_follow=False)
         self.pilot.ledger.count(errors=1)
-        decision = self.pilot.retry.decide(RetryState(self.attempt, kind, self.retry_waited))
+        self._refused = False
+        decision = self.pilot.retry.decide(
+            RetryState(
+                self.attempt, kind, self.retry_waited, refusals=self.refusals, refusal_waited=self.refusal_waited
+            )
+        )
         if not isinstance(decision, GiveUp):
             self._log_retry(decision.reason, decision.after)
             return Wait(decision.after)
@@ -297,11 +343,15 @@ class Exchange:
         assert self.grant is not None, "settling an attempt that was never admitted"
         return self.grant
 
-    def _observe(self, headers: Mapping[str, str]) -> None:
+    def _observe(self, headers: Mapping[str, str], *, answered: bool = False) -> None:
         parsed = RateLimitHeaders.parse(headers)
         if not parsed.empty:
             self.pilot._remember(self.scope, parsed)
-        self._guarded("observe", self.pilot.limiter.observe, self.scope, parsed, self.sent_at, grant=self.grant)
+        # The keyword only when it says something: a limiter written to the older interface keeps working.
+        extra = {"answered": True} if answered else {}
+        self._guarded(
+            "observe", self.pilot.limiter.observe, self.scope, parsed, self.sent_at, grant=self.grant, **extra
+        )
 
     def _settle(self, grant: Grant, actual_tokens: int | None, *, headers_follow: bool = True) -> None:
         # The keyword only when it says something: a limiter written to the older interface keeps working.

@@ -8,6 +8,26 @@ module; the shared test body in ``tests/limits`` runs every behaviour against al
 Each known dimension is a GCRA bucket (see :mod:`ratepilot.limits.gcra`): ``tat`` is the instant the
 bucket would be full again and ``lim`` the effective limit, so the units in use are ``(tat - now) / (window
 / lim)``. A reservation is admitted in every known dimension at once, or in none.
+
+The headers describe the minute bucket, but a server may enforce the same rate over shorter windows (OpenAI:
+"60,000 requests/minute may be enforced as 1,000 requests/second"). So the burst a dimension may spend at once
+is *learned* (``tol``, seconds of refill; see :func:`refuse` and docs/limiter.md, "Learned burst"):
+
+* **slow start** — a dimension first seen in headers may run ``TOL_START`` seconds ahead of the refill; a
+  request answered after being admitted ``b`` seconds ahead raises the allowance to ``(1 + SS_GAIN) × b`` (or
+  ``b`` plus its own cost, if more), so
+  while bursting it grows ×1.125 per round trip, up to the whole window when the server allows it (the first
+  minute's capacity is still used), and overshoots a shorter server window by at most an eighth;
+* **cut** — a rate-limit refusal of a request admitted ``b`` seconds ahead of the refill, while the server's
+  headers showed room, proves the server's window is shorter than ``b``: ``tol = BURST_CUT × b``. Only
+  requests admitted after the last cut count (``tseq``), so one burst is one cut, not one per refused request;
+* **congestion avoidance** — after a cut, every answered request adds only ``CA_GAIN`` of its cost (+0.12 s
+  per minute at full pace), so a refusal recurs every few minutes at most;
+* **pace** — when even a one-request allowance is refused (the rate, not the burst, is too high) or the server
+  says ``slow_down``, admissions are spaced ``1 / pace`` times wider; ``pace`` recovers linearly to 1 at
+  ``PACE_RECOVERY`` per second.
+
+Smaller bursts cost no throughput: the bucket refills at the full rate whatever the burst allowance.
 """
 
 from __future__ import annotations
@@ -20,6 +40,7 @@ from .types import DIM_INDEX, DIMENSIONS, N_DIMS, DimensionView
 __all__ = [
     "DimObservation",
     "Observation",
+    "Refusal",
     "ReserveParams",
     "Reserved",
     "ScopeState",
@@ -27,6 +48,7 @@ __all__ = [
     "adjust",
     "observe",
     "penalize",
+    "refuse",
     "reserve",
     "view",
 ]
@@ -34,6 +56,17 @@ __all__ = [
 EPS = 1e-9
 FOREIGN_TAU = 2.0  # seconds: time constant of the foreign-traffic rate estimate
 WINDOWS = tuple(d.window for d in DIMENSIONS)
+MINUTE = tuple(w <= 60.0 for w in WINDOWS)  # the dimensions a shorter enforcement window and the pace apply to
+TOL_START = 1.0  # seconds of refill a newly learned minute dimension may burst (the documented 1 s quantum)
+TOL_MIN = 1e-3  # a cut never goes below this: with less than one request's worth, admission is strict pacing
+SS_GAIN = 0.125  # slow start: an answered request raises the allowance to (1 + SS_GAIN) x its backlog
+CA_GAIN = 0.002  # after a cut: ... this share (+0.12 s per minute at full pace)
+BURST_CUT = 0.5  # a refused burst of b seconds leaves an allowance of BURST_CUT x b
+RATE_CUT = 0.8  # a refusal under strict pacing slows the pace by this factor
+SLOW_DOWN_CUT = 0.5  # a slow_down refusal halves the pace
+PACE_RECOVERY = 0.05  # the pace recovers by this much per second (from half to full in 10 s)
+PACE_MIN = 0.05
+MINUTE_EXPLAINS = 0.5  # a refusal with more than this share of the window in use teaches no burst
 NO_CEILING = (0.0,) * N_DIMS
 _RPM, _TPM = DIM_INDEX["rpm"], DIM_INDEX["tpm"]
 
@@ -57,6 +90,11 @@ class ScopeState:
     oseq: list[int] = field(default_factory=lambda: [0] * N_DIMS)  # seq of the last grant observed
     frate: list[float] = field(default_factory=_zeros)  # estimated foreign traffic, units per second
     ft: list[float] = field(default_factory=_zeros)  # when frate was last updated
+    tol: list[float] = field(default_factory=_zeros)  # learned burst allowance, seconds of refill (0: the window)
+    tseq: list[float] = field(default_factory=_zeros)  # seq when tol was last cut (0: never: slow start)
+    pace: float = 0.0  # admissions are spaced 1/pace wider in the minute dimensions (0: full pace)
+    pt: float = 0.0  # when pace was last cut
+    pseq: float = 0.0  # seq when pace was last cut
 
     @property
     def known(self) -> bool:
@@ -99,6 +137,17 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """A 429 rate-limit refusal of one of our requests, as evidence (see :func:`refuse`)."""
+
+    wait: float  # admit nothing in the scope for this long (the server's hint, or the backoff)
+    seq: int  # the refused request's grant (-1: unknown: no learning)
+    used: tuple[float, ...]  # units in use right after it was admitted, per dimension; < 0: no evidence there
+    costs: tuple[float, ...]  # its cost per dimension
+    slow_down: bool = False  # the server said its traffic grew too fast (code ``slow_down``)
+
+
+@dataclass(frozen=True, slots=True)
 class DimObservation:
     dim: int
     limit: float  # effective limit to adopt
@@ -118,6 +167,11 @@ class Observation:
     ref_used: tuple[float, ...] = (0.0,) * N_DIMS
     ref_adj: tuple[float, ...] = (0.0,) * N_DIMS
     damping: float = 0.0
+    # A successful response: its request's units in use at admission and its cost, per dimension (the learned
+    # burst grows from them); empty: not a success.
+    answered: tuple[float, ...] = ()
+    answered_costs: tuple[float, ...] = ()
+    start_burst: float = TOL_START  # the burst allowance of a dimension seen for the first time (seconds)
 
 
 def _used(st: ScopeState, d: int, now: float) -> float:
@@ -157,12 +211,15 @@ def reserve(st: ScopeState, costs: tuple[float, ...], now: float, p: ReservePara
             return Wait(math.inf)
         window = WINDOWS[d]
         interval = window / lim
+        burst = st.tol[d] if 0 < st.tol[d] < window else window
         # Room kept for traffic we cannot see yet: what others used lately, over the feedback delay.
-        foreign = min(st.frate[d] * p.foreign_horizon, 0.5 * lim)
-        tolerance = window * keep - foreign * interval
+        foreign = min(st.frate[d] * p.foreign_horizon * interval, 0.5 * burst)
+        tolerance = burst * keep - foreign
         tat = st.tat[d]
         base = tat if tat > now else now
         add = costs[d] * interval
+        if st.pace > 0 and MINUTE[d]:
+            add /= _pace(st, now)
         # Larger than the whole (effective) bucket: admit only into an empty bucket, so it never deadlocks.
         w = base - now if add > tolerance else base + add - tolerance - now
         if w > wait:
@@ -205,8 +262,29 @@ def adjust(
         st.probe_until = min(st.probe_until, now + probe_hold)
 
 
+def _grow(st: ScopeState, used: tuple[float, ...], costs: tuple[float, ...]) -> None:
+    """An answered request widens the burst allowance: fast until the first cut, slowly after (docstring)."""
+    for d in range(N_DIMS):
+        tol, lim = st.tol[d], st.lim[d]
+        window = WINDOWS[d]
+        if tol <= 0 or tol >= window or lim <= 0 or costs[d] <= 0:
+            continue
+        interval = window / lim
+        if st.tseq[d] <= 0:
+            # Slow start: the server admitted this request b seconds ahead of the refill, so it allows at least
+            # b; try an eighth more, or one more such request. A client bursting grows ×1.125 per round trip;
+            # one that cannot send faster (few in flight) is never held back while the server keeps answering.
+            backlog = used[d] * interval
+            grown = max(tol, (1.0 + SS_GAIN) * backlog, backlog + costs[d] * interval)
+        else:
+            grown = tol + CA_GAIN * costs[d] * interval
+        st.tol[d] = min(window, grown)
+
+
 def observe(st: ScopeState, obs: Observation, now: float) -> None:
     """Correct the scope's state from what the server said (see :mod:`ratepilot.limits.learning`)."""
+    if obs.answered:
+        _grow(st, obs.answered, obs.answered_costs)
     if not obs.dims:
         if not st.heard:
             st.nohdr += 1
@@ -224,6 +302,12 @@ def observe(st: ScopeState, obs: Observation, now: float) -> None:
             st.tat[d] = now + o.used * window / o.limit
             st.oseq[d] = st.seq  # grants made before this carry no accounting for this dimension
             st.ft[d] = now
+            if MINUTE[d] and st.tol[d] <= 0:
+                # Slow start (module docstring), from at least twice what a success shows in use: the server
+                # admitted that much (the probe, or others' traffic too), so one more of the same is tried, and a
+                # key with more in use than the start allowance is not made to wait for it to drain.
+                seen = 2.0 * o.used * window / o.server_limit if obs.answered else 0.0
+                st.tol[d] = min(window, max(obs.start_burst, seen))
             continue
         if st.lim[d] != o.limit:
             # The limit changed (the server's, or first sight of it under a ceiling): adopt the server's count.
@@ -232,6 +316,10 @@ def observe(st: ScopeState, obs: Observation, now: float) -> None:
             st.lim[d] = o.limit
             st.tat[d] = now + o.used * window / o.limit
         interval = window / st.lim[d]
+        if obs.answered and MINUTE[d] and 0 < st.tol[d] < window and st.tseq[d] <= 0:
+            # Slow start: the server answered with this much of the minute in use, so it allows at least that
+            # burst. (Not after a cut: answers to the burst that was refused would undo the cut, to the edge.)
+            st.tol[d] = min(window, max(st.tol[d], o.used * window / o.server_limit))
         if obs.ref_seq > st.oseq[d]:
             st.oseq[d] = obs.ref_seq  # the newest grant observed (bookkeeping only)
         # Compared with our units in use *now*, never with the snapshot taken when the observed request was
@@ -251,6 +339,58 @@ def observe(st: ScopeState, obs: Observation, now: float) -> None:
         # averages the foreign units per second over the last ~tau seconds.
         st.frate[d] = st.frate[d] * math.exp(-max(0.0, now - st.ft[d]) / FOREIGN_TAU) + found / FOREIGN_TAU
         st.ft[d] = now
+
+
+def _pace(st: ScopeState, now: float) -> float:
+    """The pace now (1: full), recovering linearly since the last cut."""
+    if st.pace <= 0:
+        return 1.0
+    pace = st.pace + PACE_RECOVERY * max(0.0, now - st.pt)
+    if pace >= 1.0:
+        st.pace = 0.0
+        return 1.0
+    return pace
+
+
+def _cut_pace(st: ScopeState, factor: float, now: float) -> None:
+    st.pace = max(PACE_MIN, _pace(st, now) * factor)
+    st.pt = now
+    st.pseq = st.seq
+
+
+def refuse(st: ScopeState, r: Refusal, now: float) -> None:
+    """After a 429 rate-limit refusal: block the scope for ``r.wait`` and learn (module docstring).
+
+    Evidence counts only from a request admitted after the last correction (its ``seq`` is newer): the other
+    requests of the same burst were admitted under the old belief and say nothing new.
+    """
+    st.blocked_until = max(st.blocked_until, now + r.wait)
+    if r.seq < 0:
+        return
+    if r.slow_down:
+        if r.seq > st.pseq:
+            _cut_pace(st, SLOW_DOWN_CUT, now)
+        return
+    for d in range(N_DIMS):
+        lim = st.lim[d]
+        if r.used[d] < 0 or lim <= 0 or not MINUTE[d] or r.seq <= st.tseq[d]:
+            continue
+        window = WINDOWS[d]
+        interval = window / lim
+        backlog = r.used[d] * interval  # seconds of refill in use right after the refused request was admitted
+        if backlog > MINUTE_EXPLAINS * window:
+            # Most of the minute was in use: the minute bucket itself explains the refusal (another client's
+            # traffic, seen in the next headers), not a shorter window. Cutting the allowance below the backlog
+            # would stop all sending until it drained.
+            continue
+        burst = st.tol[d] if 0 < st.tol[d] < window else window
+        if burst <= r.costs[d] * interval:
+            # Already admitting one request at a time into an empty bucket: the rate is too high, not the burst.
+            if r.seq > st.pseq:
+                _cut_pace(st, RATE_CUT, now)
+        else:
+            st.tol[d] = max(TOL_MIN, min(burst, BURST_CUT * backlog))
+        st.tseq[d] = st.seq
 
 
 def penalize(st: ScopeState, wait: float, now: float) -> None:

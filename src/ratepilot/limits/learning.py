@@ -27,17 +27,24 @@ Algorithm (also in the README):
    ``foreign_horizon`` (3 s) of it free, so another client's steady use is anticipated instead of met with
    429s. Room kept free costs a one-off burst, not throughput: the bucket still refills at the full rate.
 6. ``retry-after(-ms)`` and "Please try again in Ns" on a 429 block the scope for that long: the caller
-   reads the wait with :func:`ratepilot.retry.server_wait_hint` and passes it to ``Limiter.penalize``.
+   reads the wait with :func:`ratepilot.retry.server_wait_hint` and passes it to ``Limiter.refused`` (or
+   ``Limiter.penalize``).
+7. The burst a minute dimension may spend at once is learned too (slow start from 1 s, cut on a refusal the
+   headers cannot explain, slow growth after): see :mod:`ratepilot.limits.core` and docs/limiter.md.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 from ..protocol.headers import DimensionState, RateLimitHeaders
-from .core import DimObservation, Observation
-from .types import DIM_INDEX, Grant
+from .core import TOL_START, DimObservation, Observation
+from .types import DIM_INDEX, N_DIMS, Grant
 
-__all__ = ["DAILY_THRESHOLD", "infer_window", "interpret"]
+__all__ = ["DAILY_THRESHOLD", "infer_window", "interpret", "refusal_evidence"]
 
+_REFUSED_DIMENSION = re.compile(r"per (?:min|day) \((RPM|TPM|RPD|TPD)\)")
 DAILY_THRESHOLD = 1800.0  # seconds: implied windows above this are daily
 MIN_RESET_FOR_DAILY = 0.05  # below this, millisecond rounding of reset makes the inference unreliable
 
@@ -69,6 +76,8 @@ def interpret(
     ceiling: tuple[float, ...],
     safety_margin: float,
     damping: float = 0.0,
+    answered: bool = False,
+    start_burst: float = TOL_START,
 ) -> Observation:
     dims: list[DimObservation] = []
     for family, state in (
@@ -88,6 +97,38 @@ def interpret(
             limit = min(limit, ceiling[d])
         limit = max(limit, 1e-6)
         dims.append(DimObservation(d, limit, float(state.limit), used))
+    # A success proves the server admitted this much at once: it widens the learned burst (core._grow).
+    zeros = (0.0,) * N_DIMS
+    grown: tuple[float, ...] = ()
+    costs: tuple[float, ...] = ()
+    if answered:
+        grown = grant.used if grant is not None else zeros
+        costs = (
+            tuple(c if charged else 0.0 for c, charged in zip(grant.cost.per_dimension(), grant.charged, strict=True))
+            if grant is not None
+            else zeros
+        )
     if grant is None:
-        return Observation(tuple(dims), max(0.0, age), damping=damping)
-    return Observation(tuple(dims), max(0.0, age), grant.seq, grant.used, grant.adj, damping)
+        return Observation(tuple(dims), max(0.0, age), -1, zeros, zeros, damping, grown, costs, start_burst)
+    return Observation(tuple(dims), max(0.0, age), grant.seq, grant.used, grant.adj, damping, grown, costs, start_burst)
+
+
+def refusal_evidence(
+    message: str, error_type: str | None, headers: RateLimitHeaders | Mapping[str, str], tokens: int
+) -> tuple[str, ...] | None:
+    """Where a 429 ``rate_limit_exceeded`` proves a window shorter than the minute (``Limiter.refused``).
+
+    The refusing dimension is named in the message ("... on tokens per min (TPM) ...") or, failing that, by the
+    error type (``requests``/``tokens``). If the response's headers for that dimension show less room than the
+    request needed, the minute bucket explains the refusal: no evidence, ``()``. If they showed room, or are
+    missing, the dimension is returned. ``None``: the refusing dimension is unknown (every minute dimension).
+    """
+    m = _REFUSED_DIMENSION.search(message)
+    dim = m.group(1).lower() if m else {"requests": "rpm", "tokens": "tpm"}.get(error_type or "")
+    if dim is None:
+        return None
+    parsed = headers if isinstance(headers, RateLimitHeaders) else RateLimitHeaders.parse(headers)
+    requests = dim in ("rpm", "rpd")
+    state = parsed.requests if requests else parsed.tokens
+    need = 1 if requests else tokens
+    return () if state is not None and state.remaining < need else (dim,)

@@ -28,14 +28,14 @@ import logging
 import math
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..clock import Clock, SystemClock
 from ..protocol.headers import RateLimitHeaders
-from .core import Reserved, ReserveParams, Wait, view
+from .core import TOL_START, Refusal, Reserved, ReserveParams, Wait, view
 from .learning import interpret
 from .stores import Store, open_store
 from .types import DIM_INDEX, DIMENSIONS, N_DIMS, Cost, CostTooLarge, DimensionView, Grant, Priority, Scope
@@ -92,6 +92,7 @@ class Limiter:
         recheck: float = 0.05,
         damping: float = 0.0,  # no effect: observe() no longer applies corrections downwards (core.observe)
         foreign_horizon: float = 3.0,
+        start_burst: float = TOL_START,
     ) -> None:
         if not 0.0 <= safety_margin < 1.0:
             raise ValueError(f"safety_margin must be in [0, 1), got {safety_margin}")
@@ -109,6 +110,11 @@ class Limiter:
         self.ceiling = tuple(ceil)
         self.safety_margin = safety_margin
         self.damping = damping
+        if not start_burst > 0:
+            raise ValueError(f"start_burst must be positive (seconds of refill), got {start_burst}")
+        # Seconds of refill a minute dimension may spend at once when first learned; the allowance then grows
+        # while the server keeps answering, and is cut when it refuses (core.py). 60: trust the minute bucket.
+        self.start_burst = float(start_burst)
         self.recheck = recheck
         self._params = ReserveParams(self.ceiling, probe_timeout, blind_after, 0.0, foreign_horizon)
         self._low_params = ReserveParams(self.ceiling, probe_timeout, blind_after, low_headroom, foreign_horizon)
@@ -379,12 +385,15 @@ class Limiter:
         headers: RateLimitHeaders | Mapping[str, str],
         sent_at: float,
         grant: Grant | None = None,
+        *,
+        answered: bool = False,
     ) -> None:
         """Learn from a response's headers (call it on every response, 429s and errors included).
 
         ``sent_at`` is this limiter's clock when the request was sent; ``grant`` (optional) its grant,
         otherwise the latest grant of the scope made at or before ``sent_at`` is used (pass the grant when
-        you have it: with many requests granted at once, the guess can be a later request's).
+        you have it: with many requests granted at once, the guess can be a later request's). ``answered``:
+        the server admitted and answered this request (a 2xx): evidence that widens the learned burst.
         """
         if not isinstance(headers, RateLimitHeaders):
             headers = RateLimitHeaders.parse(headers)
@@ -397,6 +406,8 @@ class Limiter:
             ceiling=self.ceiling,
             safety_margin=self.safety_margin,
             damping=self.damping,
+            answered=answered,
+            start_burst=self.start_burst,
         )
         self._write(scope, self.store.observe, scope.key, obs)
 
@@ -417,6 +428,29 @@ class Limiter:
         """After a 429: admit nothing in ``scope`` for ``wait_s`` seconds (retry-after / "try again in")."""
         if wait_s > 0:
             self._write(scope, self.store.penalize, scope.key, wait_s)
+
+    def refused(
+        self,
+        grant: Grant,
+        wait_s: float,
+        *,
+        evidence: Iterable[str] | None = None,
+        slow_down: bool = False,
+    ) -> None:
+        """A 429 rate-limit refusal of ``grant``'s request: admit nothing in its scope for ``wait_s``, and learn.
+
+        ``evidence``: the dimensions (``rpm``, ``tpm``...) in which the refusal proves the server enforces a
+        shorter window than the headers describe (they showed room, or were missing); ``None``: every minute
+        dimension the grant was charged in; empty: none (the headers explain it). ``slow_down``: the server
+        said traffic grew too fast; the pace is halved and recovers over ~10 s. Settle the grant first.
+        """
+        names = None if evidence is None else set(evidence)
+        used = tuple(
+            u if charged and (names is None or dim.name in names) else -1.0
+            for u, charged, dim in zip(grant.used, grant.charged, DIMENSIONS, strict=True)
+        )
+        refusal = Refusal(max(0.0, wait_s), grant.seq, used, grant.cost.per_dimension(), slow_down)
+        self._write(grant.scope, self.store.refuse, grant.scope.key, refusal)
 
     def state(self, scope: Scope) -> dict[str, DimensionView]:
         """Per known dimension (rpm, tpm, rpd, tpd, ptpm): limit, remaining and seconds until full."""

@@ -7,6 +7,7 @@ The simulator builds bodies with the ``*_error`` functions; the client classifie
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "redact_key",
     "request_too_large_error",
     "server_error",
+    "slow_down_error",
 ]
 
 RATE_LIMITS_URL = "https://platform.openai.com/account/rate-limits"
@@ -68,10 +70,17 @@ def error_body(message: str, type_: str | None, code: str | None = None, param: 
 
 
 def _seconds_text(seconds: float) -> str:
-    # The server words waits like Go durations ("20s", "125ms", "43.2s", "6m0s").
+    # The server words waits like Go durations ("20s", "125ms", "43.2s", "6m0s"), rounded up to the
+    # millisecond. Float sums leave sub-microsecond noise (4.2 s computed as 4.2000000000000455) that must not
+    # add a millisecond: snap first, then hand format_duration a value its own rounding keeps on that ms.
     from .headers import format_duration
 
-    return format_duration(seconds)
+    ms = math.ceil(seconds * 1000 - 1e-6)
+    if ms <= 0:
+        return format_duration(0.0)
+    if ms >= 60_000:
+        return format_duration(float(-(-ms // 1000)))
+    return format_duration(ms / 1000 - 1e-7)
 
 
 def rate_limit_error(
@@ -93,6 +102,15 @@ def request_too_large_error(model: str, org: str, kind: LimitKind, limit: int, r
         f"Visit {RATE_LIMITS_URL} to learn more."
     )
     return error_body(msg, kind.error_type, "rate_limit_exceeded")
+
+
+def slow_down_error(retry_in: float) -> dict[str, Any]:
+    """The ramp-limit 429 (``slow_down``): traffic grew too fast, even if within RPM/TPM (behaviour §7)."""
+    msg = (
+        "Your request rate increased too quickly. Please slow down: reduce your request rate and ramp up "
+        f"gradually. Please try again in {_seconds_text(retry_in)}."
+    )
+    return error_body(msg, "rate_limit_error", "slow_down")
 
 
 def insufficient_quota_error(code: str = "insufficient_quota") -> dict[str, Any]:
@@ -184,7 +202,7 @@ def classify(status: int, body: Any, headers: Mapping[str, str] | None = None) -
         cls = ErrorClass.QUOTA
     elif status == 429 and message.startswith("Request too large"):
         cls = ErrorClass.TOO_LARGE
-    elif status == 429:
+    elif status == 429 or code == "slow_down":  # older servers sent slow_down as a 503
         cls = ErrorClass.RATE_LIMITED
     elif status in (408, 409) or status >= 500:
         cls = ErrorClass.TRANSIENT

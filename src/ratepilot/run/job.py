@@ -59,6 +59,7 @@ class RunOptions:
     overwrite: bool = False  # start the results file afresh (even if it belongs to another job)
     deadline_s: float | None = None  # for --mode auto: results needed within this many seconds
     max_in_flight: int = 1024  # a safety ceiling on the limiter-derived in-flight window (not a worker count)
+    patience_s: float | None = None  # seconds one request may wait after rate-limit refusals (None: unbounded)
     limiter_options: dict[str, Any] = field(default_factory=dict)  # extra Limiter(...) keyword arguments
     batch_min_requests: int = 2_000
     batch_timeout_s: float | None = None
@@ -284,9 +285,12 @@ async def _run_online(
 
         if pilot is None:
             from ..limits import Limiter
+            from ..retry import RetryPolicy
 
             limiter = Limiter(store=options.store, **options.limiter_options)
-            pilot = own_pilot = Pilot(budget_usd=options.budget_usd, prices=prices, limiter=limiter)
+            # A rate-limit refusal never abandons a request; --patience may bound the wait (RetryPolicy).
+            retry = RetryPolicy(patience=options.patience_s)
+            pilot = own_pilot = Pilot(budget_usd=options.budget_usd, prices=prices, limiter=limiter, retry=retry)
         base_url = options.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         sender = http = HttpSender(pilot, base_url, _api_key(options))
     cache = _cache(options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .app import create_app
 from .config import ConfigError, FaultConfig, KeySpec, Limits, ModelSpec, PoolSpec, SimConfig
+from .enforcement import ideal_admissions
 from .server import Simulator, serve
 from .state import SimState
 
@@ -24,5 +25,6 @@ __all__ = [
     "SimState",
     "Simulator",
     "create_app",
+    "ideal_admissions",
     "serve",
 ]

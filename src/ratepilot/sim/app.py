@@ -6,8 +6,9 @@ Request pipeline of a model endpoint (chat, completions, embeddings, responses):
 2. authentication (401, not counted);
 3. body: size limit (413), JSON (400), validation with ``param`` (400), model (404) — these errors still
    cost one request;
-4. admission: credit (429 ``insufficient_quota``), then RPM/TPM/RPD/TPD with the admission cost of
-   :func:`ratepilot.protocol.tokens.admission_cost` (429 ``rate_limit_exceeded`` / "Request too large");
+4. admission: credit (429 ``insufficient_quota``), then RPM/TPM/RPD/TPD (and their quantum buckets) with the
+   admission cost of :func:`ratepilot.protocol.tokens.admission_cost` (429 ``rate_limit_exceeded`` /
+   "Request too large"), then the ramp limit (429 ``slow_down``);
 5. injected faults (500, 503, dropped connection, stall; missing headers);
 6. the responder, usage by the real tokenizer; the token buckets are corrected to the actual usage
    (``settle``) and the org is billed;

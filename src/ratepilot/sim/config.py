@@ -18,6 +18,8 @@ from ..protocol.pricing import ModelPrice, PriceTable
 
 __all__ = [
     "DEFAULT_MODELS",
+    "PRESETS",
+    "REALISTIC",
     "ConfigError",
     "FaultConfig",
     "KeySpec",
@@ -108,8 +110,15 @@ class FaultConfig:
     * ``error_500`` / ``error_503``: a server error instead of the response (the request still counts);
     * ``drop``: the connection is closed mid-response (headers and part of the body sent);
     * ``stall``: the response is withheld for ``stall_s`` seconds (to trigger client timeouts);
-    * ``missing_headers``: the ``x-ratelimit-*`` headers are omitted (1.0 = always);
-      ``missing_headers_on_429``: always omit them on 429s.
+    * ``missing_headers``: the ``x-ratelimit-*`` headers are omitted from a successful response (1.0 = always);
+    * ``headers_on_429_p``: a rate-limit 429 (``rate_limit_exceeded`` or ``slow_down``) carries the
+      ``x-ratelimit-*`` headers with this probability (the real API sometimes sends 429s without them);
+      ``missing_headers_on_429=True`` is the older spelling of ``headers_on_429_p=0``;
+    * ``retry_after_p``: a rate-limit 429 carries ``retry-after`` (and ``retry-after-ms`` when configured)
+      with this probability.
+
+    Draws for probabilities strictly between 0 and 1 come from the simulator's seeded RNG (``seed``), so a
+    run is reproducible; 0 and 1 draw nothing.
     """
 
     error_500: float = 0.0
@@ -119,10 +128,17 @@ class FaultConfig:
     stall_s: float = 600.0
     missing_headers: float = 0.0
     missing_headers_on_429: bool = False
+    headers_on_429_p: float = 1.0
+    retry_after_p: float = 1.0
 
     @property
     def any_random(self) -> bool:
         return (self.error_500 + self.error_503 + self.drop + self.stall + self.missing_headers) > 0
+
+    @property
+    def ratelimit_headers_on_429(self) -> float:
+        """The probability that a rate-limit 429 carries ``x-ratelimit-*`` (the old bool forces 0)."""
+        return 0.0 if self.missing_headers_on_429 else self.headers_on_429_p
 
 
 def _chat(model: str, context: int = 128_000) -> ModelSpec:
@@ -155,6 +171,26 @@ class SimConfig:
     ``credit_usd`` is each organization's prepaid credit (``None`` = unlimited); once billed usage reaches
     it, requests get ``insufficient_quota``. ``responder`` is ``"echo"``, ``"fixed"``, ``"classify"`` or a
     Python callable ``(endpoint, body) -> text``.
+
+    Enforcement beyond the minute buckets (``openai-behaviour.md`` §7; all off by default except charged
+    refusals; :meth:`realistic` turns them all on):
+
+    * ``quantum_s``: every RPM and TPM limit is also enforced over ``quantum_s``-second windows: a second
+      GCRA bucket per minute dimension with the same refill rate (``limit / 60`` per second) and capacity
+      ``limit × quantum_s / 60``. A request must fit both. A request larger than the quantum bucket's
+      capacity (but within the minute limit) is admitted once the quantum bucket is empty, so it never
+      deadlocks. Headers keep describing the minute bucket only.
+    * ``count_refused_requests`` (default ``True``): a refused request still costs one request in every
+      request bucket (minute, quantum, day), as "unsuccessful requests contribute to your per-minute limit".
+    * ``ramp_factor`` (``None`` = off), ``ramp_window_s``, ``ramp_floor``: per (organization, pool) and per
+      minute dimension, the simulator clock is cut into ``ramp_window_s``-second windows aligned to multiples
+      of ``ramp_window_s``; within one window the admitted units (requests; tokens at their admission cost)
+      may not exceed ``max(ramp_floor × limit × ramp_window_s / 60, ramp_factor × units admitted in the
+      previous window)``. The first request of a window is always let through by the ramp (so one request
+      larger than the allowance does not deadlock). A request that would cross it gets a 429 ``slow_down``
+      whose wait is the time to the next window. The ramp is checked after the rate buckets admit, and only
+      on model pools (GETs on the organization-wide bucket are not ramp-limited).
+    * ``faults.missing_headers``, ``faults.headers_on_429_p``, ``faults.retry_after_p``: unreliable headers.
     """
 
     rpm: int | None = 10_000
@@ -178,13 +214,17 @@ class SimConfig:
     classify_yes: str = "YES"
     classify_no: str = "NO"
     count_get_requests: bool = True  # GETs (models, polls) cost one request of the org-wide bucket
-    count_refused_requests: bool = False  # True: a 429'd request still costs one request (longer waits)
+    count_refused_requests: bool = True  # a 429'd request still costs one request (as on the real API)
     settle_actual_tokens: bool = True  # correct TPM/TPD to the actual usage once the response is known
     retry_after: str = "ceil"  # "ceil" (integer seconds, as api.openai.com), "exact", or "none"
     retry_after_ms: bool = False  # also send Azure's retry-after-ms
     max_body_bytes: int = 32 * 1024 * 1024
     organization_header: bool = True
     longrun: Any = None  # sim.longrun's settings: a LongrunConfig or a mapping of its fields (TOML [longrun])
+    quantum_s: float | None = None  # also enforce RPM/TPM over windows this long (None: minute buckets only)
+    ramp_factor: float | None = None  # slow_down when a window admits more than this × the previous one
+    ramp_window_s: float = 15.0
+    ramp_floor: float = 0.5  # a window may always admit this fraction of its share of the minute limit
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "rpd", "tpd"):
@@ -199,16 +239,54 @@ class SimConfig:
             raise ConfigError(f"retry_after must be ceil, exact or none, got {self.retry_after!r}")
         if isinstance(self.responder, str) and self.responder not in ("echo", "fixed", "classify"):
             raise ConfigError(f"responder must be echo, fixed, classify or a callable, got {self.responder!r}")
-        for fault in ("error_500", "error_503", "drop", "stall", "missing_headers"):
+        for fault in (
+            "error_500",
+            "error_503",
+            "drop",
+            "stall",
+            "missing_headers",
+            "headers_on_429_p",
+            "retry_after_p",
+        ):
             p = getattr(self.faults, fault)
-            if not 0 <= p <= 1:
+            if not _is_real(p) or not 0 <= p <= 1:
                 raise ConfigError(f"faults.{fault} must be a probability in [0, 1], got {p!r}")
+        if self.quantum_s is not None and not (_is_real(self.quantum_s) and 0 < self.quantum_s <= 60):
+            raise ConfigError(f"quantum_s must be a number of seconds in (0, 60] (or off), got {self.quantum_s!r}")
+        if self.ramp_factor is not None and not (_is_real(self.ramp_factor) and self.ramp_factor >= 1):
+            raise ConfigError(f"ramp_factor must be a number >= 1 (or off), got {self.ramp_factor!r}")
+        if not (_is_real(self.ramp_window_s) and self.ramp_window_s > 0):
+            raise ConfigError(f"ramp_window_s must be a positive number of seconds, got {self.ramp_window_s!r}")
+        if not (_is_real(self.ramp_floor) and self.ramp_floor >= 0):
+            raise ConfigError(f"ramp_floor must be a number >= 0, got {self.ramp_floor!r}")
+
+    # -- presets ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def realistic(cls, **overrides: Any) -> SimConfig:
+        """The real API's rougher edges (``openai-behaviour.md`` §7), each one configurable.
+
+        Quantized limits (1 s windows), refused requests charged, 2 % of successes and half the 429s without
+        ``x-ratelimit-*`` headers, half the 429s without ``retry-after``, and a ramp limit (at most double
+        the previous 15 s window, never less than half of a window's share of the minute limit). Keyword
+        ``overrides`` replace fields (``faults=`` replaces the whole :class:`FaultConfig`).
+        """
+        return cls(**{**REALISTIC, **overrides})
 
     # -- derived views ----------------------------------------------------------------------------------
 
     @property
     def default_limits(self) -> Limits:
         return Limits(self.rpm, self.tpm, self.rpd, self.tpd)
+
+    def pool_limits(self, model_id: str) -> tuple[str, Limits]:
+        """The pool ``model_id`` is enforced in (its pool's name, or the model's own id) and its limits."""
+        spec = self.model(model_id)
+        own = spec.limits if spec is not None else Limits()
+        pool = self.pool_of(model_id)
+        if pool is not None:
+            return pool.name, pool.limits.merged_over(own).merged_over(self.default_limits)
+        return model_id, own.merged_over(self.default_limits)
 
     @property
     def latency(self) -> LatencyConfig:
@@ -233,8 +311,12 @@ class SimConfig:
     # -- TOML -------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_toml(cls, path: str | Path, **overrides: Any) -> SimConfig:
-        """Load a TOML file (format in the README); keyword overrides win (e.g. CLI flags)."""
+    def from_toml(cls, path: str | Path, *, preset: str | None = None, **overrides: Any) -> SimConfig:
+        """Load a TOML file (format in docs/simulator.md); keyword overrides win (e.g. CLI flags).
+
+        ``preset`` (``"realistic"`` or ``"default"``) wins over the file's own ``preset`` key; the file's
+        settings then override the preset's, and ``overrides`` override both.
+        """
         p = Path(path)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -243,14 +325,19 @@ class SimConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: invalid TOML: {exc}") from None
         try:
-            return cls.from_mapping(data, **overrides)
+            return cls.from_mapping(data, preset=preset, **overrides)
         except ConfigError as exc:
             raise ConfigError(f"{p}: {exc}") from None
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> SimConfig:
+    def from_mapping(cls, data: Mapping[str, Any], *, preset: str | None = None, **overrides: Any) -> SimConfig:
+        """A config from parsed TOML; see :meth:`from_toml` for ``preset`` and ``overrides``."""
         known = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
+        if preset is None:
+            preset = data.get("preset", "default")
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {', '.join(map(repr, PRESETS))}, got {preset!r}")
+        kwargs: dict[str, Any] = dict(PRESETS[preset])
         limits = data.get("limits", {})
         _expect_table(limits, "limits")
         for name in ("rpm", "tpm", "rpd", "tpd"):
@@ -271,9 +358,14 @@ class SimConfig:
             "retry_after": (str,),
             "retry_after_ms": (bool,),
             "max_body_bytes": (int,),
+            "ramp_window_s": (int, float),
+            "ramp_floor": (int, float),
         }
         for name, value in data.items():
-            if name in ("limits", "models", "pools", "keys", "prices", "latency", "faults", "longrun"):
+            if name in ("limits", "models", "pools", "keys", "prices", "latency", "faults", "longrun", "preset"):
+                continue
+            if name in _OFF_WHEN_ZERO:  # TOML has no null: 0 or false turns these off (e.g. under a preset)
+                kwargs[name] = None if value is False or value == 0 else _number(value, name)
                 continue
             if name not in scalar_fields:
                 raise ConfigError(f"unknown setting {name!r}")
@@ -281,7 +373,7 @@ class SimConfig:
                 isinstance(value, bool) and bool not in scalar_fields[name]
             ):
                 raise ConfigError(f"{name} has the wrong type ({type(value).__name__})")
-            kwargs[name] = float(value) if name == "credit_usd" else value
+            kwargs[name] = float(value) if float in scalar_fields[name] else value
         latency = data.get("latency", {})
         _expect_table(latency, "latency")
         for src, dst in (
@@ -305,7 +397,8 @@ class SimConfig:
                 fault_kwargs[name] = value
             else:
                 fault_kwargs[name] = _number(value, f"faults.{name}")
-        kwargs["faults"] = FaultConfig(**fault_kwargs)
+        # A [faults] table refines the preset's faults rather than resetting the ones it leaves out.
+        kwargs["faults"] = replace(kwargs.get("faults", FaultConfig()), **fault_kwargs)
 
         models_data = data.get("models", {})
         _expect_table(models_data, "models")
@@ -385,6 +478,24 @@ class SimConfig:
 
 
 _LIMIT_NAMES = ("rpm", "tpm", "rpd", "tpd")
+_OFF_WHEN_ZERO = ("quantum_s", "ramp_factor")
+
+REALISTIC: Mapping[str, Any] = {
+    "quantum_s": 1.0,
+    "count_refused_requests": True,
+    "faults": FaultConfig(missing_headers=0.02, headers_on_429_p=0.5, retry_after_p=0.5),
+    "ramp_factor": 2.0,
+    "ramp_window_s": 15.0,
+    "ramp_floor": 0.5,
+}
+"""The field values of :meth:`SimConfig.realistic` (why each: docs/simulator.md, "Realistic enforcement")."""
+
+PRESETS: Mapping[str, Mapping[str, Any]] = {"default": {}, "realistic": REALISTIC}
+
+
+def _is_real(value: Any) -> bool:
+    """A finite int or float, not a bool (``True`` is not a probability)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _expect_table(value: Any, where: str) -> None:

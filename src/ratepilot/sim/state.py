@@ -13,8 +13,8 @@ Public surface (stable; used by ``sim.longrun``):
 ``state.charge(org, model, cost_tokens, endpoint) -> Response | None``
     Count one request (and ``cost_tokens`` tokens) against the org's RPM/TPM/RPD/TPD buckets for ``model``
     (``model=None``: the org-wide bucket GETs use). ``None`` = admitted; else the 429 response to return
-    (rate limit, "Request too large", or ``insufficient_quota`` once the org's credit is spent). The
-    rate-limit headers of the bucket charged are added to the response of the current request
+    (rate limit, ``slow_down``, "Request too large", or ``insufficient_quota`` once the org's credit is
+    spent). The rate-limit headers of the bucket charged are added to the response of the current request
     automatically.
 ``state.execute(endpoint, body, org, *, batch=False, bill=True) -> (status, body_dict)``
     Validation + responder + usage, WITHOUT rate limiting (batch lines use it). Bills the org (at the batch
@@ -57,6 +57,7 @@ from ..protocol.errors import (
     rate_limit_error,
     redact_key,
     request_too_large_error,
+    slow_down_error,
 )
 from ..protocol.tokens import admission_cost
 from .config import Limits, ModelSpec, SimConfig
@@ -131,7 +132,7 @@ class _Stats:
             },
             "rate_limited": {
                 "total": sum(self.rate_limited.values()),
-                **{k: self.rate_limited.get(k, 0) for k in ("RPM", "TPM", "RPD", "TPD", "too_large")},
+                **{k: self.rate_limited.get(k, 0) for k in ("RPM", "TPM", "RPD", "TPD", "too_large", "slow_down")},
                 "insufficient_quota": self.rate_limited.get("insufficient_quota", 0),
             },
             "faults": dict(self.faults),
@@ -147,22 +148,14 @@ class SimState:
         self.config = config or SimConfig()
         self.clock: Clock = clock or SystemClock()
         self.lock = threading.RLock()
-        self.enforcer = Enforcer()
+        self.enforcer = Enforcer.for_config(self.config)
         self._stats = _Stats()
         self._fault_rng = random.Random(self.config.seed)
         # Ids are unique across simulators and runs (clients may key on them) unless made reproducible.
         self._id_rng = random.Random(self.config.seed ^ 0x5EED) if self.config.deterministic_ids else random.Random()
         self._models: dict[str, ModelSpec] = {m.id: m for m in self.config.models}
-        self._pools: dict[str, tuple[str, Limits]] = {}
-        for model in self._models.values():
-            pool = self.config.pool_of(model.id)
-            if pool is not None:
-                self._pools[model.id] = (
-                    pool.name,
-                    pool.limits.merged_over(model.limits).merged_over(self.config.default_limits),
-                )
-            else:
-                self._pools[model.id] = (model.id, model.limits.merged_over(self.config.default_limits))
+        # The same resolution ideal_admissions uses (SimConfig.pool_limits), precomputed for the hot path.
+        self._pools: dict[str, tuple[str, Limits]] = {m: self.config.pool_limits(m) for m in self._models}
         self._identities: dict[str, Identity] = {}
         self.reset_hooks: list[Callable[[], None]] = []
         self.background_response: Callable[[str, Mapping[str, Any]], tuple[int, dict[str, Any]]] | None = None
@@ -232,7 +225,8 @@ class SimState:
 
     def _buckets(self, org: str, model: str | None) -> PoolBuckets:
         name, limits = self.pool(model)
-        buckets = self.enforcer.buckets(org, name, limits)
+        # Ramp limits are about inference traffic; GETs (the org-wide bucket) are never slow_down'd.
+        buckets = self.enforcer.buckets(org, name, limits, ramped=name != ORG_WIDE_POOL)
         ctx = _current.get()
         if ctx is not None:
             ctx.org = org
@@ -261,22 +255,37 @@ class SimState:
                 return ApiError(
                     429, request_too_large_error(label, org_name, refusal.kind, refusal.limit, refusal.requested)
                 )
-            self._stats.rate_limited[refusal.kind.name] += 1
-            body = rate_limit_error(
-                label, org_name, refusal.kind, refusal.limit, refusal.used, refusal.requested, refusal.wait
-            )
+            if refusal.slow_down:
+                self._stats.rate_limited["slow_down"] += 1
+                body = slow_down_error(refusal.wait)
+            else:
+                self._stats.rate_limited[refusal.kind.name] += 1
+                body = rate_limit_error(
+                    label, org_name, refusal.kind, refusal.limit, refusal.used, refusal.requested, refusal.wait
+                )
             headers: dict[str, str] = {}
-            if config.retry_after == "ceil":
-                headers["retry-after"] = str(max(1, math.ceil(refusal.wait)))
-            elif config.retry_after == "exact":
-                headers["retry-after"] = f"{refusal.wait:.3f}".rstrip("0").rstrip(".")
-            if config.retry_after_ms:
-                headers["retry-after-ms"] = str(math.ceil(refusal.wait * 1000))
-            if config.faults.missing_headers_on_429:
+            faults = config.faults
+            if self._draw(faults.retry_after_p):
+                # Rounded up, less float noise: a wait of 2 s computed as 2.0000000000000004 is "2", not "3".
+                if config.retry_after == "ceil":
+                    headers["retry-after"] = str(max(1, math.ceil(refusal.wait - 1e-9)))
+                elif config.retry_after == "exact":
+                    headers["retry-after"] = f"{refusal.wait:.3f}".rstrip("0").rstrip(".")
+                if config.retry_after_ms:
+                    headers["retry-after-ms"] = str(math.ceil(refusal.wait * 1000 - 1e-6))
+            if not self._draw(faults.ratelimit_headers_on_429):
                 ctx = _current.get()
                 if ctx is not None:
                     ctx.omit_ratelimit = True
             return ApiError(429, body, headers)
+
+    def _draw(self, p: float) -> bool:
+        """True with probability ``p`` from the seeded fault RNG (0 and 1 draw nothing). Caller holds the lock."""
+        if p >= 1.0:
+            return True
+        if p <= 0.0:
+            return False
+        return self._fault_rng.random() < p
 
     def admit_request(self, org: str, model: str | None, cost_tokens: int, endpoint: str) -> ApiError | None:
         """:meth:`charge` without building a response (the ASGI app's fast path)."""

@@ -1,10 +1,30 @@
 -- observe: correct the state from a response's headers, as interpreted by learning.py (core.observe).
 -- A: age (unused), ref_seq, damping (unused), ref_used x N (unused), ref_adj x N (unused), count, then per observed dimension:
--- index (0-based), limit, server_limit, used.
+-- index (0-based), limit, server_limit, used; then a success's cost x N and its units in use at admission x N
+-- (all 0: not a success); then the burst allowance of a dimension seen for the first time.
 local st = load(KEY)
 local now = NOW
 local ref_seq = A[2]
 local count = A[4 + 2 * N]
+-- a successful answer widens the burst allowance (core._grow)
+local ans = 5 + 2 * N + 4 * count
+local start_burst = A[ans + 2 * N] or TOL_START
+local answered = (A[ans + 2 * N + 1] or 0) == 1
+for d = 1, N do
+  local c = A[ans + d - 1] or 0
+  local u = A[ans + N + d - 1] or 0
+  local tol, lim = st.tol[d], st.lim[d]
+  if c > 0 and tol > 0 and tol < WIN[d] and lim > 0 then
+    local interval = WIN[d] / lim
+    local grown
+    if st.tseq[d] <= 0 then
+      grown = math.max(tol, (1 + SS_GAIN) * u * interval, (u + c) * interval)
+    else
+      grown = tol + CA_GAIN * c * interval
+    end
+    st.tol[d] = math.min(WIN[d], grown)
+  end
+end
 local heard = false
 for d = 1, N do
   if st.srv[d] > 0 then heard = true end
@@ -32,6 +52,13 @@ for i = 0, count - 1 do
     st.tat[d] = now + o_used * window / limit
     st.oseq[d] = st.seq
     st.ft[d] = now
+    if MINUTE[d] and st.tol[d] <= 0 then
+      -- slow start, from at least twice what a success shows in use (core.observe)
+      st.tol[d] = start_burst
+      if answered and 2 * o_used * window / server_limit > start_burst then
+        st.tol[d] = math.min(window, 2 * o_used * window / server_limit)
+      end
+    end
   else
     if st.lim[d] ~= limit then
       -- the limit changed: adopt the server's count (core.observe says why)
@@ -39,6 +66,9 @@ for i = 0, count - 1 do
       st.tat[d] = now + o_used * window / limit
     end
     local interval = window / st.lim[d]
+    if answered and MINUTE[d] and st.tol[d] > 0 and st.tol[d] < window and st.tseq[d] <= 0 then
+      st.tol[d] = math.min(window, math.max(st.tol[d], o_used * window / server_limit))
+    end
     if ref_seq > st.oseq[d] then st.oseq[d] = ref_seq end
     -- Compared with our units in use now, not with the grant's snapshot (core.observe says why).
     local found = o_used - used(st, d, now)

@@ -68,10 +68,12 @@ for d = 1, N do
   if lim > 0 then
     local window = WIN[d]
     local interval = window / lim
-    local foreign = math.min(st.frate[d] * foreign_horizon, 0.5 * lim)
-    local tolerance = window * (1 - headroom) - foreign * interval
+    local burst = burst_of(st, d)
+    local foreign = math.min(st.frate[d] * foreign_horizon * interval, 0.5 * burst)
+    local tolerance = burst * (1 - headroom) - foreign
     local base = math.max(st.tat[d], now)
     local add = cost[d] * interval
+    if st.pace > 0 and MINUTE[d] then add = add / pace_of(st, now) end
     local w
     if add > tolerance then
       w = base - now

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..core import Observation, Reserved, ReserveParams, ScopeState, Wait
+from ..core import Observation, Refusal, Reserved, ReserveParams, ScopeState, Wait
 from ..types import N_DIMS
 
 __all__ = ["Store", "decode_state", "encode_state"]
@@ -29,6 +29,10 @@ class Store(Protocol):
 
     def penalize(self, key: str, wait: float) -> None: ...
 
+    def refuse(self, key: str, refusal: Refusal) -> None:
+        """A 429 rate-limit refusal: block and learn (:func:`ratepilot.limits.core.refuse`)."""
+        ...
+
     def load(self, key: str) -> tuple[ScopeState | None, float]:
         """The scope's state (None if never seen) and the store's current time."""
         ...
@@ -36,20 +40,25 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+_OLD_FIELDS = 4 + 7 * N_DIMS  # before the learned burst (tol, tseq, pace, pt, pseq): read as never learned
+_FIELDS = 4 + 9 * N_DIMS + 3
+
+
 def encode_state(st: ScopeState) -> str:
-    """Space-separated numbers: seq probe_until blocked_until nohdr, then lim, srv, tat, adj, oseq, frate, ft
-    for every dimension."""
+    """Space-separated numbers: seq probe_until blocked_until nohdr, then lim, srv, tat, adj, oseq, frate, ft,
+    tol, tseq for every dimension, then pace pt pseq."""
     nums: list[float | int] = [st.seq, st.probe_until, st.blocked_until, st.nohdr]
-    nums += [*st.lim, *st.srv, *st.tat, *st.adj, *st.oseq, *st.frate, *st.ft]
+    nums += [*st.lim, *st.srv, *st.tat, *st.adj, *st.oseq, *st.frate, *st.ft, *st.tol, *st.tseq]
+    nums += [st.pace, st.pt, st.pseq]
     return " ".join(repr(float(x)) if isinstance(x, float) else str(x) for x in nums)
 
 
 def decode_state(text: str) -> ScopeState:
     v = text.split()
-    if len(v) != 4 + 7 * N_DIMS:
+    if len(v) not in (_OLD_FIELDS, _FIELDS):
         raise ValueError(f"corrupt limiter state ({len(v)} fields)")
     n = N_DIMS
-    f = [float(x) for x in v]
+    f = [float(x) for x in v] + [0.0] * (_FIELDS - len(v))
     return ScopeState(
         seq=int(f[0]),
         probe_until=f[1],
@@ -62,4 +71,9 @@ def decode_state(text: str) -> ScopeState:
         oseq=[int(x) for x in f[4 + 4 * n : 4 + 5 * n]],
         frate=f[4 + 5 * n : 4 + 6 * n],
         ft=f[4 + 6 * n : 4 + 7 * n],
+        tol=f[4 + 7 * n : 4 + 8 * n],
+        tseq=f[4 + 8 * n : 4 + 9 * n],
+        pace=f[4 + 9 * n],
+        pt=f[4 + 9 * n + 1],
+        pseq=f[4 + 9 * n + 2],
     )

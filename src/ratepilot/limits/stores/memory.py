@@ -6,7 +6,7 @@ import threading
 
 from ...clock import Clock
 from .. import core
-from ..core import Observation, Reserved, ReserveParams, ScopeState, Wait
+from ..core import Observation, Refusal, Reserved, ReserveParams, ScopeState, Wait
 from .base import decode_state, encode_state
 
 __all__ = ["MemoryStore"]
@@ -44,6 +44,10 @@ class MemoryStore:
     def penalize(self, key: str, wait: float) -> None:
         with self._lock:
             core.penalize(self._get(key), wait, self._clock.now())
+
+    def refuse(self, key: str, refusal: Refusal) -> None:
+        with self._lock:
+            core.refuse(self._get(key), refusal, self._clock.now())
 
     def load(self, key: str) -> tuple[ScopeState | None, float]:
         with self._lock:

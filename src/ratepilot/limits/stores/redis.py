@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from ...clock import Clock, SystemClock
-from ..core import Observation, Reserved, ReserveParams, ScopeState, Wait
+from ..core import Observation, Refusal, Reserved, ReserveParams, ScopeState, Wait
 from ..types import N_DIMS
 from .base import decode_state
 
@@ -41,7 +41,7 @@ __all__ = ["RedisStore"]
 log = logging.getLogger("ratepilot")
 
 TTL_MS = 2 * 86_400 * 1000  # a scope idle for two days (longer than the daily window) is forgotten
-_OPERATIONS = ("reserve", "adjust", "observe", "penalize", "load")
+_OPERATIONS = ("reserve", "adjust", "observe", "penalize", "refuse", "load")
 FLUSH_AFTER_S = 0.001  # a deferred settle waits at most this long for a call to ride along with
 
 
@@ -311,10 +311,17 @@ class RedisStore:
         numbers = [obs.age, obs.ref_seq, obs.damping, *obs.ref_used, *obs.ref_adj, len(obs.dims)]
         for o in obs.dims:
             numbers += [o.dim, o.limit, o.server_limit, o.used]
+        numbers += obs.answered_costs or (0.0,) * N_DIMS
+        numbers += obs.answered or (0.0,) * N_DIMS
+        numbers += [obs.start_burst, 1.0 if obs.answered else 0.0]
         self._call("observe", key, numbers)
 
     def penalize(self, key: str, wait: float) -> None:
         self._call("penalize", key, [wait])
+
+    def refuse(self, key: str, refusal: Refusal) -> None:
+        numbers = [refusal.wait, refusal.seq, float(refusal.slow_down), *refusal.used, *refusal.costs]
+        self._call("refuse", key, numbers)
 
     def load(self, key: str) -> tuple[ScopeState | None, float]:
         raw, now = self._eval("load", key, b"")

@@ -15,7 +15,7 @@ from typing import TypeVar
 from ...clock import Clock
 from ...sqlite import open_database
 from .. import core
-from ..core import Observation, Reserved, ReserveParams, ScopeState, Wait
+from ..core import Observation, Refusal, Reserved, ReserveParams, ScopeState, Wait
 from .base import decode_state, encode_state
 
 __all__ = ["SQLiteStore"]
@@ -70,6 +70,9 @@ class SQLiteStore:
 
     def penalize(self, key: str, wait: float) -> None:
         self._apply(key, lambda st, now: core.penalize(st, wait, now))
+
+    def refuse(self, key: str, refusal: Refusal) -> None:
+        self._apply(key, lambda st, now: core.refuse(st, refusal, now))
 
     def load(self, key: str) -> tuple[ScopeState | None, float]:
         with self._lock:
