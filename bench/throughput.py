@@ -27,7 +27,8 @@ times out is reported with the reason.
 
 **Workloads**: RPM-bound (300 RPM, tiny prompts) and TPM-bound (60,000 TPM = 1,000 tokens per second, ~800-token
 prompts). Each is sized per mode so that its ideal time is >= 90 s (``--quick``: ~45 s): the first-minute burst
-does not decide the result.
+does not decide the result; and to at least 100 requests, so that "429s per 100 requests" has a resolution of one
+(a TPM-bound workload under per-second enforcement needs ~80 s for that).
 
 **Ideal time** = the last admission time of a perfect client plus the simulator's latency, from
 ``ratepilot.sim.enforcement.ideal_admissions`` with the very ``SimConfig`` the simulator runs: each request's cost is
@@ -86,6 +87,7 @@ MODES = ("minute", "quantized", "realistic")
 TOOLS = ("ratepilot", "oaib", "curator", "sdk")
 PEERS = ("oaib", "curator")  # from PyPI, in bench/.peers-venv
 IDEAL_S = 90.0  # every workload's ideal time, per mode, at least this
+MIN_REQUESTS = 100  # every workload has at least this many requests, whatever its ideal time
 QUICK_IDEAL_S = 45.0  # long enough that one unavoidable early 429 stays under 2 per 100 on the TPM workload
 SDK_CONCURRENCY = 32
 
@@ -243,6 +245,10 @@ def workload(bodies: Bodies, mode: str, quick: bool) -> dict[str, Any]:
             break
         n *= 2
     size = next(k + 1 for k, t in enumerate(adm) if t + latency >= target)
+    if size < MIN_REQUESTS:  # 429s per 100 requests needs 100 requests to mean anything
+        size = MIN_REQUESTS
+        bodies.grow(size)
+        adm = admissions(config, bodies.costs[:size])
     adm = adm[:size]
     return {
         "kind": bodies.kind,

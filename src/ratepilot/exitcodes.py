@@ -47,6 +47,7 @@ def classify_exit(exc: BaseException) -> tuple[ExitCode, str] | None:
 
     from .batch.runner import JobConflictError, JobNotFoundError
     from .errors import BudgetExceeded, InputError, QuotaExhausted, RatePilotError, _scrub
+    from .joblock import JobLocked
     from .results import ForeignResultsError
     from .run.sender import AuthFailed, unwrap_pilot_error
 
@@ -61,6 +62,8 @@ def classify_exit(exc: BaseException) -> tuple[ExitCode, str] | None:
         return ExitCode.BUDGET, f"{exc.message} Progress so far is kept."
     if isinstance(exc, InputError):
         return ExitCode.BAD_INPUT, exc.message
+    if isinstance(exc, JobLocked):
+        return ExitCode.CONFLICT, exc.message
     if isinstance(exc, AuthFailed):
         return ExitCode.AUTH, exc.message
     if isinstance(exc, RatePilotError):  # RequestTooLarge, RetriesExhausted, ...: the API would not do the work

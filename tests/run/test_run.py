@@ -145,3 +145,22 @@ def test_http_errors_are_recorded_like_the_batch_api(make_sim: Callable[..., Sim
     assert summary.exit_code == ExitCode.OK and summary.http_errors == 1
     assert line["response"]["status_code"] == 404 and line["error"] is None
     assert line["response"]["body"]["error"]["code"] == "model_not_found"
+
+
+def test_realistic_enforcement_answers_every_request_with_few_refusals(
+    requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The --realistic preset (per-second windows, charged refusals, missing headers and retry-after, a ramp
+    limit; here with 2 s ramp windows so that the ramp bites within the job): nothing abandoned, few 429s."""
+    from ratepilot.sim import SimConfig
+
+    config = SimConfig.realistic(rpm=3_000, tpm=5_000_000, responder="classify", ramp_window_s=2.0)
+    req = requests_file(150)
+    out = tmp_path / "out.jsonl"
+    with Simulator(config) as sim:
+        summary = run_job(_opts(req, out, sim, cache=False))
+        stats = sim.stats()
+    assert summary.exit_code == ExitCode.OK and summary.done == 150 and summary.succeeded == 150
+    assert _ids(out) == Counter({f"req-{i}": 1 for i in range(150)})
+    refused = stats["rate_limited"]["total"]
+    assert refused <= 6, stats["rate_limited"]  # the window's discovery and the ramp's slow_down, not a storm

@@ -28,6 +28,7 @@ from typing import Any
 from ..cache import ResponseCache
 from ..errors import InputError
 from ..exitcodes import ExitCode
+from ..joblock import job_lock, lock_path
 from ..protocol.pricing import PriceTable
 from ..protocol.tokens import admission_cost, max_output_tokens
 from ..protocol.usage import usage_from_body
@@ -226,6 +227,22 @@ async def arun_job(
     if sender is None:
         _api_key(options)  # a missing key is bad input too: fail before the results file is touched
     job_id = await asyncio.to_thread(job_id_for_file, options.requests)
+    # One owner per results file: a second run on it stops here (exit 5) before anything is sent or written.
+    with job_lock(lock_path(options.output), f"results file {options.output}"):
+        return await _arun_owned(options, scan, job_id, started, prices, sender, pilot, on_progress)
+
+
+async def _arun_owned(
+    options: RunOptions,
+    scan: JobScan,
+    job_id: str,
+    started: float,
+    prices: PriceTable,
+    sender: Sender | None,
+    pilot: Any,
+    on_progress: Callable[[RunSummary], None] | None,
+) -> RunSummary:
+    """:func:`arun_job` once it owns the results file."""
     writer = open_results(
         options.output, job_id, requests=options.requests, overwrite=options.overwrite, extra={"command": "run"}
     )
