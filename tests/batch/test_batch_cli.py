@@ -190,3 +190,26 @@ def test_keep_files_flag(tmp_path: Path) -> None:
         code, out = invoke_batch_cli(sim, tmp_path / "b", *args, "--name", "tidy")
         assert code == 0, out
         assert sim.stats()["longrun"]["files"] == 4 + 2  # this job's inputs deleted, its outputs remain
+
+
+def test_a_job_another_process_owns_exits_5_and_uploads_nothing(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `batch submit --name X` at once must not create every batch twice: one owner per job (an flock)."""
+    import os
+
+    from ratepilot import paths
+    from ratepilot.joblock import job_lock
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("RATEPILOT_HOME", str(state))
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(3)])
+    uploads = sim.stats()["requests"]["by_endpoint"].get("/v1/files", 0)
+    with job_lock(paths.state_dir() / "locks" / "owned.lock", "batch job 'owned'"):  # the other owner
+        code, out = invoke_batch_cli(sim, state, "submit", str(requests), "--name", "owned", "--poll-interval", "0.01")
+    said = " ".join(out.split())
+    assert code == ExitCode.CONFLICT and f"pid {os.getpid()}" in said and "batch job 'owned'" in said
+    assert sim.stats()["requests"]["by_endpoint"].get("/v1/files", 0) == uploads  # nothing uploaded
+    code, _ = invoke_batch_cli(sim, state, "submit", str(requests), "--name", "owned", "--poll-interval", "0.01")
+    assert code == 0  # the owner gone, the job is ours
+    assert sim.stats()["requests"]["by_endpoint"].get("/v1/files", 0) > uploads

@@ -22,7 +22,8 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ import orjson
 
 from .. import paths
 from ..clock import Clock, SystemClock
+from ..joblock import job_lock
 from ..poll import _TRANSIENT as TRANSIENT_POLL_ERRORS  # the one classification of a missed poll
 from ..poll import KINDS, PRIORITY_HEADER, GiveUp, Poll, PollSchedule, snapshot
 from ..protocol.pricing import PriceTable
@@ -185,6 +187,7 @@ class BatchRunner:
         self._schedules: dict[tuple[int, int], PollSchedule] = {}
         self.receiver = receiver
         self._subs: dict[tuple[int, int], Subscription] = {}
+        self._owned: set[str] = set()  # job names this runner holds the lock of (see _owning)
 
     def close(self) -> None:
         for key in list(self._subs):
@@ -218,6 +221,10 @@ class BatchRunner:
         name = name or default_job_name(path)
         if not _NAME.match(name):
             raise BatchInputError(name, reason="job names are 1-64 of A-Z a-z 0-9 . _ - (starting alphanumeric)")
+        with self._owning(name):
+            return self._prepare_owned(name, path, fp)
+
+    def _prepare_owned(self, name: str, path: Path, fp: str) -> JobRecord:
         job = self.store.get_job(name)
         if job is not None and job.state != "planning":
             if job.fingerprint != fp:
@@ -351,7 +358,27 @@ class BatchRunner:
         shutil.rmtree(self._job_dir(job), ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ the loop
+    @contextmanager
+    def _owning(self, name: str) -> Iterator[None]:
+        """Own job ``name`` for the block: one process at a time plans, submits, polls or collects it (two
+        ``batch submit --name X`` at once would create every batch twice). Re-entrant within this runner; a
+        second process gets :class:`~ratepilot.joblock.JobLocked` at once (exit 5). See :mod:`ratepilot.joblock`.
+        """
+        if name in self._owned:
+            yield
+            return
+        with job_lock(self.state_dir / "locks" / f"{name}.lock", f"batch job {name!r}"):
+            self._owned.add(name)
+            try:
+                yield
+            finally:
+                self._owned.discard(name)
+
     def _drive(self, job: JobRecord, *, block: bool, timeout: float | None = None, collect_only: bool = False) -> None:
+        with self._owning(job.name):
+            self._drive_owned(job, block=block, timeout=timeout, collect_only=collect_only)
+
+    def _drive_owned(self, job: JobRecord, *, block: bool, timeout: float | None, collect_only: bool) -> None:
         deadline = None if timeout is None else self.clock.now() + timeout
         if self.key_id and not job.key_id:  # a job recorded before keys were: it is driven with this one
             self.store.update_job(job, key_id=self.key_id)
