@@ -155,7 +155,9 @@ class RetryPolicy:
 
     def _after_refusal(self, state: RetryState, reason: str, hint: float | None) -> Decision:
         """A rate-limit refusal: wait what the server asked (or back off), never give up unless out of patience."""
-        after = hint if hint is not None else self.backoff(max(1, state.refusals))
+        # A hint of 0 ("retry-after: 0", "try again in 0s") is no hint: backing off is what keeps a server that
+        # refuses at once from being asked again at once, forever.
+        after = hint if hint is not None and hint > 0 else self.backoff(max(1, state.refusals))
         if self.patience is not None and state.refusal_waited + after > self.patience:
             return GiveUp(
                 f"waiting {after:.1f}s more for rate-limit capacity would exceed patience={self.patience:g}s",

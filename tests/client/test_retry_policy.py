@@ -125,3 +125,47 @@ def test_patience_bounds_the_wait_for_rate_limit_capacity() -> None:
 def test_x_should_retry_false_stops_a_5xx() -> None:
     d = RetryPolicy().decide(_state(500, server_error(), {"x-should-retry": "false"}))
     assert isinstance(d, GiveUp)
+
+
+def test_a_zero_hint_is_no_hint_refusals_back_off() -> None:
+    """`retry-after: 0` / "try again in 0s" on every refusal must not become a loop at full speed."""
+    policy = RetryPolicy.seeded(3, base=0.5, cap=30.0)
+    afters = [
+        policy.decide(RetryState(n, FailureKind.RESPONSE, 0.0, classify(429, RPM_429), {"retry-after": "0"}, n))
+        for n in range(1, 12)
+    ]
+    assert all(isinstance(a, Retry) for a in afters)
+    assert sum(a.after for a in afters if isinstance(a, Retry)) > 10.0  # exponential, capped at 30 s
+
+
+def test_429s_that_can_never_succeed_or_are_not_rate_limits() -> None:
+    zero = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.TPM, 0, 0, 500, 1.0)  # no TPM for this model
+    assert classify(429, zero).error_class is ErrorClass.TOO_LARGE
+    over = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.TPM, 1_000, 0, 5_000, 1.0)
+    assert classify(429, over).error_class is ErrorClass.TOO_LARGE
+    flex = {
+        "error": {"message": "Resource Unavailable", "type": "invalid_request_error", "code": "resource_unavailable"}
+    }
+    assert classify(429, flex).error_class is ErrorClass.TRANSIENT  # not a rate limit: the pace is not cut
+    assert classify(503, slow_down_error(2.0)).error_class is ErrorClass.RATE_LIMITED  # older servers' slow_down
+
+
+def test_refusal_evidence_reads_the_refusing_dimension_and_its_headers() -> None:
+    from ratepilot.limits.learning import refusal_evidence
+
+    tpm = rate_limit_error("m", "org", LimitKind.TPM, 60_000, 59_000, 800, 0.2)["error"]
+    room = {
+        "x-ratelimit-limit-tokens": "60000",
+        "x-ratelimit-remaining-tokens": "59000",
+        "x-ratelimit-reset-tokens": "1s",
+    }
+    full = {
+        "x-ratelimit-limit-tokens": "60000",
+        "x-ratelimit-remaining-tokens": "500",
+        "x-ratelimit-reset-tokens": "59s",
+    }
+    assert refusal_evidence(tpm["message"], tpm["type"], room, 800) == ("tpm",)  # room shown: a shorter window
+    assert refusal_evidence(tpm["message"], tpm["type"], full, 800) == ()  # the minute bucket explains it
+    assert refusal_evidence(tpm["message"], tpm["type"], {}, 800) == ("tpm",)  # no headers: evidence
+    assert refusal_evidence("", "requests", {}, 1) == ("rpm",)  # only the type
+    assert refusal_evidence("", None, {}, 1) is None  # unknown: every minute dimension

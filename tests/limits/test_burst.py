@@ -52,10 +52,13 @@ def drive(
     ramp: Ramp | None = None,
     headers_on_429: bool = True,
     start_burst: float | None = None,
+    ceiling: dict[str, float] | None = None,
 ) -> Run:
     clock = FakeClock(start=0.0)
-    extra = {} if start_burst is None else {"start_burst": start_burst}
-    limiter = Limiter(store_uri, clock=clock, **extra)
+    extra: dict[str, object] = {} if start_burst is None else {"start_burst": start_burst}
+    if ceiling is not None:
+        extra["ceiling"] = ceiling
+    limiter = Limiter(store_uri, clock=clock, **extra)  # type: ignore[arg-type]
     server = PoolBuckets(Limits(rpm=rpm, tpm=tpm), quantum_s=quantum_s, ramp=ramp)
     ready: list[tuple[float, int]] = [(0.0, i) for i in range(n)]  # (not before, request) — FIFO by order
     heapq.heapify(ready)
@@ -143,6 +146,38 @@ def test_tpm_bound_under_a_one_second_window_never_abandons_and_stays_converged(
     assert len(run.admitted) == n  # every request answered: none abandoned for being refused
     assert len(run.refusals) <= 0.02 * n, run.refusals
     assert ideal / run.finished >= 0.93, (ideal, run.finished)
+
+
+@pytest.mark.parametrize("ceiling", [{"rpm": 300}, {"rpm": 300, "tpm": 50_000_000}])
+def test_a_configured_ceiling_is_no_proof_of_the_burst(store_uri: str, ceiling: dict[str, float]) -> None:
+    """With a ceiling (and so, for both minute limits, no probe) the burst is still learned, not assumed."""
+    n = 450
+    run = drive(store_uri, rpm=300, tpm=50_000_000, cost=10, actual=8, n=n, quantum_s=1.0, ceiling=ceiling)
+    assert len(run.refusals) <= 0.02 * n, run.refusals
+
+
+def test_a_state_saved_before_the_burst_was_learned_starts_slow() -> None:
+    """A stored state from before the learned burst (39 fields, no tol: the whole minute) decodes, and starts
+    slow start at its next header instead of bursting the minute into a one-second window."""
+    from ratepilot.limits import core
+    from ratepilot.limits.learning import interpret
+    from ratepilot.limits.stores.base import decode_state, encode_state
+
+    st = core.ScopeState()
+    st.seq, st.lim[0], st.srv[0], st.tat[0] = 7, 300.0, 300.0, 10.0
+    old = " ".join(encode_state(st).split()[:39])  # the older, shorter encoding
+    st = decode_state(old)
+    assert st.tol[0] == 0.0
+    obs = interpret(
+        RateLimitHeaders.parse(_headers(300, 297)),
+        age=0.0,
+        grant=None,
+        ceiling=(0.0,) * 5,
+        safety_margin=0.0,
+        answered=True,
+    )
+    core.observe(st, obs, 10.0)
+    assert st.tol[0] == pytest.approx(1.2)  # max(start 1 s, twice the 0.6 s in use)
 
 
 def test_429s_without_headers_or_retry_after_are_survived(store_uri: str) -> None:

@@ -26,7 +26,7 @@ FOREIGN_SHARE = 0.3
 def foreign_client(base_url: str, end: float, results: list[Record]) -> None:
     """Paced by its own limiter (capped at 30% of TPM, its burst spent up front), never looks at headers."""
     cap = FOREIGN_SHARE * TPM
-    own = Limiter("memory://", ceiling={"tpm": cap, "rpm": 100_000})
+    own = Limiter("memory://", ceiling={"tpm": cap, "rpm": 100_000}, start_burst=60.0)  # a plain minute pacer
     scope = Scope("foreign", MODEL)
     own.acquire(scope, Cost(0, int(cap)))  # no initial burst: a steady 30% from the start
     cost = Cost(1, admission_cost("/v1/chat/completions", BODY))

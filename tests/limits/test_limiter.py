@@ -262,7 +262,7 @@ def test_missing_headers_keep_state_and_eventually_stop_probing(limiter: Limiter
 
 def test_a_ceiling_on_both_minute_limits_needs_no_probe(store_uri: str, clock: FakeClock) -> None:
     # A limiter used on its own terms (never observing): the configured limits are enforced from the start.
-    with Limiter(store_uri, clock=clock, ceiling={"rpm": 60, "tpm": 6_000}) as lim:
+    with Limiter(store_uri, clock=clock, ceiling={"rpm": 60, "tpm": 6_000}, start_burst=60.0) as lim:
         start = clock.now()
         grants = [lim.acquire(SCOPE, Cost(1, 100)) for _ in range(90)]
         assert not any(g.probe for g in grants)
@@ -270,7 +270,7 @@ def test_a_ceiling_on_both_minute_limits_needs_no_probe(store_uri: str, clock: F
 
 
 def test_a_ceiling_is_enforced_when_the_server_never_sends_headers(store_uri: str, clock: FakeClock) -> None:
-    with Limiter(store_uri, clock=clock, ceiling={"rpm": 60}) as lim:
+    with Limiter(store_uri, clock=clock, ceiling={"rpm": 60}, start_burst=60.0) as lim:
         for _ in range(3):  # probes whose responses never carry headers
             p = lim.acquire(SCOPE, Cost(1, 1))
             assert p.probe
@@ -333,7 +333,7 @@ def test_penalty_after_429_blocks_the_scope(limiter: Limiter, clock: FakeClock) 
 
 
 def test_ceiling_and_safety_margin(store_uri: str, clock: FakeClock) -> None:
-    with Limiter(store_uri, clock=clock, ceiling={"rpm": 30}, safety_margin=0.1) as lim:
+    with Limiter(store_uri, clock=clock, ceiling={"rpm": 30}, safety_margin=0.1, start_burst=60.0) as lim:
         g = lim.acquire(SCOPE, Cost(1, 10))
         # Even under a ceiling the first request probes: a ceiling on requests says nothing of the token limit,
         # which a burst of large requests sent before any headers would overrun.

@@ -13,7 +13,7 @@ from limits_helpers import REDIS_URL, redis_available
 
 from ratepilot.clock import FakeClock
 from ratepilot.limits import core
-from ratepilot.limits.core import DimObservation, Observation, Reserved, ReserveParams, ScopeState
+from ratepilot.limits.core import DimObservation, Observation, Refusal, Reserved, ReserveParams, ScopeState
 from ratepilot.limits.learning import interpret
 from ratepilot.limits.stores.redis import RedisStore
 from ratepilot.limits.types import DIM_INDEX, N_DIMS, Cost
@@ -208,6 +208,14 @@ lua_ops = st.lists(
         ),
         st.tuples(st.just("observe_empty")),
         st.tuples(st.just("penalize"), st.floats(0, 30, allow_nan=False)),
+        # The learned burst: refusals (with or without evidence, slow_down) and answered observations.
+        st.tuples(st.just("refuse"), st.floats(0, 5, allow_nan=False), st.booleans(), st.booleans()),
+        st.tuples(
+            st.just("answered"),
+            st.integers(1, 200),
+            st.integers(0, 200),
+            st.sampled_from([0.5, 1.0, 60.0, 90.0]),
+        ),
     ),
     max_size=25,
 )
@@ -266,12 +274,38 @@ def test_lua_scripts_match_the_python_core(script: list[tuple[object, ...]]) -> 
             elif kind == "penalize":
                 core.penalize(py, float(op[1]), now)  # type: ignore[arg-type]
                 store.penalize("s", float(op[1]))  # type: ignore[arg-type]
+            elif kind == "refuse":
+                _, wait, evidence, slow = op
+                if last is None:
+                    continue
+                used = last.used if evidence else tuple(-1.0 for _ in last.used)
+                refusal = Refusal(float(wait), last.seq, used, (1.0, 20.0, 1.0, 20.0, 20.0), bool(slow))  # type: ignore[arg-type]
+                core.refuse(py, refusal, now)
+                store.refuse("s", refusal)
+            elif kind == "answered":
+                _, rl, ru, start = op
+                dims = (DimObservation(RPM, float(rl), float(rl), float(min(ru, rl))),)  # type: ignore[arg-type]
+                used = last.used if last is not None else (0.0,) * N_DIMS
+                obs = Observation(
+                    dims,
+                    0.0,
+                    last.seq if last else -1,
+                    used,
+                    used,
+                    0.0,
+                    used,
+                    (1.0, 20.0, 1.0, 20.0, 20.0),
+                    start,  # type: ignore[arg-type]
+                )
+                core.observe(py, obs, now)
+                store.observe("s", obs)
             got, _ = store.load("s")
             if got is None:
                 continue
             assert (got.seq, got.nohdr, got.oseq) == (py.seq, py.nohdr, py.oseq)
-            for name in ("lim", "srv", "tat", "adj", "frate", "ft"):
+            for name in ("lim", "srv", "tat", "adj", "frate", "ft", "tol", "tseq"):
                 assert getattr(got, name) == pytest.approx(getattr(py, name), abs=1e-6), name
+            assert (got.pace, got.pt, got.pseq) == pytest.approx((py.pace, py.pt, py.pseq), abs=1e-9)
             assert got.probe_until == pytest.approx(py.probe_until)
             assert got.blocked_until == pytest.approx(py.blocked_until)
     finally:

@@ -125,7 +125,10 @@ class Exchange:
             yield
         except CostTooLarge:
             raise self._too_large() from None
-        self.waited(clock.now() - t0)
+        waited = clock.now() - t0
+        self.waited(waited)
+        if self.refusals:  # waiting for capacity after a refusal: what patience bounds, with the retry sleeps
+            self.refusal_waited += waited
 
     def _too_large(self) -> RequestTooLarge:
         view = self.pilot._limiter_view(self.scope)

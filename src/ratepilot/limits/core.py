@@ -116,6 +116,7 @@ class ReserveParams:
     blind_after: int = 3  # header-less responses before a scope without limits stops probing
     headroom: float = 0.0  # fraction of every bucket this reservation must leave free (LOW priority)
     foreign_horizon: float = 3.0  # seconds of estimated foreign traffic to keep room for
+    start_burst: float = TOL_START  # the burst allowance of a dimension first limited by the ceiling
 
 
 @dataclass(slots=True)  # not frozen: constructed on every reservation, and frozen init is slow
@@ -185,6 +186,8 @@ def reserve(st: ScopeState, costs: tuple[float, ...], now: float, p: ReservePara
             if st.lim[d] <= 0 and p.ceiling[d] > 0:
                 st.lim[d] = p.ceiling[d]
                 st.tat[d] = now
+                if MINUTE[d] and st.tol[d] <= 0:
+                    st.tol[d] = min(WINDOWS[d], p.start_burst)  # a ceiling is no proof of the burst allowed
     if st.blocked_until > now + EPS:
         return Wait(st.blocked_until - now)
     # Until the server reports limits, one probe at a time, unless the ceiling gives both minute limits: a
@@ -267,8 +270,8 @@ def _grow(st: ScopeState, used: tuple[float, ...], costs: tuple[float, ...]) -> 
     for d in range(N_DIMS):
         tol, lim = st.tol[d], st.lim[d]
         window = WINDOWS[d]
-        if tol <= 0 or tol >= window or lim <= 0 or costs[d] <= 0:
-            continue
+        if tol <= 0 or tol >= window or lim <= 0 or costs[d] <= 0 or (st.pace > 0 and MINUTE[d]):
+            continue  # (under a slowed pace the backlog is inflated by it: no growth from it)
         interval = window / lim
         if st.tseq[d] <= 0:
             # Slow start: the server admitted this request b seconds ahead of the refill, so it allows at least
@@ -295,6 +298,13 @@ def observe(st: ScopeState, obs: Observation, now: float) -> None:
     for o in obs.dims:
         d, window = o.dim, WINDOWS[o.dim]
         st.srv[d] = o.server_limit
+        if MINUTE[d] and st.tol[d] <= 0 and st.tseq[d] <= 0:
+            # Slow start (module docstring) from the first header of this dimension — also under a ceiling, and
+            # for a state saved before the burst was learned — from at least twice what a success shows in use:
+            # the server admitted that much (the probe, or others' traffic too), so one more of the same is tried,
+            # and a key with more in use than the start allowance is not made to wait for it to drain.
+            seen = 2.0 * o.used * window / o.server_limit if obs.answered else 0.0
+            st.tol[d] = min(window, max(obs.start_burst, seen))
         if st.lim[d] <= 0:
             # First sight: adopt the server's state. No refill is credited for the response's age: a server
             # may report its state at admission or at response time, and assuming the latter is the safe side.
@@ -302,12 +312,6 @@ def observe(st: ScopeState, obs: Observation, now: float) -> None:
             st.tat[d] = now + o.used * window / o.limit
             st.oseq[d] = st.seq  # grants made before this carry no accounting for this dimension
             st.ft[d] = now
-            if MINUTE[d] and st.tol[d] <= 0:
-                # Slow start (module docstring), from at least twice what a success shows in use: the server
-                # admitted that much (the probe, or others' traffic too), so one more of the same is tried, and a
-                # key with more in use than the start allowance is not made to wait for it to drain.
-                seen = 2.0 * o.used * window / o.server_limit if obs.answered else 0.0
-                st.tol[d] = min(window, max(obs.start_burst, seen))
             continue
         if st.lim[d] != o.limit:
             # The limit changed (the server's, or first sight of it under a ceiling): adopt the server's count.
@@ -373,8 +377,8 @@ def refuse(st: ScopeState, r: Refusal, now: float) -> None:
         return
     for d in range(N_DIMS):
         lim = st.lim[d]
-        if r.used[d] < 0 or lim <= 0 or not MINUTE[d] or r.seq <= st.tseq[d]:
-            continue
+        if r.used[d] < 0 or r.costs[d] <= 0 or lim <= 0 or not MINUTE[d] or r.seq <= st.tseq[d]:
+            continue  # no evidence here (a zero-cost poll says nothing of the token window)
         window = WINDOWS[d]
         interval = window / lim
         backlog = r.used[d] * interval  # seconds of refill in use right after the refused request was admitted
@@ -384,8 +388,9 @@ def refuse(st: ScopeState, r: Refusal, now: float) -> None:
             # would stop all sending until it drained.
             continue
         burst = st.tol[d] if 0 < st.tol[d] < window else window
-        if burst <= r.costs[d] * interval:
-            # Already admitting one request at a time into an empty bucket: the rate is too high, not the burst.
+        if burst <= r.costs[d] * interval or st.pace > 0:
+            # Already admitting one request at a time into an empty bucket, or at a slowed pace (whose inflated
+            # backlog says nothing of the window): the rate is too high, not the burst.
             if r.seq > st.pseq:
                 _cut_pace(st, RATE_CUT, now)
         else:

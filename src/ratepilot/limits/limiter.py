@@ -116,8 +116,10 @@ class Limiter:
         # while the server keeps answering, and is cut when it refuses (core.py). 60: trust the minute bucket.
         self.start_burst = float(start_burst)
         self.recheck = recheck
-        self._params = ReserveParams(self.ceiling, probe_timeout, blind_after, 0.0, foreign_horizon)
-        self._low_params = ReserveParams(self.ceiling, probe_timeout, blind_after, low_headroom, foreign_horizon)
+        self._params = ReserveParams(self.ceiling, probe_timeout, blind_after, 0.0, foreign_horizon, start_burst)
+        self._low_params = ReserveParams(
+            self.ceiling, probe_timeout, blind_after, low_headroom, foreign_horizon, start_burst
+        )
         self._real_time = isinstance(self.clock, SystemClock)
         self._mu = threading.Lock()
         self._cond = threading.Condition(self._mu)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -184,6 +185,16 @@ class ErrorInfo:
         return self.error_class in (ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT)
 
 
+_LIMIT_USED_REQUESTED = re.compile(r"Limit (\d+), Used (\d+), Requested (\d+)")
+
+
+def _never_fits(message: str) -> bool:
+    """A rate-limit message whose own numbers say the request can never be admitted (a limit of 0 for this
+    model, or more requested than the whole limit)."""
+    m = _LIMIT_USED_REQUESTED.search(message)
+    return m is not None and (int(m.group(1)) == 0 or int(m.group(3)) > int(m.group(1)))
+
+
 def classify(status: int, body: Any, headers: Mapping[str, str] | None = None) -> ErrorInfo:
     """Classify a non-2xx response from its status and (parsed JSON) body.
 
@@ -200,10 +211,15 @@ def classify(status: int, body: Any, headers: Mapping[str, str] | None = None) -
 
     if code in BILLING_CODES or type_ in BILLING_CODES:
         cls = ErrorClass.QUOTA
-    elif status == 429 and message.startswith("Request too large"):
+    elif status == 429 and (message.startswith("Request too large") or _never_fits(message)):
         cls = ErrorClass.TOO_LARGE
-    elif status == 429 or code == "slow_down":  # older servers sent slow_down as a 503
+    elif code == "slow_down" or (status == 429 and code in (None, "rate_limit_exceeded")):
+        # (older servers sent slow_down as a 503)
         cls = ErrorClass.RATE_LIMITED
+    elif status == 429:
+        # Another 429 (flex "Resource Unavailable", whose code is unconfirmed): not a rate limit — it must not
+        # shrink the learned pace — but a transient fault, retried with backoff under the attempt cap.
+        cls = ErrorClass.TRANSIENT
     elif status in (408, 409) or status >= 500:
         cls = ErrorClass.TRANSIENT
     else:

@@ -14,11 +14,13 @@ for d = 1, N do
   local c = A[ans + d - 1] or 0
   local u = A[ans + N + d - 1] or 0
   local tol, lim = st.tol[d], st.lim[d]
-  if c > 0 and tol > 0 and tol < WIN[d] and lim > 0 then
+  -- (under a slowed pace the backlog is inflated by it: no growth from it)
+  if c > 0 and tol > 0 and tol < WIN[d] and lim > 0 and not (st.pace > 0 and MINUTE[d]) then
     local interval = WIN[d] / lim
     local grown
     if st.tseq[d] <= 0 then
-      grown = math.max(tol, (1 + SS_GAIN) * u * interval, (u + c) * interval)
+      local backlog = u * interval
+      grown = math.max(tol, (1.0 + SS_GAIN) * backlog, backlog + c * interval)
     else
       grown = tol + CA_GAIN * c * interval
     end
@@ -47,18 +49,17 @@ for i = 0, count - 1 do
   local o_used = A[b + 3]
   local window = WIN[d]
   st.srv[d] = server_limit
+  if MINUTE[d] and st.tol[d] <= 0 and st.tseq[d] <= 0 then
+    -- slow start from the first header, from at least twice what a success shows in use (core.observe)
+    local seen = 0
+    if answered then seen = 2.0 * o_used * window / server_limit end
+    st.tol[d] = math.min(window, math.max(start_burst, seen))
+  end
   if st.lim[d] <= 0 then
     st.lim[d] = limit
     st.tat[d] = now + o_used * window / limit
     st.oseq[d] = st.seq
     st.ft[d] = now
-    if MINUTE[d] and st.tol[d] <= 0 then
-      -- slow start, from at least twice what a success shows in use (core.observe)
-      st.tol[d] = start_burst
-      if answered and 2 * o_used * window / server_limit > start_burst then
-        st.tol[d] = math.min(window, 2 * o_used * window / server_limit)
-      end
-    end
   else
     if st.lim[d] ~= limit then
       -- the limit changed: adopt the server's count (core.observe says why)

@@ -14,13 +14,14 @@ if seq >= 0 then
       local interval = 0
       if lim > 0 then interval = WIN[d] / lim end
       -- most of the minute in use: the minute bucket explains the refusal, not a shorter window (core.refuse)
-      if used_d >= 0 and lim > 0 and MINUTE[d] and seq > st.tseq[d] and used_d * interval <= MINUTE_EXPLAINS * WIN[d] then
+      if used_d >= 0 and cost_d > 0 and lim > 0 and MINUTE[d] and seq > st.tseq[d]
+          and used_d * interval <= MINUTE_EXPLAINS * WIN[d] then
         local burst = burst_of(st, d)
-        if burst <= cost_d * interval then
+        if burst <= cost_d * interval or st.pace > 0 then
           -- one request at a time and still refused: the rate is too high, not the burst
           if seq > st.pseq then cut_pace(st, RATE_CUT, now) end
         else
-          st.tol[d] = math.max(TOL_MIN, math.min(burst, BURST_CUT * used_d * interval))
+          st.tol[d] = math.max(TOL_MIN, math.min(burst, BURST_CUT * (used_d * interval)))
         end
         st.tseq[d] = st.seq
       end

@@ -1,5 +1,5 @@
 -- reserve: admit the cost in every known dimension at once, or return how long to wait (core.reserve).
--- A: probe_timeout, blind_after, headroom, foreign_horizon, cost x N, ceiling x N.
+-- A: probe_timeout, blind_after, headroom, foreign_horizon, cost x N, ceiling x N, start_burst.
 -- Reply (doubles): {1, seq, lease, used x N, adj x N, charged x N} or {0, wait, probe}; lease = the probe's
 -- lease expiry (0: not the probe), which identifies the probe when it is settled.
 local st = load(KEY)
@@ -10,10 +10,13 @@ for d = 1, N do
   cost[d] = A[4 + d]
   ceil[d] = A[4 + N + d]
 end
+local start_burst = A[5 + 2 * N] or TOL_START
 for d = 1, N do
   if st.lim[d] <= 0 and ceil[d] > 0 then
     st.lim[d] = ceil[d]
     st.tat[d] = now
+    -- a ceiling is no proof of the burst allowed (core.reserve)
+    if MINUTE[d] and st.tol[d] <= 0 then st.tol[d] = math.min(WIN[d], start_burst) end
   end
 end
 

@@ -283,7 +283,9 @@ class RedisStore:
 
     def reserve(self, key: str, costs: tuple[float, ...], params: ReserveParams) -> Reserved | Wait:
         numbers = [params.probe_timeout, params.blind_after, params.headroom, params.foreign_horizon]
-        out = _REPLY.unpack(_padded(self._call("reserve", key, [*numbers, *costs, *params.ceiling])))
+        out = _REPLY.unpack(
+            _padded(self._call("reserve", key, [*numbers, *costs, *params.ceiling, params.start_burst]))
+        )
         if out[0] == 0:
             return Wait(out[1], probe=out[2] > 0)
         n = N_DIMS
