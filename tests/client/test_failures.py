@@ -220,3 +220,38 @@ def test_works_without_rate_limit_headers(make_sim: Callable[..., Simulator], cl
     assert usage.models["gpt-4o-mini"].requests == 7
     assert usage.rate_limited == sim_429s(sim) and usage.retries == usage.rate_limited
     assert pilot.limits("gpt-4o-mini").server == {}
+
+
+def test_a_slow_down_429_is_retried_and_slows_the_pace(
+    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
+) -> None:
+    """Through the wrapped SDK: a ramp-limited simulator answers slow_down; the request is not lost, the
+    limiter's pace is cut (and recovers), and nothing else in the exchange treats it as a fault."""
+    # 600 RPM with a 10 s ramp window and floor 0.1: 10 requests pass in the first window, the 11th is slow_down.
+    sim = make_sim(rpm=600, tpm=1_000_000, ramp_factor=2.0, ramp_window_s=10.0, ramp_floor=0.1)
+    limiter = Limiter(clock=clock, start_burst=60.0)
+    pilot = Pilot(clock=clock, limiter=limiter, retry=RetryPolicy(max_attempts=1))  # faults would give up at once
+    with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:
+        for _ in range(12):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+    assert sim.stats()["rate_limited"]["slow_down"] >= 1
+    assert pilot.usage().requests == 12 + sim_429s(sim)  # every refusal retried: nothing abandoned
+    (scope_key,) = limiter._queues  # the one scope: this key and model
+    st, _ = limiter.store.load(scope_key)
+    assert st is not None and st.pseq > 0  # the pace was cut by the slow_down
+
+
+def test_patience_bounds_the_wait_for_capacity(
+    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
+) -> None:
+    """Another client took the minute; the server asks for ~60 s; with patience 5 s the request gives up."""
+    sim = make_sim(rpm=1, tpm=100_000)
+    pilot = Pilot(clock=clock, retry=RetryPolicy(patience=5.0), limiter=Limiter(clock=clock, start_burst=60.0))
+    with (
+        OpenAI(base_url=sim.base_url, api_key=api_key, max_retries=0) as foreign,
+        pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client,
+    ):
+        foreign.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+        with pytest.raises(RetriesExhausted, match="patience"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+    assert total_requests(sim) == 2  # one refusal, then out of patience: not a second try
