@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import redis
-from limits_helpers import REDIS_URL, redis_available
+from limits_helpers import REDIS_URL, require_redis
 
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A unique key prefix, deleted afterwards (never FLUSHALL: the server is shared)."""
-    if not redis_available():
-        pytest.skip("no Redis on 127.0.0.1:6379")
+    require_redis()
     prefix = f"rptest:{uuid.uuid4().hex}:"
     yield prefix
     client = redis.Redis.from_url(REDIS_URL)

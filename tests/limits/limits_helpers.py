@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import asyncio
 
-import redis
+from redis_server import REDIS_URL, redis_error
 
 from ratepilot.limits import Limiter
 from ratepilot.protocol.headers import DimensionState, RateLimitHeaders
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+__all__ = ["REDIS_URL", "dim", "headers", "quiesce", "require_redis"]
 
 
-def redis_available() -> bool:
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except redis.RedisError:
-        return False
+def require_redis() -> None:
+    """Fail (never skip) a test that needs Redis when none can be had (see redis_server.py)."""
+    import pytest
+
+    error = redis_error()
+    if error:
+        pytest.fail(error)
 
 
 def dim(limit: int, remaining: int, window: float = 60.0) -> DimensionState:

@@ -9,7 +9,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from limits_helpers import REDIS_URL, redis_available
+from limits_helpers import REDIS_URL, require_redis
 
 from ratepilot.clock import FakeClock
 from ratepilot.limits import core
@@ -221,10 +221,10 @@ lua_ops = st.lists(
 )
 
 
-@pytest.mark.skipif(not redis_available(), reason="no Redis on 127.0.0.1:6379")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(script=lua_ops)
 def test_lua_scripts_match_the_python_core(script: list[tuple[object, ...]]) -> None:
+    require_redis()
     clock = FakeClock()
     prefix = f"rptest:{uuid.uuid4().hex}:"
     store = RedisStore(REDIS_URL, clock, prefix=prefix)
