@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     AUTH = 7  # the API key was rejected (401/403)
     API_ERROR = 8  # the API refused the work, retries ran out, or the API could not be reached
     CANNOT_LISTEN = 9  # the port is busy (or otherwise cannot be bound)
+    HTTP_ERRORS = 10  # done, but some results are HTTP errors (400, 404...): the summary counts them by code
     INTERRUPTED = 130  # Ctrl-C: progress kept, rerun to resume
 
 
@@ -31,7 +32,7 @@ EXIT_CODES_HELP = (
     "Exit codes (every ratepilot command): 0 ok, 1 unexpected error, 2 bad input (nothing sent), 3 insufficient "
     "quota (progress kept), 4 budget reached (progress kept), 5 results file or job name belongs to another job, "
     "6 incomplete (rerun / wait again), 7 API key rejected, 8 API refused / unreachable / retries exhausted, "
-    "9 cannot listen (port busy), 130 interrupted."
+    "9 cannot listen (port busy), 10 done but some results are HTTP errors, 130 interrupted."
 )
 """One sentence for ``--help`` texts."""
 

@@ -170,6 +170,7 @@ def test_one_exit_code_scheme_for_every_command() -> None:
         "AUTH": 7,
         "API_ERROR": 8,
         "CANNOT_LISTEN": 9,
+        "HTTP_ERRORS": 10,
         "INTERRUPTED": 130,
     }
     runner = CliRunner()

@@ -142,9 +142,48 @@ def test_http_errors_are_recorded_like_the_batch_api(make_sim: Callable[..., Sim
     out = tmp_path / "out.jsonl"
     summary = run_job(_opts(req, out, sim))
     (line,) = list(read_results(out))
-    assert summary.exit_code == ExitCode.OK and summary.http_errors == 1
+    # Recorded, and said in the exit code: a job of 404s is not a success.
+    assert summary.exit_code == ExitCode.HTTP_ERRORS and summary.http_errors == 1
+    assert summary.errors_by_code == {"404 model_not_found": 1} and "404 model_not_found" in summary.message
     assert line["response"]["status_code"] == 404 and line["error"] is None
     assert line["response"]["body"]["error"]["code"] == "model_not_found"
+
+
+def _bodies(path: Path, models: list[str]) -> Path:
+    import orjson
+
+    with open(path, "wb") as fh:
+        for i, model in enumerate(models):
+            body = {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 2}
+            fh.write(orjson.dumps(body) + b"\n")
+    return path
+
+
+def test_a_job_that_cannot_succeed_stops_early_and_records_nothing(
+    make_sim: Callable[..., Simulator], tmp_path: Path
+) -> None:
+    """Every answer the same 404 and nothing succeeded: stop after a few (not 200 paid failures), exit 8, say
+    why; nothing recorded, so the same command asks again once the cause is fixed."""
+    sim = make_sim(latency_ms=5)
+    req = _bodies(tmp_path / "req.jsonl", ["gpt-4o-minii"] * 200)  # a typo in the model name
+    out = tmp_path / "out.jsonl"
+    summary = run_job(_opts(req, out, sim, max_in_flight=8))
+    assert summary.exit_code == ExitCode.API_ERROR and summary.stop == "hopeless"
+    assert "404 model_not_found" in summary.message and "gpt-4o-minii" in summary.message
+    assert _sent(sim) < 40  # stopped within the first few answers
+    assert list(read_results(out)) == []
+
+
+def test_errors_next_to_successes_are_recorded_and_the_job_runs_to_its_end(
+    make_sim: Callable[..., Simulator], tmp_path: Path
+) -> None:
+    sim = make_sim()
+    models = ["no-such-model"] * 5 + ["gpt-4o-mini"] * 10  # fewer 404s than it takes to call the job hopeless
+    out = tmp_path / "out.jsonl"
+    summary = run_job(_opts(_bodies(tmp_path / "req.jsonl", models), out, sim, ordered=True))
+    assert summary.done == 15 and summary.succeeded == 10 and summary.http_errors == 5
+    assert [line["custom_id"] for line in read_results(out)] == [f"line-{i}" for i in range(1, 16)]  # in order
+    assert summary.exit_code == ExitCode.HTTP_ERRORS
 
 
 def test_realistic_enforcement_answers_every_request_with_few_refusals(

@@ -158,6 +158,7 @@ class RunSummary:
     answered: int = 0  # answered by the server in this run (recorded)
     succeeded: int = 0
     http_errors: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)  # recorded HTTP-error results: "404 model_not_found"
     error_lines: int = 0
     unfinished: int = 0  # no answer after every retry (not recorded; rerun)
     not_started: int = 0  # left for a rerun because the job stopped
@@ -349,12 +350,18 @@ def _progress(
     callback(summary)
 
 
-_STOP_CODES = {"quota": ExitCode.QUOTA, "budget": ExitCode.BUDGET, "auth": ExitCode.AUTH}
+_STOP_CODES = {
+    "quota": ExitCode.QUOTA,
+    "budget": ExitCode.BUDGET,
+    "auth": ExitCode.AUTH,
+    "hopeless": ExitCode.API_ERROR,
+}
 _STOP_ADVICE = {
     "quota": "Add credit or raise the spend limit (https://platform.openai.com/settings/organization/billing), "
     "then rerun the same command: it resumes where it stopped.",
     "budget": "Raise --budget-usd and rerun the same command: it resumes where it stopped.",
     "auth": "Check the API key (--api-key or OPENAI_API_KEY), then rerun: it resumes where it stopped.",
+    "hopeless": "Nothing else was sent.",
 }
 
 
@@ -364,6 +371,7 @@ def _fill_online(summary: RunSummary, stats: OnlineStats, pilot: Any, already: i
     summary.answered = stats.answered
     summary.succeeded = stats.succeeded
     summary.http_errors = stats.http_errors
+    summary.errors_by_code = dict(stats.errors_by_code)
     summary.error_lines = stats.error_lines
     summary.unfinished = stats.unfinished
     summary.cost_usd = stats.cost_usd
@@ -396,6 +404,14 @@ def _fill_online(summary: RunSummary, stats: OnlineStats, pilot: Any, already: i
                 f"\n{stats.unexpected} of them failed with an unexpected error (logged), first: "
                 f"{stats.unexpected_message}"
             )
+    elif stats.http_errors:
+        # Every request has its result, but some results are HTTP errors: recorded (as the Batch API does), and
+        # said in the exit code, so that a script does not take a job of 404s for a success.
+        summary.exit_code = ExitCode.HTTP_ERRORS
+        by_code = ", ".join(
+            f"{n:,} x {code}" for code, n in sorted(stats.errors_by_code.items(), key=lambda kv: -kv[1])
+        )
+        summary.message = f"{stats.http_errors:,} result(s) are HTTP errors ({by_code}): see their response.body."
 
 
 def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: str, summary: RunSummary) -> None:

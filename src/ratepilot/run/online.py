@@ -37,10 +37,16 @@ from .window import InFlightWindow
 
 __all__ = ["OnlineRunner", "OnlineStats", "StopReason"]
 
-StopReason = str  # "quota" | "budget" | "auth" | "interrupted"
+StopReason = str  # "quota" | "budget" | "auth" | "hopeless" | "interrupted"
+
+# A job whose first answers are all the same HTTP error and nothing has succeeded (a model that does not exist, a
+# base URL without /v1) stops after this many, instead of paying for every request to fail the same way.
+FAIL_FAST_AFTER = 8
 
 log = logging.getLogger(__name__)
 _NO_USAGE = Usage()
+# _one's line when the result is held back (see OnlineRunner._http_error); compared by identity, never written
+_HELD: dict[str, Any] = {}
 
 
 @dataclass
@@ -51,6 +57,7 @@ class OnlineStats:
     answered: int = 0  # got an HTTP answer (recorded)
     succeeded: int = 0  # ... with a 2xx status
     http_errors: int = 0  # ... with an error status (recorded, as the Batch API does)
+    errors_by_code: dict[str, int] = field(default_factory=dict)  # "404 model_not_found": count (recorded ones)
     error_lines: int = 0  # recorded without an HTTP answer (request too large)
     unfinished: int = 0  # no answer after every retry: not recorded, a rerun asks again
     unexpected: int = 0  # ... of which failed with an unexpected error (logged; also counted as unfinished)
@@ -108,6 +115,9 @@ class OnlineRunner:
         self._next_seq = 0
         self._held: dict[int, dict[str, Any] | None] = {}
         self._pending_cache: list[CacheEntry] = []
+        # HTTP-error results held back while nothing has succeeded yet (see FAIL_FAST_AFTER): dropped if the job
+        # is stopped as hopeless (so a rerun, once the cause is fixed, asks again), recorded otherwise.
+        self._unproven: list[tuple[int, dict[str, Any], str]] | None = []
         # --ordered: answers held back behind a slower earlier request. Bounded, so one request retrying for
         # minutes pauses the producer instead of growing memory without limit.
         self.max_held = 8 * self.window.ceiling
@@ -127,6 +137,8 @@ class OnlineRunner:
                 await asyncio.wait(set(self._tasks))
             raise
         finally:
+            if self.stats.stop != "hopeless":
+                self._prove()  # too few to judge, or interrupted: the held error results are recorded
             self._closing = True
             self._dirty.set()
             await asyncio.shield(flusher)
@@ -163,6 +175,7 @@ class OnlineRunner:
             return False
         self.stats.cache_hits += 1
         self.stats.saved_usd += hit.cost_usd
+        self._prove()  # an answer this job's requests got before: the job can work
         self._emit(seq, response_result(request.custom_id, 200, hit.request_id, orjson.loads(hit.body)))
         return True
 
@@ -230,14 +243,53 @@ class OnlineRunner:
                     self._pending_cache.append(
                         CacheEntry(key, self.cache_scope + request.url, model, answer.request_id, raw, cost)
                     )
-            else:
-                stats.http_errors += 1
+                self._prove()
             line = response_result(request.custom_id, answer.status_code, answer.request_id, body)
+            if not 200 <= answer.status_code < 300:
+                line = self._http_error(seq, line, answer.status_code, body)
         finally:
             self._in_flight -= 1
             self._room.set()
-            # A cancelled or unanswered request still occupies its place in the output order.
+            # A cancelled or unanswered request still occupies its place in the output order (a held-back error
+            # result takes its place when it is recorded).
+            if line is not _HELD:
+                self._emit(seq, line)
+
+    def _http_error(self, seq: int, line: dict[str, Any], status: int, body: Any) -> dict[str, Any] | None:
+        """An HTTP-error answer: count it; while nothing has succeeded, hold it back (FAIL_FAST_AFTER)."""
+        err = body.get("error") if isinstance(body, dict) else None
+        code = err.get("code") if isinstance(err, dict) else None
+        key = f"{status} {code}" if isinstance(code, str) and code else str(status)
+        if self._unproven is None:
+            self._count_error(key)
+            return line
+        self._unproven.append((seq, line, key))
+        if len(self._unproven) < FAIL_FAST_AFTER:
+            return _HELD
+        if len({k for _, _, k in self._unproven}) == 1:
+            message = err.get("message") if isinstance(err, dict) else None
+            self._stop(
+                "hopeless",
+                f"the first {len(self._unproven)} requests all failed with HTTP {key} and none succeeded"
+                + (f" ({_scrub(str(message))[:300]})" if message else "")
+                + ": stopped early. Nothing of them was recorded: fix the cause (the model name, the base URL "
+                "- it usually ends in /v1 -, the endpoint) and rerun the same command.",
+            )
+            self._cancel_all()
+            return _HELD
+        self._prove()  # several kinds of error: not one cause the job can be stopped for
+        return _HELD
+
+    def _prove(self) -> None:
+        """Stop holding error results back: record the held ones, in their places."""
+        held, self._unproven = self._unproven, None
+        for seq, line, key in held or ():
+            self._count_error(key)
             self._emit(seq, line)
+
+    def _count_error(self, key: str) -> None:
+        self.stats.http_errors += 1
+        self.stats.errors_by_code[key] = self.stats.errors_by_code.get(key, 0) + 1
 
     def _emit(self, seq: int, line: dict[str, Any] | None) -> None:
         if not self.ordered:
