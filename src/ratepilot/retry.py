@@ -62,6 +62,7 @@ class RetryState:
     headers: Mapping[str, str] = field(default_factory=dict)
     refusals: int = 0
     refusal_waited: float = 0.0
+    answered_before: bool = True  # the server has answered over HTTP before (False: maybe a wrong address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,8 @@ class RetryPolicy:
     * ``max_single_wait``: a fault's server hint longer than this gives up at once;
     * ``patience``: seconds one request may wait after rate-limit refusals, summed (``None``: as long as it
       takes; a server hint longer than what is left gives up at once, exhausted);
+    * ``connect_attempts``: attempts a connection failure gets while the server has never answered (nothing
+      listening, a DNS or TLS failure: most likely a wrong base URL, so fail in seconds, not minutes);
     * ``base`` / ``cap``: exponential backoff ``min(cap, base·2^(n-1))``, full jitter below it.
     """
 
@@ -123,6 +126,7 @@ class RetryPolicy:
     cap: float = 30.0
     retry_timeouts: bool = True
     patience: float | None = None
+    connect_attempts: int = 2
     rng: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
     @classmethod
@@ -142,6 +146,8 @@ class RetryPolicy:
         if state.error is not None and state.error.error_class is ErrorClass.RATE_LIMITED:
             return self._after_refusal(state, reason, hint)
         faults = state.attempt - state.refusals
+        if state.kind is FailureKind.CONNECTION and not state.answered_before and faults >= self.connect_attempts:
+            return GiveUp(f"{reason}, and the server has never answered ({faults} attempts)", exhausted=True)
         if faults >= self.max_attempts:
             return GiveUp(f"{faults} attempts failed (max_attempts={self.max_attempts})", exhausted=True)
         after = hint if hint is not None else self.backoff(faults)

@@ -203,3 +203,55 @@ def test_realistic_enforcement_answers_every_request_with_few_refusals(
     assert _ids(out) == Counter({f"req-{i}": 1 for i in range(150)})
     refused = stats["rate_limited"]["total"]
     assert refused <= 6, stats["rate_limited"]  # the window's discovery and the ramp's slow_down, not a storm
+
+
+def test_nothing_listening_at_the_base_url_stops_at_once_and_names_it(
+    requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base_url = f"http://127.0.0.1:{port}/v1"
+    out = tmp_path / "out.jsonl"
+    summary = run_job(RunOptions(requests=requests_file(50), output=out, base_url=base_url, api_key=KEY, cache=False))
+    assert summary.exit_code == ExitCode.API_ERROR and summary.stop == "unreachable"
+    assert f"cannot reach {base_url}" in summary.message and "base-url" in summary.message
+    assert summary.done == 0 and not out.read_bytes()
+    # Two attempts for the first requests in flight, not eight for every request of the job.
+    assert summary.http_requests <= 2 * 64
+
+
+def test_an_html_page_at_the_base_url_is_no_success(requests_file: Callable[..., Path], tmp_path: Path) -> None:
+    """A web server's welcome page answering 200 to every POST: not JSON, so an error, never a success or a
+    cache entry; all the same, so the job stops early."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Welcome(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            page = b"<html><body><h1>Welcome to nginx!</h1></body></html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Welcome)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        out = tmp_path / "out.jsonl"
+        summary = run_job(RunOptions(requests=requests_file(100), output=out, base_url=base_url, api_key=KEY))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary.exit_code == ExitCode.API_ERROR and summary.stop == "hopeless"
+    assert "200 not JSON" in summary.message and "Welcome to nginx" in summary.message
+    assert summary.succeeded == 0 and not out.read_bytes()

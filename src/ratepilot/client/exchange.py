@@ -110,6 +110,7 @@ class Exchange:
         self.sent = False  # the current attempt was handed to the inner transport: the server may count it
         self.sent_at = 0.0
         self.body: Any = None  # the current response's body, parsed once (None: not read, or not JSON)
+        self.host = ""  # scheme://host:port of the server, set by on_request
         self._closed = False
 
     # -- per attempt: before sending ----------------------------------------------------------------------------
@@ -138,6 +139,11 @@ class Exchange:
             if (v := view.get(name)) is not None and v.server_limit and v.server_limit < self.cost.tokens
         ]
         return RequestTooLarge(model=self.plan.model, limit=min(limits) if limits else None, requested=self.cost.tokens)
+
+    def on_request(self, request: Any) -> None:
+        """The request this exchange sends (its server is what connection failures are judged against)."""
+        url = request.url
+        self.host = f"{url.scheme}://{url.host}:{url.port or ''}"
 
     def sending(self, grant: Grant) -> None:
         """``grant`` was acquired and the request is about to be handed to the inner transport."""
@@ -171,6 +177,9 @@ class Exchange:
         """An HTTP response (``raw``: its body when :meth:`wants_body` said to read it). Returns the step and the
         response to deliver (rebuilt around ``raw``, or with a settling stream)."""
         lib = self.lib
+        answered = getattr(self.pilot, "answered_hosts", None)
+        if answered is not None and self.host not in answered:
+            answered.add(self.host)  # this server answers: later connection failures are transient
         if raw is not None:
             self.body = parse_json(wire.decoded(lib, response.headers, raw) or b"")
             response = wire.rebuilt(lib, response, request, raw)
@@ -274,9 +283,15 @@ class Exchange:
         self._settle(self._grant(), None, headers_follow=False)
         self.pilot.ledger.count(errors=1)
         self._refused = False
+        answered = getattr(self.pilot, "answered_hosts", None)
         decision = self.pilot.retry.decide(
             RetryState(
-                self.attempt, kind, self.retry_waited, refusals=self.refusals, refusal_waited=self.refusal_waited
+                self.attempt,
+                kind,
+                self.retry_waited,
+                refusals=self.refusals,
+                refusal_waited=self.refusal_waited,
+                answered_before=answered is None or self.host in answered,
             )
         )
         if not isinstance(decision, GiveUp):

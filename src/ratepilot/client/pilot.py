@@ -174,6 +174,9 @@ class Pilot:
         self.settle_to_usage = settle_to_usage
         self.token_estimate = token_estimate
         self._lock = threading.Lock()
+        # Hosts that have answered over HTTP at least once: before that, a connection failure (nothing listening,
+        # DNS, TLS) is most likely a wrong base URL, and is given up on quickly (RetryPolicy.connect_attempts).
+        self.answered_hosts: set[str] = set()
         self._headers: dict[Scope, tuple[RateLimitHeaders, float]] = {}
         # run / batch / response ids whose usage is already in the ledger (bounded: least recently seen go)
         self._accounted: OrderedDict[str, None] = OrderedDict()

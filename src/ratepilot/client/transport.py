@@ -36,6 +36,7 @@ __all__ = [
 
 def handle_sync(pilot: Pilot, inner: Any, lib: Any, request: Any) -> Any:
     ex = pilot._begin(request.method, request.url.path, request.headers, request.read(), lib)
+    ex.on_request(request)
     response = None
     try:
         while True:
@@ -71,6 +72,7 @@ def handle_sync(pilot: Pilot, inner: Any, lib: Any, request: Any) -> Any:
 
 async def handle_async(pilot: Pilot, inner: Any, lib: Any, request: Any) -> Any:
     ex = pilot._begin(request.method, request.url.path, request.headers, await request.aread(), lib)
+    ex.on_request(request)
     response = None
     try:
         while True:

@@ -355,6 +355,7 @@ _STOP_CODES = {
     "budget": ExitCode.BUDGET,
     "auth": ExitCode.AUTH,
     "hopeless": ExitCode.API_ERROR,
+    "unreachable": ExitCode.API_ERROR,
 }
 _STOP_ADVICE = {
     "quota": "Add credit or raise the spend limit (https://platform.openai.com/settings/organization/billing), "
@@ -362,6 +363,8 @@ _STOP_ADVICE = {
     "budget": "Raise --budget-usd and rerun the same command: it resumes where it stopped.",
     "auth": "Check the API key (--api-key or OPENAI_API_KEY), then rerun: it resumes where it stopped.",
     "hopeless": "Nothing else was sent.",
+    "unreachable": "Check --base-url (or OPENAI_BASE_URL) and the network, then rerun the same command: nothing "
+    "was lost.",
 }
 
 

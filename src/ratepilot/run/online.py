@@ -37,7 +37,7 @@ from .window import InFlightWindow
 
 __all__ = ["OnlineRunner", "OnlineStats", "StopReason"]
 
-StopReason = str  # "quota" | "budget" | "auth" | "hopeless" | "interrupted"
+StopReason = str  # "quota" | "budget" | "auth" | "hopeless" | "unreachable" | "interrupted"
 
 # A job whose first answers are all the same HTTP error and nothing has succeeded (a model that does not exist, a
 # base URL without /v1) stops after this many, instead of paying for every request to fail the same way.
@@ -199,8 +199,13 @@ class OnlineRunner:
         except RequestTooLarge as exc:
             line = error_result(request.custom_id, "request_too_large", exc.message)
             self.stats.error_lines += 1
-        except (RetriesExhausted, TransientFailure):
+        except (RetriesExhausted, TransientFailure) as exc:
             self.stats.unfinished += 1
+            if self.stats.answered == 0 and _no_connection(exc):
+                # Nothing has ever answered: a wrong base URL, DNS, TLS, nothing listening. Say so in seconds
+                # instead of failing every request the same way.
+                self._stop("unreachable", f"cannot reach {self.cache_scope or 'the API'}: {exc.message}")
+                self._cancel_all()
         except RatePilotError:
             self.stats.unfinished += 1
         except Exception as exc:
@@ -236,7 +241,12 @@ class OnlineRunner:
                 if not headers.empty:
                     stats.limits = headers
             self.window.observe(headers, now - started, prompt + completion)
-            if 200 <= answer.status_code < 300:
+            if 200 <= answer.status_code < 300 and not isinstance(body, dict | list):
+                # A 200 that is not JSON (a proxy's or web server's HTML page: is the base URL right?) is no
+                # answer to an API request: an error result, never cached.
+                line = response_result(request.custom_id, answer.status_code, answer.request_id, body)
+                line = self._http_error(seq, line, answer.status_code, body, key="200 not JSON")
+            elif 200 <= answer.status_code < 300:
                 stats.succeeded += 1
                 if key is not None:
                     raw = orjson.dumps(body)
@@ -244,9 +254,11 @@ class OnlineRunner:
                         CacheEntry(key, self.cache_scope + request.url, model, answer.request_id, raw, cost)
                     )
                 self._prove()
-            line = response_result(request.custom_id, answer.status_code, answer.request_id, body)
             if not 200 <= answer.status_code < 300:
+                line = response_result(request.custom_id, answer.status_code, answer.request_id, body)
                 line = self._http_error(seq, line, answer.status_code, body)
+            elif line is None:
+                line = response_result(request.custom_id, answer.status_code, answer.request_id, body)
         finally:
             self._in_flight -= 1
             self._room.set()
@@ -255,11 +267,13 @@ class OnlineRunner:
             if line is not _HELD:
                 self._emit(seq, line)
 
-    def _http_error(self, seq: int, line: dict[str, Any], status: int, body: Any) -> dict[str, Any] | None:
+    def _http_error(
+        self, seq: int, line: dict[str, Any], status: int, body: Any, *, key: str = ""
+    ) -> dict[str, Any] | None:
         """An HTTP-error answer: count it; while nothing has succeeded, hold it back (FAIL_FAST_AFTER)."""
         err = body.get("error") if isinstance(body, dict) else None
         code = err.get("code") if isinstance(err, dict) else None
-        key = f"{status} {code}" if isinstance(code, str) and code else str(status)
+        key = key or (f"{status} {code}" if isinstance(code, str) and code else str(status))
         if self._unproven is None:
             self._count_error(key)
             return line
@@ -267,7 +281,7 @@ class OnlineRunner:
         if len(self._unproven) < FAIL_FAST_AFTER:
             return _HELD
         if len({k for _, _, k in self._unproven}) == 1:
-            message = err.get("message") if isinstance(err, dict) else None
+            message = err.get("message") if isinstance(err, dict) else (body[:120] if isinstance(body, str) else None)
             self._stop(
                 "hopeless",
                 f"the first {len(self._unproven)} requests all failed with HTTP {key} and none succeeded"
@@ -341,3 +355,10 @@ class OnlineRunner:
         if entries and self.cache is not None:
             self.cache.put_many(entries)  # after the results they answer are durable
         return n
+
+
+def _no_connection(exc: RatePilotError) -> bool:
+    """Did this request fail without ever getting an HTTP answer (connection refused, DNS, TLS, timeouts)?"""
+    if isinstance(exc, TransientFailure):
+        return True
+    return isinstance(exc, RetriesExhausted) and exc.last_status is None
