@@ -87,12 +87,15 @@ Decision = Retry | GiveUp
 def server_wait_hint(error: ErrorInfo | None, headers: Mapping[str, str]) -> float | None:
     """How long the server asked us to wait, if it said so anywhere (seconds), else ``None``."""
     hint = parse_retry_after(headers)
+    text = parse_try_again_in(error.message) if error is not None else None
     if hint is not None:
+        if text is not None and text < hint < text + 1.0 and "retry-after-ms" not in headers:
+            # retry-after is whole seconds (api.openai.com rounds up); the message says the same wait exactly
+            # ("Please try again in 200ms"). Waiting a whole second for a 0.2 s refill wastes most of it.
+            return text
         return hint
-    if error is not None:
-        hint = parse_try_again_in(error.message)
-        if hint is not None:
-            return hint
+    if text is not None:
+        return text
     parsed = RateLimitHeaders.parse(headers)
     # The bucket named by the error type ("requests"/"tokens") is the one that refused; otherwise take any
     # exhausted one. reset = time to refill the whole bucket, so one unit takes reset / (limit - remaining).

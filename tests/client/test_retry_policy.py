@@ -169,3 +169,11 @@ def test_refusal_evidence_reads_the_refusing_dimension_and_its_headers() -> None
     assert refusal_evidence(tpm["message"], tpm["type"], {}, 800) == ("tpm",)  # no headers: evidence
     assert refusal_evidence("", "requests", {}, 1) == ("rpm",)  # only the type
     assert refusal_evidence("", None, {}, 1) is None  # unknown: every minute dimension
+
+
+def test_a_whole_second_retry_after_yields_to_the_exact_wait_in_the_message() -> None:
+    """api.openai.com rounds retry-after up to whole seconds; "Please try again in 200ms" is the same wait, exact."""
+    err = classify(429, rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPM, 300, 5, 1, 0.2))
+    assert server_wait_hint(err, {"retry-after": "1"}) == pytest.approx(0.2)
+    assert server_wait_hint(err, {"retry-after": "3"}) == 3.0  # a longer ask is not a rounding: obeyed
+    assert server_wait_hint(err, {"retry-after-ms": "900", "retry-after": "1"}) == 0.9  # ms is already exact
