@@ -19,7 +19,7 @@ local CA_GAIN = 0.002
 local BURST_CUT = 0.5
 local RATE_CUT = 0.8
 local SLOW_DOWN_CUT = 0.75
-local PACE_RECOVERY = 0.05
+local PACE_RECOVERY = 1 / 60
 local PACE_MIN = 0.05
 local MINUTE_EXPLAINS = 0.5
 
