@@ -318,6 +318,22 @@ def _parse_detailed(obj: Any, line_no: int) -> RequestLine | InvalidLine:
         return InvalidLine(line_no, exc.field, exc.message, cid if isinstance(cid, str) else None)
 
 
+def _json_error(raw: bytes | str, exc: Exception) -> str:
+    """What is wrong with a line the JSON parser refused, in words a person can act on."""
+    if isinstance(raw, bytes):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            byte = raw[bad.start]
+            return (
+                f"not UTF-8: byte 0x{byte:02x} at column {bad.start + 1} (save the file as UTF-8; "
+                "Latin-1 or Windows-1252 text is the usual cause)"
+            )
+        if raw.startswith(b"\xef\xbb\xbf"):
+            return "starts with a UTF-8 byte order mark (BOM): save the file as UTF-8 without BOM"
+    return f"invalid JSON ({exc})"
+
+
 def parse_line(raw: bytes | str, line_no: int) -> RequestLine | InvalidLine | None:
     """Parse and validate one line. ``None`` for a blank line. Pure: no duplicate check (that needs state)."""
     if not raw:
@@ -326,7 +342,7 @@ def parse_line(raw: bytes | str, line_no: int) -> RequestLine | InvalidLine | No
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         # Blank lines are rare: test for them only once the parser has refused the line.
-        return None if raw.isspace() else InvalidLine(line_no, None, f"invalid JSON ({exc})")
+        return None if raw.isspace() else InvalidLine(line_no, None, _json_error(raw, exc))
     common = _fast_request(obj)
     if common is None:
         return _parse_detailed(obj, line_no)
@@ -498,7 +514,7 @@ def parse_upload_block(
             if not raw.isspace():
                 n_errors += 1
                 if len(errors) < max_errors:
-                    errors.append(InvalidLine(line_no, None, f"invalid JSON ({exc})"))
+                    errors.append(InvalidLine(line_no, None, _json_error(raw, exc)))
             continue
         common = _fast_request(obj)
         if common is not None:

@@ -122,3 +122,25 @@ def test_requestline_model_and_last_line_without_newline(tmp_path: Path) -> None
     path.write_bytes(orjson.dumps(CHAT))
     (req,) = list(read_requests(path))
     assert isinstance(req, RequestLine) and req.model == "gpt-4o-mini" and req.custom_id == "line-1"
+
+
+def test_a_line_that_is_not_utf8_or_starts_with_a_bom_is_explained() -> None:
+    latin = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "caf\xe9"}]}\n'
+    bad = parse_line(latin, 3)
+    assert isinstance(bad, InvalidLine) and bad.line_no == 3
+    assert "not UTF-8: byte 0xe9 at column" in bad.message
+    bom = parse_line(b"\xef\xbb\xbf" + latin.replace(b"\xe9", b"e"), 1)
+    assert isinstance(bom, InvalidLine) and "byte order mark" in bom.message
+
+
+def test_an_unknown_limiter_store_is_bad_input_and_nothing_is_touched(tmp_path: Path) -> None:
+    from ratepilot.errors import InputError
+    from ratepilot.run import RunOptions, run_job
+
+    req = tmp_path / "r.jsonl"
+    req.write_bytes(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}\n')
+    out = tmp_path / "out.jsonl"
+    options = RunOptions(req, out, base_url="http://127.0.0.1:9/v1", api_key="sk-test-x", store="bogus://")
+    with pytest.raises(InputError, match="unknown limiter store"):
+        run_job(options)
+    assert not out.exists()

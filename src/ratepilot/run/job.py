@@ -195,6 +195,16 @@ def _cache(options: RunOptions) -> ResponseCache | None:
     return ResponseCache(options.cache_path) if options.cache else None
 
 
+def _check_store(uri: str) -> None:
+    """A limiter store URI that names no store is bad input (exit 2), found before anything is touched."""
+    from urllib.parse import urlsplit
+
+    if urlsplit(uri).scheme.lower() not in ("memory", "sqlite", "redis", "rediss", "unix"):
+        raise InputError(
+            f"unknown limiter store {uri!r}: use memory://, sqlite:///path or redis://host:port/db", field="store"
+        )
+
+
 def _api_key(options: RunOptions) -> str:
     key = options.api_key or os.environ.get("OPENAI_API_KEY")
     if not key:
@@ -227,6 +237,7 @@ async def arun_job(
         raise RequestsFileError(str(options.requests), scan.mixed_urls, scan.mixed_count)
     if sender is None:
         _api_key(options)  # a missing key is bad input too: fail before the results file is touched
+        _check_store(options.store)
     job_id = await asyncio.to_thread(job_id_for_file, options.requests)
     # One owner per results file: a second run on it stops here (exit 5) before anything is sent or written.
     with job_lock(lock_path(options.output), f"results file {options.output}"):
