@@ -20,6 +20,7 @@ __all__ = [
     "RatePilotError",
     "RequestTooLarge",
     "RetriesExhausted",
+    "StoreUnavailable",
 ]
 
 # sk-..., sk-proj-..., sess-... style secrets; a redacted "sk-...abcd" does not match (needs 8+ key chars).
@@ -154,3 +155,11 @@ class InputError(RatePilotError):
             where.append(f"field {field!r}")
         prefix = f"{', '.join(where)}: " if where else ""
         super().__init__(f"{prefix}{message}")
+
+
+class StoreUnavailable(RatePilotError):
+    """The limiter's shared store (Redis, SQLite) did not answer in time or refused the connection.
+
+    A run stops at once (exit 11) rather than waiting out one timeout per request: the limits it would enforce
+    are shared with other processes, so going on without them is not safe unless asked for.
+    """

@@ -25,6 +25,7 @@ class ExitCode(enum.IntEnum):
     API_ERROR = 8  # the API refused the work, retries ran out, or the API could not be reached
     CANNOT_LISTEN = 9  # the port is busy (or otherwise cannot be bound)
     HTTP_ERRORS = 10  # done, but some results are HTTP errors (400, 404...): the summary counts them by code
+    STORE_UNAVAILABLE = 11  # the shared limiter store (Redis, SQLite) did not answer: stopped, progress kept
     INTERRUPTED = 130  # Ctrl-C: progress kept, rerun to resume
 
 
@@ -32,7 +33,8 @@ EXIT_CODES_HELP = (
     "Exit codes (every ratepilot command): 0 ok, 1 unexpected error, 2 bad input (nothing sent), 3 insufficient "
     "quota (progress kept), 4 budget reached (progress kept), 5 results file or job name belongs to another job, "
     "6 incomplete (rerun / wait again), 7 API key rejected, 8 API refused / unreachable / retries exhausted, "
-    "9 cannot listen (port busy), 10 done but some results are HTTP errors, 130 interrupted."
+    "9 cannot listen (port busy), 10 done but some results are HTTP errors, 11 limiter store unavailable, "
+    "130 interrupted."
 )
 """One sentence for ``--help`` texts."""
 
@@ -47,7 +49,7 @@ def classify_exit(exc: BaseException) -> tuple[ExitCode, str] | None:
     import openai
 
     from .batch.runner import JobConflictError, JobNotFoundError
-    from .errors import BudgetExceeded, InputError, QuotaExhausted, RatePilotError, _scrub
+    from .errors import BudgetExceeded, InputError, QuotaExhausted, RatePilotError, StoreUnavailable, _scrub
     from .joblock import JobLocked
     from .results import ForeignResultsError
     from .run.sender import AuthFailed, unwrap_pilot_error
@@ -65,6 +67,8 @@ def classify_exit(exc: BaseException) -> tuple[ExitCode, str] | None:
         return ExitCode.BAD_INPUT, exc.message
     if isinstance(exc, JobLocked):
         return ExitCode.CONFLICT, exc.message
+    if isinstance(exc, StoreUnavailable):
+        return ExitCode.STORE_UNAVAILABLE, exc.message
     if isinstance(exc, AuthFailed):
         return ExitCode.AUTH, exc.message
     if isinstance(exc, RatePilotError):  # RequestTooLarge, RetriesExhausted, ...: the API would not do the work

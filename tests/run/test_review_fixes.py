@@ -171,6 +171,7 @@ def test_one_exit_code_scheme_for_every_command() -> None:
         "API_ERROR": 8,
         "CANNOT_LISTEN": 9,
         "HTTP_ERRORS": 10,
+        "STORE_UNAVAILABLE": 11,
         "INTERRUPTED": 130,
     }
     runner = CliRunner()

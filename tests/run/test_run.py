@@ -255,3 +255,27 @@ def test_an_html_page_at_the_base_url_is_no_success(requests_file: Callable[...,
     assert summary.exit_code == ExitCode.API_ERROR and summary.stop == "hopeless"
     assert "200 not JSON" in summary.message and "Welcome to nginx" in summary.message
     assert summary.succeeded == 0 and not out.read_bytes()
+
+
+def test_a_frozen_limiter_store_stops_the_run_at_once(requests_file: Callable[..., Path], tmp_path: Path) -> None:
+    """A Redis that accepts connections and never answers: one short timeout, then exit 11 naming the store —
+    not one timeout per request for hours."""
+    import socket
+
+    from ratepilot.exitcodes import ExitCode as Codes
+
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(64)  # the kernel accepts; nothing ever reads or answers
+    try:
+        store = f"redis://127.0.0.1:{frozen.getsockname()[1]}/0?socket_timeout=0.3"
+        out = tmp_path / "out.jsonl"
+        options = RunOptions(
+            requests=requests_file(40), output=out, base_url="http://127.0.0.1:9/v1", api_key=KEY, store=store
+        )
+        summary = run_job(options)
+    finally:
+        frozen.close()
+    assert summary.exit_code == Codes.STORE_UNAVAILABLE and summary.stop == "store"
+    assert f"127.0.0.1:{store.split(':')[2].split('/')[0]}" in summary.message and "--store" in summary.message
+    assert summary.done == 0

@@ -367,6 +367,7 @@ _STOP_CODES = {
     "auth": ExitCode.AUTH,
     "hopeless": ExitCode.API_ERROR,
     "unreachable": ExitCode.API_ERROR,
+    "store": ExitCode.STORE_UNAVAILABLE,
 }
 _STOP_ADVICE = {
     "quota": "Add credit or raise the spend limit (https://platform.openai.com/settings/organization/billing), "
@@ -376,6 +377,8 @@ _STOP_ADVICE = {
     "hopeless": "Nothing else was sent.",
     "unreachable": "Check --base-url (or OPENAI_BASE_URL) and the network, then rerun the same command: nothing "
     "was lost.",
+    "store": "Check the limiter store (--store), or run with --store memory:// (this process's limits only), then "
+    "rerun the same command: it resumes where it stopped.",
 }
 
 

@@ -26,7 +26,15 @@ from typing import Any
 import orjson
 
 from ..cache import CacheEntry, ResponseCache, cache_key
-from ..errors import BudgetExceeded, QuotaExhausted, RatePilotError, RequestTooLarge, RetriesExhausted, _scrub
+from ..errors import (
+    BudgetExceeded,
+    QuotaExhausted,
+    RatePilotError,
+    RequestTooLarge,
+    RetriesExhausted,
+    StoreUnavailable,
+    _scrub,
+)
 from ..protocol.headers import RateLimitHeaders
 from ..protocol.pricing import PriceTable
 from ..protocol.usage import Usage, usage_from_body
@@ -37,7 +45,7 @@ from .window import InFlightWindow
 
 __all__ = ["OnlineRunner", "OnlineStats", "StopReason"]
 
-StopReason = str  # "quota" | "budget" | "auth" | "hopeless" | "unreachable" | "interrupted"
+StopReason = str  # "quota" | "budget" | "auth" | "hopeless" | "unreachable" | "store" | "interrupted"
 
 # A job whose first answers are all the same HTTP error and nothing has succeeded (a model that does not exist, a
 # base URL without /v1) stops after this many, instead of paying for every request to fail the same way.
@@ -206,6 +214,11 @@ class OnlineRunner:
                 # instead of failing every request the same way.
                 self._stop("unreachable", f"cannot reach {self.cache_scope or 'the API'}: {exc.message}")
                 self._cancel_all()
+        except StoreUnavailable as exc:
+            # The shared limits cannot be read: stop now, not one store timeout per request for hours.
+            self.stats.unfinished += 1
+            self._stop("store", exc.message)
+            self._cancel_all()
         except RatePilotError:
             self.stats.unfinished += 1
         except Exception as exc:

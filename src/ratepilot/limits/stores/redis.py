@@ -26,12 +26,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...clock import Clock, SystemClock
+from ...errors import StoreUnavailable
 from ..core import Observation, Refusal, Reserved, ReserveParams, ScopeState, Wait
 from ..types import N_DIMS
 from .base import decode_state
@@ -42,7 +45,18 @@ log = logging.getLogger("ratepilot")
 
 TTL_MS = 2 * 86_400 * 1000  # a scope idle for two days (longer than the daily window) is forgotten
 _OPERATIONS = ("reserve", "adjust", "observe", "penalize", "refuse", "load")
+SOCKET_TIMEOUT_S = 5.0  # a Redis round trip that takes longer means the store is unusable (StoreUnavailable)
 FLUSH_AFTER_S = 0.001  # a deferred settle waits at most this long for a call to ride along with
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password (for messages)."""
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url
 
 
 def _script_source(name: str) -> str:
@@ -100,7 +114,11 @@ class RedisStore:
         self._clock = clock
         # The system clock means "real time": use Redis TIME. Any other clock is injected on purpose.
         self._send_now = not isinstance(clock, SystemClock)
-        self._redis: redis.Redis = redis.Redis.from_url(url)  # parses the URL (unix, TLS, auth) into a pool
+        # Parses the URL (unix, TLS, auth) into a pool. Timeouts by default (a frozen server must not stall every
+        # request for ever); ?socket_timeout= / ?socket_connect_timeout= in the URL override them.
+        self._redis: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S
+        )
         self._scripts = {name: _Script(name) for name in _OPERATIONS}
         self._local = threading.local()
         self._mu = threading.Lock()
@@ -213,8 +231,11 @@ class RedisStore:
         return reply
 
     def _eval(self, name: str, key: str, packed: bytes) -> Any:
-        with self._carrying_deferred() as taken:
-            return self._run([*taken, self._command(name, key, packed)])
+        try:
+            with self._carrying_deferred() as taken:
+                return self._run([*taken, self._command(name, key, packed)])
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(f"the limiter store {_safe_url(self.uri)} cannot be used: {exc}") from exc
 
     # -- deferred settles ------------------------------------------------------------------------------------------
     #
