@@ -80,7 +80,8 @@ class BudgetExceeded(RatePilotError):
         self.worst_case_usd = worst_case_usd
         self.model = model
         super().__init__(
-            f"Budget of ${budget_usd:.4f} would be exceeded: ${spent_usd:.6f} spent so far, and the next request"
+            f"Budget of ${budget_usd:.4f} would be exceeded: ${spent_usd:.6f} spent so far (in-flight requests "
+            "counted at their worst case), and the next request"
             f"{f' to {model}' if model else ''} may cost up to ${worst_case_usd:.6f}. Nothing was sent. Raise "
             "budget_usd (or --budget-usd) to continue."
         )

@@ -279,3 +279,35 @@ def test_a_frozen_limiter_store_stops_the_run_at_once(requests_file: Callable[..
     assert summary.exit_code == Codes.STORE_UNAVAILABLE and summary.stop == "store"
     assert f"127.0.0.1:{store.split(':')[2].split('/')[0]}" in summary.message and "--store" in summary.message
     assert summary.done == 0
+
+
+def test_the_budget_belongs_to_the_job_across_reruns(
+    make_sim: Callable[..., Simulator], requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--budget-usd caps the job, not each run of it: a rerun with the same budget does not spend it again."""
+    sim = make_sim()
+    req = requests_file(80)
+    out = tmp_path / "out.jsonl"
+    first = run_job(_opts(req, out, sim, cache=False, budget_usd=1e-4))
+    assert first.exit_code == ExitCode.BUDGET and 0 < first.done < 80
+    again = run_job(_opts(req, out, sim, cache=False, budget_usd=1e-4))
+    assert again.exit_code == ExitCode.BUDGET
+    # The rerun spends only what the first left (worst-case reservations stop a run short of the cap).
+    assert first.cost_usd + again.cost_usd <= 1e-4 + 1e-9
+    assert again.done < 80
+    more = run_job(_opts(req, out, sim, cache=False, budget_usd=1.0))  # raised: the job goes on
+    assert more.exit_code == ExitCode.OK and more.done == 80
+
+
+def test_budget_alerts_come_in_order_and_the_refusal_counts_what_is_in_flight() -> None:
+    from ratepilot.client.budget import Budget, BudgetAlert
+    from ratepilot.errors import BudgetExceeded
+
+    seen: list[BudgetAlert] = []
+    budget = Budget(1.0, on_alert=seen.append, spent_usd=0.2)
+    held = budget.reserve(0.3, "m")  # in flight: 0.2 spent + 0.3 reserved
+    with pytest.raises(BudgetExceeded, match=r"\$0\.500000 spent so far \(in-flight"):
+        budget.reserve(0.6, "m")
+    budget.commit(held, 0.7)  # spending now crosses 50% and 80%: no alert may follow the refusal's 100%
+    assert [a.threshold for a in seen] == [1.0] and seen[0].refused
+    assert Budget(1.0, spent_usd=0.9)._fired == {0.5, 0.8}  # a resumed job does not re-announce what it passed

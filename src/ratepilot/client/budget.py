@@ -44,7 +44,10 @@ class Budget:
         *,
         on_alert: Callable[[BudgetAlert], None] | None = None,
         thresholds: tuple[float, ...] = ALERT_THRESHOLDS,
+        spent_usd: float = 0.0,
     ) -> None:
+        """``spent_usd``: already spent against this budget (a resumed job's earlier runs: a budget belongs to
+        the job, not to one run of it)."""
         if limit_usd < 0:
             raise ValueError("budget_usd must be >= 0")
         self.limit_usd = limit_usd
@@ -52,8 +55,12 @@ class Budget:
         self._thresholds = sorted(thresholds)
         self._fired: set[float] = set()
         self._lock = threading.Lock()
-        self.spent_usd = 0.0
+        self.spent_usd = max(0.0, spent_usd)
         self.reserved_usd = 0.0
+        # Thresholds already behind a resumed job are not announced again.
+        for t in self._thresholds:
+            if self.limit_usd > 0 and self.spent_usd / self.limit_usd >= t:
+                self._fired.add(t)
 
     def add_alert(self, callback: Callable[[BudgetAlert], None]) -> None:
         self._callbacks.append(callback)
@@ -61,14 +68,19 @@ class Budget:
     def reserve(self, worst_case_usd: float, model: str | None) -> Reservation:
         with self._lock:
             if self.spent_usd + self.reserved_usd + worst_case_usd > self.limit_usd + 1e-12:
-                spent = self.spent_usd
-                alert = self._mark(1.0)
+                # What is committed: spent, plus what requests in flight may still cost.
+                committed = self.spent_usd + self.reserved_usd
+                # The refusal is the 100% alert. Lower thresholds not reached yet are dropped, so that no "50%"
+                # can follow a "100%": the alerts a caller sees are always in order.
+                fire = self._mark(1.0)
+                self._fired.update(t for t in self._thresholds if t < 1.0)
+                alerts = [BudgetAlert(1.0, committed, self.limit_usd, refused=True)] if fire else []
             else:
                 self.reserved_usd += worst_case_usd
                 return Reservation(worst_case_usd)
-        if alert:
-            self._emit(BudgetAlert(1.0, spent, self.limit_usd, refused=True))
-        raise BudgetExceeded(budget_usd=self.limit_usd, spent_usd=spent, worst_case_usd=worst_case_usd, model=model)
+        for alert in alerts:
+            self._emit(alert)
+        raise BudgetExceeded(budget_usd=self.limit_usd, spent_usd=committed, worst_case_usd=worst_case_usd, model=model)
 
     def release(self, reservation: Reservation) -> None:
         with self._lock:

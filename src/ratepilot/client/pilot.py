@@ -126,6 +126,7 @@ class Pilot:
 
     * ``store``: the limiter store URI — ``memory://`` (one process), ``sqlite:///path`` (processes on one
       host), ``redis://host:port/db`` (many hosts);
+    * ``budget_spent_usd``: already spent against ``budget_usd`` (a resumed job's earlier runs);
     * ``budget_usd``: refuse (raise :class:`~ratepilot.errors.BudgetExceeded`) any request whose worst-case
       cost would cross it; ``on_budget_alert`` is called at 50/80/100%;
     * ``clock``: injected time (tests pass a ``FakeClock`` shared with the simulator);
@@ -160,6 +161,7 @@ class Pilot:
         pools: Mapping[str, str] | None = None,
         settle_to_usage: bool = True,
         token_estimate: str = "server",
+        budget_spent_usd: float = 0.0,
     ) -> None:
         if token_estimate not in TOKEN_ESTIMATES:
             raise ValueError(f"token_estimate must be one of {', '.join(TOKEN_ESTIMATES)}, got {token_estimate!r}")
@@ -167,7 +169,9 @@ class Pilot:
         self.retry = retry or RetryPolicy()
         self.prices = prices or PriceTable()
         self.ledger = UsageLedger(self.prices)
-        self.budget = Budget(budget_usd, on_alert=on_budget_alert) if budget_usd is not None else None
+        self.budget = (
+            Budget(budget_usd, on_alert=on_budget_alert, spent_usd=budget_spent_usd) if budget_usd is not None else None
+        )
         self.limiter: Any = limiter if limiter is not None else _make_limiter(store, self.clock, ceiling, safety_margin)
         self.assume_output_tokens = assume_output_tokens
         self.pools: dict[str, str] = dict(pools or {})

@@ -195,6 +195,19 @@ def _cache(options: RunOptions) -> ResponseCache | None:
     return ResponseCache(options.cache_path) if options.cache else None
 
 
+def _spent_on(results: Path, prices: PriceTable) -> float:
+    """What the answers already in a results file cost, priced at the synchronous rate (an upper bound for the
+    ones that ran through the Batch API at half price: a budget errs on the safe side)."""
+    total = 0.0
+    for line in read_results(results):
+        response = line.get("response") or {}
+        body = response.get("body")
+        usage = usage_from_body(body)
+        if usage is not None and isinstance(body, dict):
+            total += prices.cost(str(body.get("model") or ""), usage.prompt, usage.completion, usage.cached)
+    return total
+
+
 def _check_store(uri: str) -> None:
     """A limiter store URI that names no store is bad input (exit 2), found before anything is touched."""
     from urllib.parse import urlsplit
@@ -319,7 +332,15 @@ async def _run_online(
             limiter = Limiter(store=options.store, **options.limiter_options)
             # A rate-limit refusal never abandons a request; --patience may bound the wait (RetryPolicy).
             retry = RetryPolicy(patience=options.patience_s)
-            pilot = own_pilot = Pilot(budget_usd=options.budget_usd, prices=prices, limiter=limiter, retry=retry)
+            # The budget belongs to the job: what its earlier runs spent (the results already on disk) counts.
+            prior = _spent_on(options.output, prices) if options.budget_usd is not None and done else 0.0
+            pilot = own_pilot = Pilot(
+                budget_usd=options.budget_usd,
+                prices=prices,
+                limiter=limiter,
+                retry=retry,
+                budget_spent_usd=prior,
+            )
         base_url = options.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         sender = http = HttpSender(pilot, base_url, _api_key(options))
     cache = _cache(options)
