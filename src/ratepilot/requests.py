@@ -334,6 +334,28 @@ def _json_error(raw: bytes | str, exc: Exception) -> str:
     return f"invalid JSON ({exc})"
 
 
+MAX_DEPTH = 200  # JSON nesting a request may have (orjson cannot write more than 254 levels: it could not be sent)
+
+
+def _too_deep(raw: bytes | str, obj: Any) -> InvalidLine | None:
+    """Refuse a body nested deeper than MAX_DEPTH, which parses but could never be sent (nor cached). The bracket
+    count is a cheap filter: only a line with that many brackets is walked."""
+    data = raw if isinstance(raw, bytes) else raw.encode()
+    if data.count(b"[") + data.count(b"{") < MAX_DEPTH:
+        return None
+    depth, level = 0, [(obj, 1)]
+    while level:
+        value, d = level.pop()
+        depth = max(depth, d)
+        if depth > MAX_DEPTH:
+            return InvalidLine(0, None, f"JSON nested more than {MAX_DEPTH} levels deep: no API request is; not sent")
+        if isinstance(value, dict):
+            level.extend((v, d + 1) for v in value.values())
+        elif isinstance(value, list):
+            level.extend((v, d + 1) for v in value)
+    return None
+
+
 def parse_line(raw: bytes | str, line_no: int) -> RequestLine | InvalidLine | None:
     """Parse and validate one line. ``None`` for a blank line. Pure: no duplicate check (that needs state)."""
     if not raw:
@@ -343,6 +365,9 @@ def parse_line(raw: bytes | str, line_no: int) -> RequestLine | InvalidLine | No
     except orjson.JSONDecodeError as exc:
         # Blank lines are rare: test for them only once the parser has refused the line.
         return None if raw.isspace() else InvalidLine(line_no, None, _json_error(raw, exc))
+    deep = _too_deep(raw, obj)
+    if deep is not None:
+        return InvalidLine(line_no, None, deep.message)
     common = _fast_request(obj)
     if common is None:
         return _parse_detailed(obj, line_no)
@@ -515,6 +540,12 @@ def parse_upload_block(
                 n_errors += 1
                 if len(errors) < max_errors:
                     errors.append(InvalidLine(line_no, None, _json_error(raw, exc)))
+            continue
+        deep = _too_deep(raw, obj)
+        if deep is not None:
+            n_errors += 1
+            if len(errors) < max_errors:
+                errors.append(InvalidLine(line_no, None, deep.message))
             continue
         common = _fast_request(obj)
         if common is not None:

@@ -144,3 +144,23 @@ def test_an_unknown_limiter_store_is_bad_input_and_nothing_is_touched(tmp_path: 
     with pytest.raises(InputError, match="unknown limiter store"):
         run_job(options)
     assert not out.exists()
+
+
+def test_json_nested_deeper_than_any_request_is_refused_with_its_line() -> None:
+    deep = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": ' + b"[" * 300 + b"]" * 300 + b"}]}"
+    bad = parse_line(deep, 7)
+    assert isinstance(bad, InvalidLine) and bad.line_no == 7 and "nested more than 200 levels" in bad.message
+    fine = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' + b"[" * 300 + b'"}]}'
+    assert isinstance(parse_line(fine, 1), RequestLine)  # brackets inside a string are text, not nesting
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "/dev/full"])  # (/dev/stdout is a file under pytest)
+def test_results_must_go_to_a_regular_file(tmp_path: Path, target: str) -> None:
+    from ratepilot.errors import InputError
+    from ratepilot.run import RunOptions, run_job
+
+    req = tmp_path / "r.jsonl"
+    req.write_bytes(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}\n')
+    options = RunOptions(req, Path(target), base_url="http://127.0.0.1:9/v1", api_key="sk-test-x")
+    with pytest.raises(InputError, match="not a regular file"):
+        run_job(options)

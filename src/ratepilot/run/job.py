@@ -251,6 +251,9 @@ async def arun_job(
     if sender is None:
         _api_key(options)  # a missing key is bad input too: fail before the results file is touched
         _check_store(options.store)
+    if options.output.exists() and not options.output.is_file():
+        # /dev/stdout would hang on its lock and fsync, /dev/full would fail every write: results need a file.
+        raise InputError(f"{options.output} is not a regular file: results are appended to a file", field="output")
     job_id = await asyncio.to_thread(job_id_for_file, options.requests)
     # One owner per results file: a second run on it stops here (exit 5) before anything is sent or written.
     with job_lock(lock_path(options.output), f"results file {options.output}"):
