@@ -26,6 +26,7 @@ class ExitCode(enum.IntEnum):
     CANNOT_LISTEN = 9  # the port is busy (or otherwise cannot be bound)
     HTTP_ERRORS = 10  # done, but some results are HTTP errors (400, 404...): the summary counts them by code
     STORE_UNAVAILABLE = 11  # the shared limiter store (Redis, SQLite) did not answer: stopped, progress kept
+    WRITE_FAILED = 12  # the results could not be written (disk full, read-only): stopped; rerun once there is room
     INTERRUPTED = 130  # Ctrl-C: progress kept, rerun to resume
 
 
@@ -34,7 +35,7 @@ EXIT_CODES_HELP = (
     "quota (progress kept), 4 budget reached (progress kept), 5 results file or job name belongs to another job, "
     "6 incomplete (rerun / wait again), 7 API key rejected, 8 API refused / unreachable / retries exhausted, "
     "9 cannot listen (port busy), 10 done but some results are HTTP errors, 11 limiter store unavailable, "
-    "130 interrupted."
+    "12 results could not be written (disk full), 130 interrupted."
 )
 """One sentence for ``--help`` texts."""
 

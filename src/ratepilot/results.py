@@ -26,6 +26,7 @@ the file is reopened, so a resumed run re-asks exactly the requests whose result
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -262,11 +263,21 @@ class ResultWriter:
                 return 0
             data = b"".join(chunk)
             view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            if self._fsync:
-                os.fsync(self._fd)
+            start = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                if self._fsync:
+                    os.fsync(self._fd)
+            except OSError:
+                # A full disk (or a read-only one): cut what part of the chunk reached the file and keep the whole
+                # chunk for the next sync, so nothing is lost or written twice if space comes back.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
+                with self._lock:
+                    self._buffer[:0] = chunk
+                raise
             self.durable += len(chunk)
             return len(chunk)
 

@@ -172,6 +172,7 @@ def test_one_exit_code_scheme_for_every_command() -> None:
         "CANNOT_LISTEN": 9,
         "HTTP_ERRORS": 10,
         "STORE_UNAVAILABLE": 11,
+        "WRITE_FAILED": 12,
         "INTERRUPTED": 130,
     }
     runner = CliRunner()

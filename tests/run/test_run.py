@@ -311,3 +311,44 @@ def test_budget_alerts_come_in_order_and_the_refusal_counts_what_is_in_flight() 
     budget.commit(held, 0.7)  # spending now crosses 50% and 80%: no alert may follow the refusal's 100%
     assert [a.threshold for a in seen] == [1.0] and seen[0].refused
     assert Budget(1.0, spent_usd=0.9)._fired == {0.5, 0.8}  # a resumed job does not re-announce what it passed
+
+
+def test_a_full_disk_stops_admitting_keeps_the_file_whole_and_a_rerun_completes(
+    make_sim: Callable[..., Simulator],
+    requests_file: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ENOSPC on the results file (injected after two group commits): exit 12 with a clear message, no torn
+    line, no traceback; once there is room the same command answers the rest, each request exactly once."""
+    import errno
+    import os
+
+    sim = make_sim(rpm=600, latency_ms=2)  # ~1 s for the first minute's burst: several group commits
+    req = requests_file(200)
+    out = tmp_path / "out.jsonl"
+    real_write = os.write
+    writes = [0]
+
+    def full_disk(fd: int, data: object) -> int:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if target == str(out):
+            writes[0] += 1
+            if writes[0] > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "write", full_disk)
+    summary = run_job(_opts(req, out, sim, cache=False))
+    monkeypatch.setattr(os, "write", real_write)
+    assert summary.exit_code == ExitCode.WRITE_FAILED and summary.stop == "write"
+    assert "No space left on device" in summary.message and str(out) in summary.message
+    written = list(read_results(out))  # every line whole (a torn tail would not parse)
+    assert 0 < len(written) == summary.done < 200
+    assert _sent(sim) < 200  # admission stopped at the first failed write
+    again = run_job(_opts(req, out, sim, cache=False))
+    assert again.exit_code == ExitCode.OK
+    assert _ids(out) == Counter({f"req-{i}": 1 for i in range(200)})

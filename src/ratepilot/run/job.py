@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -38,6 +39,8 @@ from .mode import ModeChoice, ModeName, choose_mode
 from .online import OnlineRunner, OnlineStats
 from .sender import HttpSender, Sender
 from .window import InFlightWindow
+
+log = logging.getLogger("ratepilot.run")
 
 __all__ = ["ExitCode", "JobScan", "RunOptions", "RunSummary", "arun_job", "run_job", "scan_requests"]
 
@@ -307,7 +310,13 @@ async def _arun_owned(
                 options, writer, done, summary, prices, sender=sender, pilot=pilot, on_progress=on_progress
             )
     finally:
-        writer.close()
+        unwritten = writer.pending
+        try:
+            writer.close()
+        except OSError:
+            # The run already stopped for it (stop "write": the summary says so); what the writer still held
+            # when closing is lost with the process, and a rerun asks those requests again.
+            log.warning("ratepilot: %d result(s) could not be written to %s", unwritten, options.output)
     summary.elapsed_s = time.monotonic() - started
     return summary
 
@@ -392,6 +401,7 @@ _STOP_CODES = {
     "hopeless": ExitCode.API_ERROR,
     "unreachable": ExitCode.API_ERROR,
     "store": ExitCode.STORE_UNAVAILABLE,
+    "write": ExitCode.WRITE_FAILED,
 }
 _STOP_ADVICE = {
     "quota": "Add credit or raise the spend limit (https://platform.openai.com/settings/organization/billing), "
@@ -403,6 +413,7 @@ _STOP_ADVICE = {
     "was lost.",
     "store": "Check the limiter store (--store), or run with --store memory:// (this process's limits only), then "
     "rerun the same command: it resumes where it stopped.",
+    "write": "Free some space (or choose another -o), then rerun the same command: it resumes where it stopped.",
 }
 
 
@@ -435,6 +446,11 @@ def _fill_online(summary: RunSummary, stats: OnlineStats, pilot: Any, already: i
     if stats.stop in _STOP_CODES:
         summary.exit_code = _STOP_CODES[stats.stop]
         summary.message = f"{stats.stop_message}\n{_STOP_ADVICE[stats.stop]}"
+        if stats.unsaved:
+            summary.message += (
+                f"\n{stats.unsaved} answer(s) received after the first failed write could not be saved either; "
+                "the rerun asks them again."
+            )
     elif stats.unfinished or summary.not_started:
         summary.exit_code = ExitCode.INCOMPLETE
         summary.message = (

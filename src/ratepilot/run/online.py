@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from .window import InFlightWindow
 
 __all__ = ["OnlineRunner", "OnlineStats", "StopReason"]
 
-StopReason = str  # "quota" | "budget" | "auth" | "hopeless" | "unreachable" | "store" | "interrupted"
+StopReason = str  # "quota" | "budget" | "auth" | "hopeless" | "unreachable" | "store" | "write" | "interrupted"
 
 # A job whose first answers are all the same HTTP error and nothing has succeeded (a model that does not exist, a
 # base URL without /v1) stops after this many, instead of paying for every request to fail the same way.
@@ -70,6 +71,7 @@ class OnlineStats:
     unfinished: int = 0  # no answer after every retry: not recorded, a rerun asks again
     unexpected: int = 0  # ... of which failed with an unexpected error (logged; also counted as unfinished)
     unexpected_message: str = ""  # the first such error, key-scrubbed: the summary shows it
+    unsaved: int = 0  # answers received but never written (the results file could not be written)
     cache_hits: int = 0
     saved_usd: float = 0.0
     cost_usd: float = 0.0
@@ -356,7 +358,19 @@ class OnlineRunner:
                 await asyncio.sleep(self.flush_interval)  # group commit: gather a batch per fsync
             self._dirty.clear()
             entries, self._pending_cache = self._pending_cache, []
-            n = await asyncio.to_thread(self._sync, entries)
+            try:
+                n = await asyncio.to_thread(self._sync, entries)
+            except OSError as exc:
+                # The results cannot be written (a full or read-only disk): stop admitting at once, keep every
+                # answer received in memory (the writer keeps them), and try once more as the run closes.
+                self._pending_cache[:0] = entries
+                if self.stats.stop != "write":
+                    self._stop("write", f"cannot write the results to {self.writer.path}: {exc.strerror or exc}")
+                    self._cancel_all()
+                if self._closing:
+                    self.stats.unsaved = self.writer.pending
+                    return
+                continue
             self.stats.durable += n
             if self.on_durable is not None and n:
                 self.on_durable(self.stats)
@@ -366,7 +380,12 @@ class OnlineRunner:
     def _sync(self, entries: list[CacheEntry]) -> int:
         n = self.writer.sync()
         if entries and self.cache is not None:
-            self.cache.put_many(entries)  # after the results they answer are durable
+            try:
+                self.cache.put_many(entries)  # after the results they answer are durable
+            except (sqlite3.Error, OSError) as exc:
+                # The cache is an optimisation; the results are on disk. A full disk must not fail the job.
+                log.warning("ratepilot: the response cache cannot be written (%s); going on without it", exc)
+                self.cache = None
         return n
 
 
