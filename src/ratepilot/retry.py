@@ -117,8 +117,9 @@ class RetryPolicy:
     * ``max_single_wait``: a fault's server hint longer than this gives up at once;
     * ``patience``: seconds one request may wait after rate-limit refusals, summed (``None``: as long as it
       takes; a server hint longer than what is left gives up at once, exhausted);
-    * ``connect_attempts``: attempts a connection failure gets while the server has never answered (nothing
-      listening, a DNS or TLS failure: most likely a wrong base URL, so fail in seconds, not minutes);
+    * ``connect_attempts``: attempts a connection failure or a timeout gets while the server has never answered
+      (nothing listening, a DNS or TLS failure, a server that never answers: most likely a wrong base URL, so
+      fail in seconds, not minutes);
     * ``base`` / ``cap``: exponential backoff ``min(cap, base·2^(n-1))``, full jitter below it.
     """
 
@@ -149,7 +150,8 @@ class RetryPolicy:
         if state.error is not None and state.error.error_class is ErrorClass.RATE_LIMITED:
             return self._after_refusal(state, reason, hint)
         faults = state.attempt - state.refusals
-        if state.kind is FailureKind.CONNECTION and not state.answered_before and faults >= self.connect_attempts:
+        silent = state.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT)
+        if silent and not state.answered_before and faults >= self.connect_attempts:
             return GiveUp(f"{reason}, and the server has never answered ({faults} attempts)", exhausted=True)
         if faults >= self.max_attempts:
             return GiveUp(f"{faults} attempts failed (max_attempts={self.max_attempts})", exhausted=True)

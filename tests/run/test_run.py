@@ -352,3 +352,49 @@ def test_a_full_disk_stops_admitting_keeps_the_file_whole_and_a_rerun_completes(
     again = run_job(_opts(req, out, sim, cache=False))
     assert again.exit_code == ExitCode.OK
     assert _ids(out) == Counter({f"req-{i}": 1 for i in range(200)})
+
+
+def test_a_server_that_never_answers_stops_the_run_after_its_timeouts(
+    requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Connections accepted, nothing ever answered: --request-timeout per attempt, 2 attempts while the server
+    has never answered, then the job stops naming the URL — not attempts x 10 minutes per request."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = silent.accept()
+                held.append(conn)  # read nothing, answer nothing
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+    try:
+        options = RunOptions(
+            requests=requests_file(20),
+            output=tmp_path / "out.jsonl",
+            base_url=base_url,
+            api_key=KEY,
+            cache=False,
+            request_timeout_s=0.3,
+        )
+        summary = run_job(options)
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        silent.close()
+    assert summary.exit_code == ExitCode.API_ERROR and summary.stop == "unreachable"
+    assert f"cannot reach {base_url}" in summary.message and summary.done == 0

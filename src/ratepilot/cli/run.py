@@ -94,6 +94,13 @@ def run_command(
         help="Seconds one request may wait for rate-limit capacity after refusals (default: as long as it takes; "
         "a request out of patience is left for a rerun, exit 6).",
     ),
+    request_timeout: float = typer.Option(
+        600.0,
+        "--request-timeout",
+        min=1.0,
+        help="Seconds one attempt waits for its answer (flex processing: 900). Time spent in timeouts counts toward "
+        "the retry budget (10 min of waits per request).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (no live progress)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress bar."),
 ) -> None:
@@ -127,6 +134,7 @@ def run_command(
         deadline_s=deadline,
         max_in_flight=max_in_flight,
         patience_s=patience,
+        request_timeout_s=request_timeout,
     )
     live = not as_json and not quiet and err.is_terminal
     progress = LiveProgress(err) if live else None

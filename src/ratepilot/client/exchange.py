@@ -282,6 +282,10 @@ class Exchange:
         # The request may have reached the server (a read timeout): keep its reservation as charged.
         self._settle(self._grant(), None, headers_follow=False)
         self.pilot.ledger.count(errors=1)
+        if kind is FailureKind.TIMEOUT:
+            # Time spent waiting for an answer that never came is spent like a backoff: the retry policy's
+            # max_total_wait counts it, so a server that never answers cannot hold a request for attempts x timeout.
+            self.retry_waited += max(0.0, self.pilot.clock.now() - self.sent_at)
         self._refused = False
         answered = getattr(self.pilot, "answered_hosts", None)
         decision = self.pilot.retry.decide(

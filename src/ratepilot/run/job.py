@@ -64,6 +64,7 @@ class RunOptions:
     deadline_s: float | None = None  # for --mode auto: results needed within this many seconds
     max_in_flight: int = 1024  # a safety ceiling on the limiter-derived in-flight window (not a worker count)
     patience_s: float | None = None  # seconds one request may wait after rate-limit refusals (None: unbounded)
+    request_timeout_s: float = 600.0  # one attempt's wait for its answer (flex processing needs 900)
     limiter_options: dict[str, Any] = field(default_factory=dict)  # extra Limiter(...) keyword arguments
     batch_min_requests: int = 2_000
     batch_timeout_s: float | None = None
@@ -354,7 +355,7 @@ async def _run_online(
                 budget_spent_usd=prior,
             )
         base_url = options.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        sender = http = HttpSender(pilot, base_url, _api_key(options))
+        sender = http = HttpSender(pilot, base_url, _api_key(options), timeout_s=options.request_timeout_s)
     cache = _cache(options)
     scope = str(options.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
     runner = OnlineRunner(

@@ -148,7 +148,9 @@ class SdkSender:
 class HttpSender:
     """Posts through the Pilot's transport on a plain ``httpx2.AsyncClient``. Close it with :meth:`aclose`."""
 
-    def __init__(self, pilot: Any, base_url: str, api_key: str, *, max_connections: int = 1000) -> None:
+    def __init__(
+        self, pilot: Any, base_url: str, api_key: str, *, max_connections: int = 1000, timeout_s: float = 600.0
+    ) -> None:
         from ..client import AsyncPilotTransport
 
         inner = httpx2.AsyncHTTPTransport(
@@ -159,7 +161,7 @@ class HttpSender:
         self.client = httpx2.AsyncClient(
             base_url=base_url.rstrip("/"),
             transport=AsyncPilotTransport(pilot, inner),
-            timeout=httpx2.Timeout(600.0, connect=10.0),
+            timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
             headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"},
         )
 
