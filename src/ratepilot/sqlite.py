@@ -12,9 +12,20 @@ import sqlite3
 import time
 from pathlib import Path
 
+from .errors import InputError
+
 __all__ = ["open_database"]
 
 _SETUP_DEADLINE_S = 30.0
+
+
+def _unusable(path: Path, exc: BaseException) -> InputError:
+    """One line naming the file and what to do (exit 2): a corrupt file, a read-only or missing directory."""
+    return InputError(
+        f"{path}: cannot be used as a ratepilot database ({exc}). Move it aside (ratepilot recreates caches and "
+        "limiter state; batch state lists the jobs it tracks), or set RATEPILOT_HOME to a writable directory",
+        field="state",
+    )
 
 
 def open_database(
@@ -31,8 +42,11 @@ def open_database(
     ``"NORMAL"`` where losing the last commits on a power cut costs little (a cache row, a limiter estimate).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=check_same_thread)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=check_same_thread)
+    except (OSError, sqlite3.Error) as exc:
+        raise _unusable(path, exc) from None
     delay, deadline = 0.001, time.monotonic() + _SETUP_DEADLINE_S
     while True:
         try:
@@ -47,6 +61,9 @@ def open_database(
         except sqlite3.OperationalError as exc:
             if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
                 db.close()
-                raise
+                raise _unusable(path, exc) from None
             time.sleep(delay)  # another process holds the lock for its own setup: not a rate-limit wait
             delay = min(delay * 2, 0.05)
+        except sqlite3.DatabaseError as exc:  # "file is not a database": a corrupt or foreign file
+            db.close()
+            raise _unusable(path, exc) from None

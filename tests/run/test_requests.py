@@ -164,3 +164,23 @@ def test_results_must_go_to_a_regular_file(tmp_path: Path, target: str) -> None:
     options = RunOptions(req, Path(target), base_url="http://127.0.0.1:9/v1", api_key="sk-test-x")
     with pytest.raises(InputError, match="not a regular file"):
         run_job(options)
+
+
+@pytest.mark.parametrize("broken", ["corrupt", "unwritable"])
+def test_an_unusable_cache_or_state_file_is_one_line_and_exit_2(tmp_path: Path, broken: str) -> None:
+    from ratepilot.errors import InputError
+    from ratepilot.run import RunOptions, run_job
+
+    req = tmp_path / "r.jsonl"
+    req.write_bytes(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}\n')
+    if broken == "corrupt":
+        cache = tmp_path / "cache.sqlite3"
+        cache.write_bytes(b"this is not a database" * 100)
+    else:  # a home the state cannot be created in (a file where the directory should be; root ignores modes)
+        (tmp_path / "home").write_bytes(b"")
+        cache = tmp_path / "home" / "cache.sqlite3"
+    options = RunOptions(
+        req, tmp_path / "out.jsonl", base_url="http://127.0.0.1:9/v1", api_key="sk-test-x", cache_path=cache
+    )
+    with pytest.raises(InputError, match=r"cannot be used as a ratepilot database.*RATEPILOT_HOME"):
+        run_job(options)
