@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -251,3 +251,27 @@ def test_an_event_that_arrived_before_the_wait_is_not_lost(secret: str, clock: F
     r.deliver(delivery(secret, clock, body), body)
     with r.subscribe("batch_early") as sub:
         assert sub.woken and sub.wait(0.0, clock)
+
+
+async def test_hostile_deliveries_are_refused_without_a_500_or_buffering(secret: str, clock: FakeClock) -> None:
+    """An absurd timestamp, a signed body nested thousands deep, a chunked body of many MiB with no
+    content-length: 400, 400 and 413 — the last cut off while streaming, never buffered whole."""
+    r = WebhookReceiver(secret, clock=clock)
+    sent = [0]
+
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(64):  # 64 MiB offered; the receiver must stop reading after 1 MiB
+            sent[0] += 1
+            yield b"x" * (1 << 20)
+
+    deep = b"[" * 5000 + b"]" * 5000
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=r), base_url="http://receiver") as http:
+        absurd = dict(delivery(secret, clock, b"{}"))
+        absurd["webhook-timestamp"] = "9" * 4000
+        bad_ts = await http.post("/", content=b"{}", headers=absurd)
+        nested = await http.post("/", content=deep, headers=delivery(secret, clock, deep))
+        chunked = await http.post("/", content=endless(), headers=delivery(secret, clock, b"x"))
+    assert bad_ts.status_code == 400 and "plausible" in bad_ts.json()["error"]
+    assert nested.status_code == 400
+    assert chunked.status_code == 413
+    assert sent[0] < 64

@@ -105,6 +105,9 @@ def verify_signature(
             if not v
         ]
         raise WebhookVerificationError(f"missing header(s): {', '.join(missing)}")
+    # Unix seconds have 10 digits until 2286: a longer one is absurd (and a huge int overflows a float below).
+    if len(ts_text) > 12:
+        raise WebhookVerificationError("webhook-timestamp is not a plausible unix time")
     try:
         timestamp = int(ts_text)
     except ValueError:
