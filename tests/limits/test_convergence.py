@@ -24,6 +24,8 @@ from ratepilot.clock import FakeClock
 from ratepilot.limits import Cost, Grant, Limiter, Priority, Scope
 from ratepilot.limits.core import Wait
 from ratepilot.limits.gcra import Bucket, Rate, admit_all
+from ratepilot.limits.learning import refusal_evidence
+from ratepilot.protocol.errors import LimitKind, rate_limit_error
 from ratepilot.protocol.headers import DimensionState, RateLimitHeaders, format_duration, parse_duration
 
 LATENCY = 0.05
@@ -93,11 +95,15 @@ def drive(
             if isinstance(decision, Wait):
                 retry_at = math.inf if decision.probe else now + max(decision.seconds, 1e-6)
                 break
-            ok, _, _ = admit_all([(server_rpm, 1), (server_tpm, cost)], now)
+            ok, _, refusing = admit_all([(server_rpm, 1), (server_tpm, cost)], now)
             if not ok:
                 run.refused += 1
                 limiter.settle(decision, 0)
-                limiter.refused(decision, 1.0)
+                # As the exchange does: the refusing dimension, and whether its headers showed room for this request.
+                kind = LimitKind.RPM if refusing == 0 else LimitKind.TPM
+                body = rate_limit_error("m", "org", kind, 1, 1, 1, 1.0)["error"]
+                headers = RateLimitHeaders(requests=_family(server_rpm, now), tokens=_family(server_tpm, now))
+                limiter.refused(decision, 1.0, evidence=refusal_evidence(body["message"], body["type"], headers, cost))
                 break
             sent += 1
             run.admitted.append(now)
