@@ -125,7 +125,9 @@ def answer_online(fallback: OnlineFallback, requests: Iterable[RequestLine], tar
     sender = FallbackSender(fallback)
     try:
         with ResultWriter(target) as writer:
-            engine = OnlineRunner(sender, writer, ordered=True, window=InFlightWindow(ceiling=FALLBACK_CONCURRENCY))
+            engine = OnlineRunner(
+                sender, writer, ordered=True, window=InFlightWindow(ceiling=FALLBACK_CONCURRENCY), fail_fast=False
+            )
             stats = asyncio.run(engine.run(requests))
     finally:
         sender.close()

@@ -106,6 +106,7 @@ class OnlineRunner:
         ordered: bool = False,
         flush_interval: float = 0.05,
         on_durable: Callable[[OnlineStats], None] | None = None,
+        fail_fast: bool = True,
     ) -> None:
         self.sender = sender
         self.writer = writer
@@ -127,7 +128,9 @@ class OnlineRunner:
         self._pending_cache: list[CacheEntry] = []
         # HTTP-error results held back while nothing has succeeded yet (see FAIL_FAST_AFTER): dropped if the job
         # is stopped as hopeless (so a rerun, once the cause is fixed, asks again), recorded otherwise.
-        self._unproven: list[tuple[int, dict[str, Any], str]] | None = []
+        # ``fail_fast=False`` (the Batch pipeline's fallback: its stragglers are single failures, not a job) records
+        # every error result at once.
+        self._unproven: list[tuple[int, dict[str, Any], str]] | None = [] if fail_fast else None
         # --ordered: answers held back behind a slower earlier request. Bounded, so one request retrying for
         # minutes pauses the producer instead of growing memory without limit.
         self.max_held = 8 * self.window.ceiling
