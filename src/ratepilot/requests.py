@@ -318,6 +318,16 @@ def _parse_detailed(obj: Any, line_no: int) -> RequestLine | InvalidLine:
         return InvalidLine(line_no, exc.field, exc.message, cid if isinstance(cid, str) else None)
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _without_bom(raw: bytes | str) -> bytes | str:
+    """A UTF-8 byte order mark at the start of the file (Windows editors write one) is not part of the JSON."""
+    if isinstance(raw, bytes):
+        return raw[len(_BOM) :] if raw.startswith(_BOM) else raw
+    return raw[1:] if raw.startswith("\ufeff") else raw
+
+
 def _json_error(raw: bytes | str, exc: Exception) -> str:
     """What is wrong with a line the JSON parser refused, in words a person can act on."""
     if isinstance(raw, bytes):
@@ -329,8 +339,8 @@ def _json_error(raw: bytes | str, exc: Exception) -> str:
                 f"not UTF-8: byte 0x{byte:02x} at column {bad.start + 1} (save the file as UTF-8; "
                 "Latin-1 or Windows-1252 text is the usual cause)"
             )
-        if raw.startswith(b"\xef\xbb\xbf"):
-            return "starts with a UTF-8 byte order mark (BOM): save the file as UTF-8 without BOM"
+        if raw.startswith(_BOM):
+            return "starts with a UTF-8 byte order mark (BOM), which only the file's first line may have"
     return f"invalid JSON ({exc})"
 
 
@@ -360,6 +370,8 @@ def parse_line(raw: bytes | str, line_no: int) -> RequestLine | InvalidLine | No
     """Parse and validate one line. ``None`` for a blank line. Pure: no duplicate check (that needs state)."""
     if not raw:
         return None
+    if line_no == 1:
+        raw = _without_bom(raw)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -533,6 +545,8 @@ def parse_upload_block(
     line_no = first_line - 1
     for raw in io.BytesIO(block):
         line_no += 1
+        if line_no == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]  # a file's byte order mark: not part of the JSON, nor of the upload line
         try:
             obj = loads(raw)
         except orjson.JSONDecodeError as exc:

@@ -124,12 +124,14 @@ def test_requestline_model_and_last_line_without_newline(tmp_path: Path) -> None
     assert isinstance(req, RequestLine) and req.model == "gpt-4o-mini" and req.custom_id == "line-1"
 
 
-def test_a_line_that_is_not_utf8_or_starts_with_a_bom_is_explained() -> None:
+def test_a_line_that_is_not_utf8_is_explained_and_a_files_bom_is_accepted() -> None:
     latin = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "caf\xe9"}]}\n'
     bad = parse_line(latin, 3)
     assert isinstance(bad, InvalidLine) and bad.line_no == 3
     assert "not UTF-8: byte 0xe9 at column" in bad.message
-    bom = parse_line(b"\xef\xbb\xbf" + latin.replace(b"\xe9", b"e"), 1)
+    plain = latin.replace(b"\xe9", b"e")
+    assert isinstance(parse_line(b"\xef\xbb\xbf" + plain, 1), RequestLine)  # a file's BOM is accepted
+    bom = parse_line(b"\xef\xbb\xbf" + plain, 2)  # ... but not in the middle of a file
     assert isinstance(bom, InvalidLine) and "byte order mark" in bom.message
 
 
@@ -184,3 +186,14 @@ def test_an_unusable_cache_or_state_file_is_one_line_and_exit_2(tmp_path: Path, 
     )
     with pytest.raises(InputError, match=r"cannot be used as a ratepilot database.*RATEPILOT_HOME"):
         run_job(options)
+
+
+def test_a_files_bom_never_reaches_a_batch_upload_line() -> None:
+    from ratepilot.requests import parse_upload_block
+
+    line = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", '
+    line += b'"messages": [{"role": "user", "content": "hi"}]}}\n'
+    block = parse_upload_block(b"\xef\xbb\xbf" + line + line.replace(b'"a"', b'"b"'))
+    assert block.n_errors == 0
+    (group,) = block.groups
+    assert group.custom_ids == ["a", "b"] and not group.data.startswith(b"\xef\xbb\xbf")
