@@ -192,3 +192,21 @@ def test_fallback_posts_through_the_runners_raw_sdk_path(fake_sim: Simulator, mo
         assert status == 400 and "error" in body
     assert seen == ["/v1/chat/completions", "/v1/chat/completions"]
     assert sender.api_path("/v1/embeddings") == "/embeddings" and sender.api_path("/embeddings") == "/embeddings"
+
+
+def test_the_online_fallback_records_every_error_result_never_a_hopeless_stop(tmp_path: Path) -> None:
+    """Stragglers answered online are single failures: even ten identical 400s are all recorded (the run's
+    "first answers all fail the same way: stop" rule is for whole jobs, not for a batch job's fallback)."""
+    from ratepilot.batch.online import answer_online
+    from ratepilot.requests import RequestLine
+    from ratepilot.results import read_results as read
+
+    def fallback(url: str, body: Any) -> tuple[int, str, Any]:
+        return 400, "req_x", {"error": {"message": "bad", "type": "invalid_request_error", "code": "bad_request"}}
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    requests = [RequestLine(i + 1, f"r{i}", "POST", "/v1/chat/completions", body) for i in range(10)]
+    target = tmp_path / "fallback.jsonl"
+    stats = answer_online(fallback, requests, target)
+    assert stats.stop is None and stats.http_errors == 10
+    assert [line["custom_id"] for line in read(target)] == [f"r{i}" for i in range(10)]

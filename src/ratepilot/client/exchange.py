@@ -177,9 +177,8 @@ class Exchange:
         """An HTTP response (``raw``: its body when :meth:`wants_body` said to read it). Returns the step and the
         response to deliver (rebuilt around ``raw``, or with a settling stream)."""
         lib = self.lib
-        answered = getattr(self.pilot, "answered_hosts", None)
-        if answered is not None and self.host not in answered:
-            answered.add(self.host)  # this server answers: later connection failures are transient
+        if self.host not in self.pilot.answered_hosts:
+            self.pilot.answered_hosts.add(self.host)  # this server answers: later connection failures are transient
         if raw is not None:
             self.body = parse_json(wire.decoded(lib, response.headers, raw) or b"")
             response = wire.rebuilt(lib, response, request, raw)
@@ -287,7 +286,6 @@ class Exchange:
             # max_total_wait counts it, so a server that never answers cannot hold a request for attempts x timeout.
             self.retry_waited += max(0.0, self.pilot.clock.now() - self.sent_at)
         self._refused = False
-        answered = getattr(self.pilot, "answered_hosts", None)
         decision = self.pilot.retry.decide(
             RetryState(
                 self.attempt,
@@ -295,7 +293,7 @@ class Exchange:
                 self.retry_waited,
                 refusals=self.refusals,
                 refusal_waited=self.refusal_waited,
-                answered_before=answered is None or self.host in answered,
+                answered_before=self.host in self.pilot.answered_hosts,
             )
         )
         if not isinstance(decision, GiveUp):
