@@ -259,12 +259,9 @@ class OnlineRunner:
                 if not headers.empty:
                     stats.limits = headers
             self.window.observe(headers, now - started, prompt + completion)
-            if 200 <= answer.status_code < 300 and not isinstance(body, dict | list):
-                # A 200 that is not JSON (a proxy's or web server's HTML page: is the base URL right?) is no
-                # answer to an API request: an error result, never cached.
-                line = response_result(request.custom_id, answer.status_code, answer.request_id, body)
-                line = self._http_error(seq, line, answer.status_code, body, key="200 not JSON")
-            elif 200 <= answer.status_code < 300:
+            status = answer.status_code
+            line = response_result(request.custom_id, status, answer.request_id, body)
+            if 200 <= status < 300 and isinstance(body, dict | list):
                 stats.succeeded += 1
                 if key is not None:
                     raw = orjson.dumps(body)
@@ -272,11 +269,11 @@ class OnlineRunner:
                         CacheEntry(key, self.cache_scope + request.url, model, answer.request_id, raw, cost)
                     )
                 self._prove()
-            if not 200 <= answer.status_code < 300:
-                line = response_result(request.custom_id, answer.status_code, answer.request_id, body)
-                line = self._http_error(seq, line, answer.status_code, body)
-            elif line is None:
-                line = response_result(request.custom_id, answer.status_code, answer.request_id, body)
+            else:
+                # An HTTP error, or a 200 that is not JSON (a web server's HTML page: is the base URL right?),
+                # which is no answer to an API request either: an error result, never cached.
+                not_json = f"{status} not JSON" if 200 <= status < 300 else ""
+                line = self._http_error(seq, line, status, body, key=not_json)
         finally:
             self._in_flight -= 1
             self._room.set()
