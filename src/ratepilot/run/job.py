@@ -214,12 +214,12 @@ def _spent_on(results: Path, prices: PriceTable) -> float:
 
 def _check_store(uri: str) -> None:
     """A limiter store URI that names no store is bad input (exit 2), found before anything is touched."""
-    from urllib.parse import urlsplit
+    from ..limits.stores import check_store_uri
 
-    if urlsplit(uri).scheme.lower() not in ("memory", "sqlite", "redis", "rediss", "unix"):
-        raise InputError(
-            f"unknown limiter store {uri!r}: use memory://, sqlite:///path or redis://host:port/db", field="store"
-        )
+    try:
+        check_store_uri(uri)
+    except ValueError as exc:
+        raise InputError(str(exc), field="store") from None
 
 
 def _api_key(options: RunOptions) -> str:

@@ -13,7 +13,15 @@ from ...clock import Clock, SystemClock
 from .base import Store, decode_state, encode_state
 from .memory import MemoryStore
 
-__all__ = ["MemoryStore", "Store", "decode_state", "encode_state", "open_store"]
+__all__ = ["MemoryStore", "Store", "check_store_uri", "decode_state", "encode_state", "open_store"]
+
+_SCHEMES = ("memory", "sqlite", "redis", "rediss", "unix")
+
+
+def check_store_uri(uri: str) -> None:
+    """Raise ``ValueError`` (the message a person needs) if ``uri`` names no store; opens nothing."""
+    if urlsplit(uri).scheme.lower() not in _SCHEMES:
+        raise ValueError(f"unknown limiter store {uri!r}: use memory://, sqlite:///path or redis://host:port/db")
 
 
 def open_store(uri: str = "memory://", clock: Clock | None = None) -> Store:
@@ -45,4 +53,5 @@ def open_store(uri: str = "memory://", clock: Clock | None = None) -> Store:
         # Rebuilt by hand: urlsplit().geturl() turns unix:///path into unix:/path, which redis-py rejects.
         url = uri.split("?", 1)[0] + (f"?{rest}" if rest else "")
         return RedisStore(url, clock, prefix=prefix)
-    raise ValueError(f"unknown limiter store {uri!r}: use memory://, sqlite:///path or redis://host:port/db")
+    check_store_uri(uri)  # raises: no other scheme is known
+    raise AssertionError(f"store scheme {scheme!r} not handled")
