@@ -32,6 +32,7 @@ def open_store(uri: str = "memory://", clock: Clock | None = None) -> Store:
     * ``redis://host:port/db[?prefix=...]`` — processes on many hosts. Redis ``TIME`` is the clock, unless
       ``clock`` is not the system clock (tests with a fake clock), in which case the clock's time is sent.
     """
+    check_store_uri(uri)
     clock = clock or SystemClock()
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
@@ -53,5 +54,4 @@ def open_store(uri: str = "memory://", clock: Clock | None = None) -> Store:
         # Rebuilt by hand: urlsplit().geturl() turns unix:///path into unix:/path, which redis-py rejects.
         url = uri.split("?", 1)[0] + (f"?{rest}" if rest else "")
         return RedisStore(url, clock, prefix=prefix)
-    check_store_uri(uri)  # raises: no other scheme is known
-    raise AssertionError(f"store scheme {scheme!r} not handled")
+    raise AssertionError(f"store scheme {scheme!r} not handled")  # check_store_uri above knows no other
