@@ -21,7 +21,7 @@ def test_version() -> None:
 def test_no_command_prints_help_and_fails() -> None:
     result = runner.invoke(app, [])
     assert result.exit_code == 2
-    for command in ("run", "batch", "sim", "limits", "demo", "webhooks"):
+    for command in ("run", "batch", "sim", "limits", "demo", "webhooks", "cache"):
         assert command in result.output
 
 

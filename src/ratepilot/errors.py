@@ -3,6 +3,12 @@
 Every error carries structured fields (for code) and a message (for people). None of them ever holds an API
 key: messages are built only from ids, model names, numbers and the server's own (already redacted) text,
 and :func:`_scrub` removes anything key-shaped that might still slip in through a server message.
+
+Raised through a wrapped SDK client (``pilot.wrap(OpenAI())``), :class:`QuotaExhausted`,
+:class:`RequestTooLarge` and :class:`RetriesExhausted` are also the SDK exception the SDK itself would have
+raised for the same answer (``openai.RateLimitError``, ``InternalServerError``, ``APIConnectionError``...),
+with the response and body attached, so ``except openai.RateLimitError`` keeps working: see
+:mod:`ratepilot.client.sdk_errors`. This module stays free of the SDK (importing it is cheap).
 """
 
 from __future__ import annotations

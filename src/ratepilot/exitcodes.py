@@ -50,7 +50,15 @@ def classify_exit(exc: BaseException) -> tuple[ExitCode, str] | None:
     import openai
 
     from .batch.runner import JobConflictError, JobNotFoundError
-    from .errors import BudgetExceeded, InputError, QuotaExhausted, RatePilotError, StoreUnavailable, _scrub
+    from .errors import (
+        BudgetExceeded,
+        InputError,
+        QuotaExhausted,
+        RatePilotError,
+        RetriesExhausted,
+        StoreUnavailable,
+        _scrub,
+    )
     from .joblock import JobLocked
     from .results import ForeignResultsError
     from .run.sender import AuthFailed, unwrap_pilot_error
@@ -72,6 +80,8 @@ def classify_exit(exc: BaseException) -> tuple[ExitCode, str] | None:
         return ExitCode.STORE_UNAVAILABLE, exc.message
     if isinstance(exc, AuthFailed):
         return ExitCode.AUTH, exc.message
+    if isinstance(exc, RetriesExhausted) and exc.last_status is None:
+        return ExitCode.API_ERROR, f"{exc.message}{_where(exc)}"
     if isinstance(exc, RatePilotError):  # RequestTooLarge, RetriesExhausted, ...: the API would not do the work
         return ExitCode.API_ERROR, exc.message
     if isinstance(exc, ForeignResultsError | JobConflictError):
@@ -85,3 +95,13 @@ def classify_exit(exc: BaseException) -> tuple[ExitCode, str] | None:
     if isinstance(exc, openai.APIConnectionError):
         return ExitCode.API_ERROR, _scrub(f"cannot reach the API ({exc}); rerun the same command to resume")
     return None
+
+
+def _where(exc: BaseException) -> str:
+    """``(cannot reach http://host:port)`` for an error raised through a wrapped SDK client, which carries the
+    request it was about (scheme, host and port only: a URL's path or query is not for an error line)."""
+    url = getattr(getattr(exc, "request", None), "url", None)
+    if url is None:
+        return ""
+    port = f":{url.port}" if url.port else ""
+    return f" (cannot reach {url.scheme}://{url.host}{port})"

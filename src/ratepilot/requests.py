@@ -162,6 +162,15 @@ def infer_url(body: Mapping[str, Any]) -> str:
 
 _COUNT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n")
 
+MAX_ARRAY_ITEMS = 2048
+"""The most items an embeddings ``input`` / completions ``prompt`` array may have (the API answers 400
+``array_above_max_length`` above it)."""
+_ARRAY_CAPPED = frozenset({"/v1/embeddings", "/v1/completions"})
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+"""The largest request line sent (the simulator's request-body limit; OpenAI documents none, and no text request
+comes near it). A larger one is refused locally rather than uploaded or sent to meet a 413."""
+
 
 def _check_body(url: str, body: dict[str, Any], prefix: str) -> None:
     """Shallow checks a request needs to be sent and accounted. Raises :class:`_Invalid`.
@@ -193,6 +202,11 @@ def _check_body(url: str, body: dict[str, Any], prefix: str) -> None:
             if value is None:
                 raise _Invalid(f"{prefix}{key}", "missing")
             raise _Invalid(f"{prefix}{key}", f"must be a string or an array, not {_type_name(value)}")
+        if type(value) is list and len(value) > MAX_ARRAY_ITEMS and url in _ARRAY_CAPPED:
+            raise _Invalid(
+                f"{prefix}{key}",
+                f"{len(value):,} items; {url} takes at most {MAX_ARRAY_ITEMS:,} per request (split it); not sent",
+            )
     if len(body) > 2:  # the count fields are optional; skip the lookups for minimal bodies
         for key in _COUNT_KEYS:
             value = body.get(key)
@@ -347,9 +361,11 @@ def _json_error(raw: bytes | str, exc: Exception) -> str:
 MAX_DEPTH = 200  # JSON nesting a request may have (orjson cannot write more than 254 levels: it could not be sent)
 
 
-def _too_deep(raw: bytes | str, obj: Any) -> InvalidLine | None:
-    """Refuse a body nested deeper than MAX_DEPTH, which parses but could never be sent (nor cached). The bracket
-    count is a cheap filter: only a line with that many brackets is walked."""
+def _unsendable(raw: bytes | str, obj: Any) -> str | None:
+    """Why a line that parses can still never be sent (nor cached): larger than MAX_BODY_BYTES, or nested deeper
+    than MAX_DEPTH. The bracket count is a cheap filter: only a line with that many brackets is walked."""
+    if len(raw) > MAX_BODY_BYTES:
+        return f"{len(raw):,} bytes: larger than the {MAX_BODY_BYTES:,}-byte request limit; not sent"
     data = raw if isinstance(raw, bytes) else raw.encode()
     if data.count(b"[") + data.count(b"{") < MAX_DEPTH:
         return None
@@ -358,7 +374,7 @@ def _too_deep(raw: bytes | str, obj: Any) -> InvalidLine | None:
         value, d = level.pop()
         depth = max(depth, d)
         if depth > MAX_DEPTH:
-            return InvalidLine(0, None, f"JSON nested more than {MAX_DEPTH} levels deep: no API request is; not sent")
+            return f"JSON nested more than {MAX_DEPTH} levels deep: no API request is; not sent"
         if isinstance(value, dict):
             level.extend((v, d + 1) for v in value.values())
         elif isinstance(value, list):
@@ -377,9 +393,9 @@ def parse_line(raw: bytes | str, line_no: int) -> RequestLine | InvalidLine | No
     except orjson.JSONDecodeError as exc:
         # Blank lines are rare: test for them only once the parser has refused the line.
         return None if raw.isspace() else InvalidLine(line_no, None, _json_error(raw, exc))
-    deep = _too_deep(raw, obj)
-    if deep is not None:
-        return InvalidLine(line_no, None, deep.message)
+    refused = _unsendable(raw, obj)
+    if refused is not None:
+        return InvalidLine(line_no, None, refused)
     common = _fast_request(obj)
     if common is None:
         return _parse_detailed(obj, line_no)
@@ -555,11 +571,11 @@ def parse_upload_block(
                 if len(errors) < max_errors:
                     errors.append(InvalidLine(line_no, None, _json_error(raw, exc)))
             continue
-        deep = _too_deep(raw, obj)
-        if deep is not None:
+        refused = _unsendable(raw, obj)
+        if refused is not None:
             n_errors += 1
             if len(errors) < max_errors:
-                errors.append(InvalidLine(line_no, None, deep.message))
+                errors.append(InvalidLine(line_no, None, refused))
             continue
         common = _fast_request(obj)
         if common is not None:

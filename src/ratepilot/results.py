@@ -32,7 +32,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ __all__ = [
     "read_marker",
     "read_results",
     "response_result",
+    "result_error_code",
 ]
 
 MARKER_SUFFIX = ".ratepilot"
@@ -84,6 +85,21 @@ def error_result(custom_id: str, code: str, message: str, *, id: str | None = No
         "response": None,
         "error": {"code": code, "message": message},
     }
+
+
+def result_error_code(line: Mapping[str, Any]) -> str:
+    """How a summary names an error result: ``"404 model_not_found"`` (HTTP status and the body's code) for an
+    HTTP error, the ``error.code`` (``"batch_expired"``) for a request that got no HTTP answer."""
+    response = line.get("response")
+    if isinstance(response, Mapping):
+        status = response.get("status_code")
+        body = response.get("body")
+        err = body.get("error") if isinstance(body, Mapping) else None
+        code = err.get("code") if isinstance(err, Mapping) else None
+        return f"{status} {code}" if isinstance(code, str) and code else str(status)
+    error = line.get("error")
+    code = error.get("code") if isinstance(error, Mapping) else None
+    return str(code) if code else "unknown"
 
 
 # --------------------------------------------------------------------------------------------------- marker

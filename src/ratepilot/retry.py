@@ -63,6 +63,7 @@ class RetryState:
     refusals: int = 0
     refusal_waited: float = 0.0
     answered_before: bool = True  # the server has answered over HTTP before (False: maybe a wrong address)
+    retry_faults: bool = True  # False: the request must not be sent twice (the server may have acted on it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,9 @@ class RetryPolicy:
     * ``connect_attempts``: attempts a connection failure or a timeout gets while the server has never answered
       (nothing listening, a DNS or TLS failure, a server that never answers: most likely a wrong base URL, so
       fail in seconds, not minutes);
+    * ``unavailable_patience``: seconds of waiting after faults (``waited``) within which a flex request refused
+      for lack of capacity (429 "Resource Unavailable", :attr:`ErrorClass.UNAVAILABLE`) is asked again; such a
+      refusal is not a rate limit (the pace is not cut) and not counted against ``max_attempts``;
     * ``base`` / ``cap``: exponential backoff ``min(cap, base·2^(n-1))``, full jitter below it.
     """
 
@@ -131,6 +135,7 @@ class RetryPolicy:
     retry_timeouts: bool = True
     patience: float | None = None
     connect_attempts: int = 2
+    unavailable_patience: float = 300.0
     rng: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
     @classmethod
@@ -150,6 +155,22 @@ class RetryPolicy:
         if state.error is not None and state.error.error_class is ErrorClass.RATE_LIMITED:
             return self._after_refusal(state, reason, hint)
         faults = state.attempt - state.refusals
+        if state.error is not None and state.error.error_class is ErrorClass.UNAVAILABLE:
+            # Flex out of capacity: nothing was done or billed, so it is safe to ask again — after a backoff
+            # that grows to the cap (no storm), for at most unavailable_patience of waiting; then the caller
+            # decides (ratepilot run's router sends it at the standard tier).
+            after = hint if hint is not None and hint > 0 else self.backoff(faults)
+            if state.waited + after > self.unavailable_patience:
+                return GiveUp(
+                    f"{reason}: still unavailable after {state.waited:.0f}s "
+                    f"(unavailable_patience={self.unavailable_patience:g}s)",
+                    exhausted=True,
+                )
+            return Retry(after, reason)
+        if not state.retry_faults:
+            # A 429 says the server did nothing; a fault does not (a batch may have been created before the 500).
+            # The caller finds out what happened (by listing) instead of creating it again.
+            return GiveUp(f"{reason}: not retried (the request must not be sent twice)", exhausted=True)
         silent = state.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT)
         if silent and not state.answered_before and faults >= self.connect_attempts:
             return GiveUp(f"{reason}, and the server has never answered ({faults} attempts)", exhausted=True)
@@ -188,6 +209,8 @@ class RetryPolicy:
             return f"429 {err.code or 'rate limited'}"
         if err.error_class is ErrorClass.TRANSIENT:
             return f"HTTP {err.status}"
+        if err.error_class is ErrorClass.UNAVAILABLE:
+            return f"429 {err.code or 'unavailable'} (flex lacks capacity)"
         if err.error_class is ErrorClass.QUOTA:
             return GiveUp(f"{err.code or err.type or 'insufficient_quota'}: quota or billing; never retried")
         if err.error_class is ErrorClass.TOO_LARGE:

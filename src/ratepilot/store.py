@@ -207,7 +207,7 @@ def _t(job: JobRecord) -> str:
     return f"lines_{int(job.id)}"
 
 
-LineRow = tuple[int, str, int, int | None, int | None, int | None, str | None]
+LineRow = tuple[int, str, int, int | None, int | None, int | None, str | None, int]
 """``(idx, custom_id, state, file, off, len, code)``."""
 
 _SHARD_COLUMNS = tuple(f.name for f in fields(ShardRecord))
@@ -381,6 +381,11 @@ class Store:
         with self._tx():
             self._log(job.id, shard, kind, detail)
 
+    def event_times(self, kind: str, since: float) -> list[float]:
+        """When events of ``kind`` happened (every job) since wall time ``since``, oldest first."""
+        rows = self._db.execute("SELECT at FROM events WHERE kind = ? AND at >= ? ORDER BY at", (kind, since))
+        return [float(r[0]) for r in rows]
+
     def events(self, job: JobRecord) -> list[tuple[int | None, str, str]]:
         rows = self._db.execute("SELECT shard, kind, detail FROM events WHERE job = ? ORDER BY id", (job.id,))
         return [(r[0], r[1], r[2]) for r in rows]
@@ -457,11 +462,18 @@ class Store:
         row = self._db.execute(f"SELECT COUNT(*) FROM {_t(job)} WHERE shard = ? AND state = 0", (shard,)).fetchone()
         return int(row[0])
 
-    def mark_unanswered(self, job: JobRecord, shard: int, state: LineState, code: str) -> int:
-        """Lines of a terminal shard that got no result line at all (cancelled, expired without a line...)."""
+    def mark_unanswered(
+        self, job: JobRecord, shard: int, state: LineState, code: str, *, refund_attempt: bool = False
+    ) -> int:
+        """Lines of a terminal shard that got no result line at all (cancelled, expired without a line...).
+
+        ``refund_attempt``: the batch was refused before any line ran (too big for the server), so its
+        submission does not count against the lines' attempts (the retry round adds one back).
+        """
+        refund = ", attempts = attempts - 1" if refund_attempt else ""
         with self._tx():
             cur = self._db.execute(
-                f"UPDATE {_t(job)} SET state = ?, code = ?, file = NULL, off = NULL, len = NULL "
+                f"UPDATE {_t(job)} SET state = ?, code = ?, file = NULL, off = NULL, len = NULL{refund} "
                 "WHERE shard = ? AND state = 0",
                 (int(state), code, shard),
             )
@@ -506,8 +518,8 @@ class Store:
         return {r[0]: int(r[1]) for r in rows}
 
     def iter_lines(self, job: JobRecord) -> Iterator[LineRow]:
-        """``(idx, custom_id, state, file, off, len, code)`` in input order, streamed from SQLite."""
-        cur = self._db.execute(f"SELECT idx, custom_id, state, file, off, len, code FROM {_t(job)} ORDER BY idx")
+        """``(idx, custom_id, state, file, off, len, code, shard)`` in input order, streamed from SQLite."""
+        cur = self._db.execute(f"SELECT idx, custom_id, state, file, off, len, code, shard FROM {_t(job)} ORDER BY idx")
         while True:
             chunk = cur.fetchmany(4096)
             if not chunk:

@@ -146,7 +146,7 @@ def test_429s_that_can_never_succeed_or_are_not_rate_limits() -> None:
     flex = {
         "error": {"message": "Resource Unavailable", "type": "invalid_request_error", "code": "resource_unavailable"}
     }
-    assert classify(429, flex).error_class is ErrorClass.TRANSIENT  # not a rate limit: the pace is not cut
+    assert classify(429, flex).error_class is ErrorClass.UNAVAILABLE  # not a rate limit: the pace is not cut
     assert classify(503, slow_down_error(2.0)).error_class is ErrorClass.RATE_LIMITED  # older servers' slow_down
 
 
@@ -177,3 +177,33 @@ def test_a_whole_second_retry_after_yields_to_the_exact_wait_in_the_message() ->
     assert server_wait_hint(err, {"retry-after": "1"}) == pytest.approx(0.2)
     assert server_wait_hint(err, {"retry-after": "3"}) == 3.0  # a longer ask is not a rounding: obeyed
     assert server_wait_hint(err, {"retry-after-ms": "900", "retry-after": "1"}) == 0.9  # ms is already exact
+
+
+def test_a_request_sent_at_most_once_waits_out_refusals_but_never_retries_a_fault() -> None:
+    # x-ratepilot-retry: never (a batch create): a 500 or a dropped answer may follow the server's action.
+    policy = RetryPolicy.seeded(1)
+    refused = RetryState(1, FailureKind.RESPONSE, 0.0, classify(429, RPM_429), {}, refusals=1, retry_faults=False)
+    assert isinstance(policy.decide(refused), Retry)  # a 429: the server did nothing
+    for state in (
+        RetryState(1, FailureKind.RESPONSE, 0.0, classify(500, server_error()), {}, retry_faults=False),
+        RetryState(1, FailureKind.CONNECTION, 0.0, retry_faults=False),
+        RetryState(1, FailureKind.TIMEOUT, 0.0, retry_faults=False),
+    ):
+        decision = policy.decide(state)
+        assert isinstance(decision, GiveUp) and decision.exhausted and "sent twice" in decision.reason
+
+
+def test_flex_unavailability_backs_off_without_counting_as_a_fault_until_its_patience_runs_out() -> None:
+    flex = classify(429, {"error": {"message": "Resource Unavailable", "code": "resource_unavailable"}})
+    policy = RetryPolicy.seeded(2, max_attempts=2, unavailable_patience=60.0)
+    waits = []
+    waited = 0.0
+    for attempt in range(1, 20):
+        decision = policy.decide(RetryState(attempt, FailureKind.RESPONSE, waited, flex, {}))
+        if isinstance(decision, GiveUp):
+            break
+        waits.append(decision.after)
+        waited += decision.after
+    assert isinstance(decision, GiveUp) and decision.exhausted and "unavailable_patience=60s" in decision.reason
+    assert len(waits) > 2  # max_attempts=2 counts faults, not these
+    assert waited <= 60.0 and max(waits) <= policy.cap  # backed off, capped: never a storm

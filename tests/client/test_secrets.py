@@ -58,7 +58,8 @@ def test_key_never_in_logs_exceptions_or_ledger(
                 call()
             except Exception as exc:
                 errors.append(exc)
-    assert {type(e) for e in errors} >= {BudgetExceeded, RequestTooLarge, QuotaExhausted}
+    for expected in (BudgetExceeded, RequestTooLarge, QuotaExhausted):  # (the last two as SDK-native subclasses)
+        assert any(isinstance(e, expected) for e in errors), expected
     for exc in errors:
         assert api_key not in _everything_about(exc)
     assert api_key not in caplog.text

@@ -77,7 +77,11 @@ def test_foreign_traffic_is_absorbed(quantum_s: float | None) -> None:
     if quantum_s is None:
         assert len(limited) <= 0.01 * len(ours), result
     else:
-        assert len(limited) <= 0.02 * len(ours), result
+        # The first refusal teaches the burst, but the requests already in flight beside it (4 threads) may be
+        # refused too: one lesson, up to four 429s. After the first second, refusals must be rare.
+        early = [r for r in limited if r.sent - start < 1.0]
+        assert len(early) <= 4, result
+        assert len(limited) - len(early) <= 0.01 * len(ours), result
         assert result["aggregate"] >= 0.9, result
     # The other client really did use its share (30% is its pace; measured 0.28, its first seconds included).
     assert result["foreign_share"] >= 0.25, result

@@ -8,7 +8,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ratepilot.requests import InvalidLine, RequestLine, RequestsFileError, infer_url, parse_line, read_requests
+from ratepilot.requests import (
+    InvalidLine,
+    RequestLine,
+    RequestsFileError,
+    infer_url,
+    parse_line,
+    parse_upload_block,
+    read_requests,
+)
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
@@ -154,6 +162,20 @@ def test_json_nested_deeper_than_any_request_is_refused_with_its_line() -> None:
     assert isinstance(bad, InvalidLine) and bad.line_no == 7 and "nested more than 200 levels" in bad.message
     fine = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' + b"[" * 300 + b'"}]}'
     assert isinstance(parse_line(fine, 1), RequestLine)  # brackets inside a string are text, not nesting
+
+
+def test_a_request_larger_than_the_endpoint_takes_is_refused_locally(tmp_path: Path) -> None:
+    many = {"model": "text-embedding-3-small", "input": ["x"] * 2049}
+    bad = parse_line(orjson.dumps(many), 3)
+    assert isinstance(bad, InvalidLine) and (bad.line_no, bad.field) == (3, "input")
+    assert "2,049 items" in bad.message and "at most 2,048" in bad.message
+    assert isinstance(parse_line(orjson.dumps({**many, "input": ["x"] * 2048}), 3), RequestLine)
+    huge = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * (33 << 20)}]})
+    bad = parse_line(huge, 9)
+    assert isinstance(bad, InvalidLine) and bad.line_no == 9 and "request limit; not sent" in bad.message
+    # The batch planner's fast path refuses it the same way (nothing uploaded).
+    block = parse_upload_block(orjson.dumps(CHAT) + b"\n" + huge + b"\n")
+    assert [e.line_no for e in block.errors] == [2] and "request limit" in block.errors[0].message
 
 
 @pytest.mark.parametrize("target", ["/dev/null", "/dev/full"])  # (/dev/stdout is a file under pytest)

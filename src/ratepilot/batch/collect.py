@@ -5,6 +5,10 @@ Each line is indexed in the job's ``lines`` table (outcome, file number, byte of
 file at a time, at most 50,000 rows — and the results file is then written by walking the index in input
 order and copying each line byte for byte with ``os.pread``. Memory stays bounded whatever the job's size:
 no result line is held longer than it takes to copy it.
+
+The trace (:mod:`ratepilot.trace`, for ``ratepilot report`` and ``status``) rides along: indexing a file, which
+parses every line anyway, leaves its records in ``<file>.trace``; writing the results joins them into
+``<RESULTS>.trace``.
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ from pathlib import Path
 
 import orjson
 
+from ..protocol.pricing import PriceTable
 from ..results import error_result, fsync_dir
 from ..store import JobRecord, LineState, Store
+from ..trace import TracePart, assemble_trace
 from .crash import crash_point
 from .machine import line_outcome
 
 __all__ = ["CollectSummary", "index_result_file", "write_ordered_results"]
+
+_PRICES = PriceTable()
 
 
 @dataclass(frozen=True)
@@ -46,13 +54,18 @@ def index_result_file(store: Store, job: JobRecord, shard: int, file_no: int, pa
     """
     rows: list[tuple[int, int, int, int, str | None, str]] = []
     offset = 0
-    with open(path, "rb", buffering=1 << 20) as fh:
+    # The online fallback's answers (online-*.jsonl) cost the synchronous price, a batch's half of it.
+    with (
+        open(path, "rb", buffering=1 << 20) as fh,
+        TracePart(path, _PRICES, batch=not path.name.startswith("online-")) as trace,
+    ):
         for raw in fh:
             size = len(raw)
             if raw.strip():
                 line = orjson.loads(raw)
                 state, code = line_outcome(line)
                 rows.append((int(state), file_no, offset, size, code, str(line.get("custom_id"))))
+                trace.add(line)
             offset += size
     rows.sort(key=lambda r: r[5])
     return store.set_results(job, shard, rows)
@@ -65,6 +78,9 @@ _NO_LINE_REASONS = {
 }
 
 
+_NO_LINE = "the batch gave no result for this request"
+
+
 def write_ordered_results(store: Store, job: JobRecord, output: Path) -> CollectSummary:
     """Rewrite ``output`` with every indexed result line, in input order; memory bounded by open buffers.
 
@@ -73,15 +89,19 @@ def write_ordered_results(store: Store, job: JobRecord, output: Path) -> Collect
     Lines are copied byte for byte from the downloaded files (``os.pread`` at the indexed offset).
     """
     files = store.file_paths(job)
+    # A line failed with its batch (rejected as a whole) gets the server's own words about that batch.
+    rejected = {s.shard: s.error_message for s in store.shards(job) if s.batch_status == "failed" and s.error_message}
     fds: dict[int, int] = {}
     part = output.with_name(output.name + ".part")
     written = done = failed = missing = 0
     try:
         with open(part, "wb", buffering=1 << 20) as out:
-            for _idx, cid, state, file_no, off, length, code in store.iter_lines(job):
+            for _idx, cid, state, file_no, off, length, code, shard in store.iter_lines(job):
                 if file_no is None or off is None or length is None:
                     if state == LineState.FAILED:  # failed for good without any result line (batch rejected)
-                        reason = _NO_LINE_REASONS.get(code or "", "the batch gave no result for this request")
+                        reason = _NO_LINE_REASONS.get(code or "") or rejected.get(shard) or _NO_LINE
+                        if code in _NO_LINE_REASONS and shard in rejected:
+                            reason = f"{reason} (the server said: {rejected[shard]})"
                         out.write(orjson.dumps(error_result(cid, code or "batch_failed", reason)) + b"\n")
                         written += 1
                         failed += 1
@@ -105,6 +125,7 @@ def write_ordered_results(store: Store, job: JobRecord, output: Path) -> Collect
         crash_point("during-collect-write")
         os.replace(part, output)
         fsync_dir(output.parent)
+        assemble_trace(output, files.values(), mode="batch")
     finally:
         for fd in fds.values():
             os.close(fd)

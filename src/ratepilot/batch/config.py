@@ -52,6 +52,13 @@ class BatchConfig:
     keep_files: bool = False
     """Keep the uploaded input files on the server once the job is done (default: delete them then; they
     count against the organization's file storage and are never needed again)."""
+    output_expires_after: int | None = 30 * 86_400
+    """Seconds after a batch's creation its output and error files are deleted by the server (sent as
+    ``output_expires_after``; 3,600 to 2,592,000). The default, the longest allowed, makes the deadline for
+    collecting explicit (``wait`` collects each batch as soon as it ends). ``None``: not sent (the server
+    deletes them 30 days after the batch ends)."""
+    max_creations_per_hour: int = 2_000
+    """Batch creations per rolling hour, counted over every job of the state directory (the API's limit)."""
 
     def __post_init__(self) -> None:
         for name in ("max_requests", "max_bytes", "max_embedding_inputs", "max_attempts"):
@@ -59,3 +66,7 @@ class BatchConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.poll_interval is not None and self.poll_interval < 0:
             raise ValueError("poll_interval must be >= 0")
+        if self.output_expires_after is not None and not 3_600 <= self.output_expires_after <= 2_592_000:
+            raise ValueError("output_expires_after must be between 3600 (1 hour) and 2592000 (30 days) seconds")
+        if self.max_creations_per_hour < 1:
+            raise ValueError("max_creations_per_hour must be >= 1")

@@ -22,6 +22,7 @@ from ..store import LineState, ShardRecord, ShardState
 __all__ = [
     "ACTIVE_BATCH_STATUSES",
     "RETRYABLE_LINE_CODES",
+    "SIZE_REJECTIONS",
     "TERMINAL_BATCH_STATUSES",
     "Action",
     "AwaitCapacity",
@@ -37,6 +38,7 @@ __all__ = [
     "batch_changes",
     "line_outcome",
     "next_action",
+    "parse_size_limit",
     "parse_token_limit",
     "pending_tokens",
     "unanswered_outcome",
@@ -190,6 +192,35 @@ def parse_token_limit(message: str) -> int | None:
         return None
     digits = re.sub(r"[,_]", "", match.group(1))
     return int(digits) if digits else None
+
+
+SIZE_REJECTIONS = frozenset({"too_many_tasks", "file_too_large"})
+"""Batch errors that say the file is too big for the server (not that a request is bad): split it and resubmit."""
+
+_SIZE_LIMITS = (
+    # (what the limit bounds, the BatchConfig field, the pattern of the server's message)
+    ("embedding inputs", "max_embedding_inputs", re.compile(r"maximum is\s*([\d,_]+)\s*embedding inputs", re.I)),
+    ("requests", "max_requests", re.compile(r"maximum is\s*([\d,_]+)\s*requests", re.I)),
+    ("bytes", "max_bytes", re.compile(r"([\d,_]+)\s*(?:byte|bytes)\b", re.I)),
+)
+
+
+def parse_size_limit(code: str, message: str) -> tuple[str, int] | None:
+    """``(BatchConfig field, limit)`` from a ``too_many_tasks`` / ``file_too_large`` message, or ``None`` when
+    the message names no number we understand (the caller then halves the shard).
+
+    The wording is OpenAI's as users reported it ("... the maximum is 50000 requests per batch", "larger than
+    the 209715200 byte limit"); unconfirmed, hence the fallback.
+    """
+    for _what, field, pattern in _SIZE_LIMITS:
+        if field == "max_bytes" and code != "file_too_large":
+            continue
+        match = pattern.search(message or "")
+        if match:
+            digits = re.sub(r"[,_]", "", match.group(1))
+            if digits and int(digits) > 0:
+                return field, int(digits)
+    return None
 
 
 def _get(obj: Any, name: str) -> Any:

@@ -16,15 +16,17 @@ one transaction, so a crash while collecting just repeats the collect.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,7 @@ import openai
 import orjson
 
 from .. import paths
+from ..client.plan import RETRY_HEADER
 from ..clock import Clock, SystemClock
 from ..joblock import job_lock
 from ..poll import _TRANSIENT as TRANSIENT_POLL_ERRORS  # the one classification of a missed poll
@@ -39,10 +42,12 @@ from ..poll import KINDS, PRIORITY_HEADER, GiveUp, Poll, PollSchedule, snapshot
 from ..protocol.pricing import PriceTable
 from ..results import ForeignResultsError, error_result, fsync_dir, open_results, read_marker
 from ..store import DEFAULT_DB_NAME, JobRecord, LineState, ShardRecord, ShardState, Store
+from .adopt import find_lost, match_lost
 from .collect import CollectSummary, index_result_file, write_ordered_results
 from .config import BatchConfig
 from .crash import crash_point
 from .machine import (
+    SIZE_REJECTIONS,
     TERMINAL_BATCH_STATUSES,
     AwaitCapacity,
     Collect,
@@ -56,6 +61,7 @@ from .machine import (
     batch_changes,
     line_outcome,
     next_action,
+    parse_size_limit,
     parse_token_limit,
     unanswered_outcome,
 )
@@ -80,6 +86,8 @@ __all__ = [
 
 WEBHOOK_BACKSTOP_SECONDS = 1800.0
 """With webhooks, a batch is still retrieved at least this often, in case its event was lost."""
+MAX_CREATE_FAULTS = 8
+"""Faults in a row on one shard's upload or create (each followed by a reconcile) before the error is raised."""
 _EVENT_SLICE = 0.5  # seconds between looks at the other batches' webhook subscriptions while sleeping
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -188,6 +196,8 @@ class BatchRunner:
         self.receiver = receiver
         self._subs: dict[tuple[int, int], Subscription] = {}
         self._owned: set[str] = set()  # job names this runner holds the lock of (see _owning)
+        self._once_client: OpenAI | None = None
+        self._create_faults: dict[tuple[int, int], int] = {}  # faults in a row per shard (see _at_most_once)
 
     def close(self) -> None:
         for key in list(self._subs):
@@ -384,6 +394,8 @@ class BatchRunner:
             self.store.update_job(job, key_id=self.key_id)
         if self.config.keep_files:
             self._remember_keep_files(job)
+        if not collect_only and job.state != "cancelled" and not _job_config(job).get("server_checked"):
+            self._adopt_lost(job)
         while True:
             shards = self.store.shards(job)
             accepting = job.state != "cancelled" and not collect_only
@@ -404,6 +416,13 @@ class BatchRunner:
                 case ReconcileCreate(n):
                     self._reconcile_create(job, by_no[n])
                 case Create(n):
+                    wait = self._creation_wait()
+                    if wait > 0:  # the API's creations-per-hour limit: wait for a slot rather than be refused
+                        if not block or (deadline is not None and self.clock.now() + wait > deadline):
+                            self.store.log(job, "creation-limit", f"{wait:.0f}s", shard=n)
+                            return
+                        self.clock.sleep(wait)
+                        continue
                     self._create(job, by_no[n])
                 case Collect(n):
                     self._collect_shard(job, by_no[n])
@@ -488,15 +507,72 @@ class BatchRunner:
             if shard.state == ShardState.FINISHED:
                 self._collect_shard(job, shard)
 
+    def _adopt_lost(self, job: JobRecord) -> None:
+        """Before a fresh plan uploads anything, ask the server whether this job's batches already exist (the
+        local state that tracked them was lost): adopt them, or refuse if they do not fit the plan. Once per job:
+        the check and the adoption are recorded in one transaction, so a crash in between checks again."""
+        shards = self.store.shards(job)
+        fresh = all(s.state == ShardState.PLANNED and s.submit_no == 0 for s in shards)
+        found = (
+            find_lost(self.client.batches.list(limit=100), job.name, job.fingerprint, now=self.clock.wall())
+            if fresh
+            else []
+        )
+        fits = functools.partial(self._file_fits, job)
+        adoption = match_lost(found, shards, fits) if found else None
+        if isinstance(adoption, str):
+            raise JobConflictError(f"job {job.name!r}: {adoption}")
+        checked = json.dumps({**_job_config(job), "server_checked": True})
+        if adoption is None:
+            self.store.update_job(job, config=checked)
+            return
+        by_no = {s.shard: s for s in shards}
+        with self.store.bulk():
+            self.store.update_job(job, nonce=adoption.nonce, config=checked)
+            for number, batch in adoption.batches.items():
+                self.store.update_shard(
+                    by_no[number],
+                    state=ShardState.SUBMITTED,
+                    submit_no=int(dict(batch.metadata)["ratepilot_submit"]),
+                    file_id=batch.input_file_id,
+                    batch_id=batch.id,
+                    event="adopted",
+                    detail=batch.id,
+                )
+            self.store.log(
+                job,
+                "adopted",
+                f"{len(adoption.batches)} batch(es) found on the server; {len(adoption.skipped)} of retry rounds not",
+            )
+        for number, batch in adoption.batches.items():
+            self._schedule_next(job, by_no[number], batch, first=True)
+            self._apply_batch(job, by_no[number], batch)
+
+    def _file_fits(self, job: JobRecord, nonce: str, shard: ShardRecord, batch: Any) -> bool:
+        """Whether ``batch`` ran the file this plan (under the lost plan's nonce) uploads for ``shard``."""
+        try:
+            obj = self.client.files.retrieve(batch.input_file_id)
+        except openai.NotFoundError:
+            # Deleted (the job finished, or it expired): the batch's own count of requests must do.
+            counts = batch.request_counts
+            return bool(counts is not None and counts.total == shard.n_requests)
+        wanted = self._file_name(job, shard, nonce=nonce)
+        return bool(obj.filename == wanted and obj.bytes == shard.n_bytes)
+
     # ------------------------------------------------------------------------------------------ upload
-    def _file_name(self, job: JobRecord, shard: ShardRecord) -> str:
-        return f"ratepilot-{job.name}-{job.nonce}-{shard.shard:05d}.jsonl"
+    def _file_name(self, job: JobRecord, shard: ShardRecord, *, nonce: str | None = None) -> str:
+        return f"ratepilot-{job.name}-{nonce or job.nonce}-{shard.shard:05d}.jsonl"
 
     def _upload(self, job: JobRecord, shard: ShardRecord) -> None:
         self.store.update_shard(shard, state=ShardState.UPLOADING, intent_at=self.clock.wall(), event="upload-intent")
         crash_point("after-upload-intent")
-        with open(shard.path, "rb") as fh:
-            obj = self.client.files.create(file=(self._file_name(job, shard), fh), purpose="batch")
+        obj = None
+        with open(shard.path, "rb") as fh, self._at_most_once(job, shard):
+            obj = self._once.files.create(
+                file=(self._file_name(job, shard), fh), purpose="batch", extra_headers={RETRY_HEADER: "never"}
+            )
+        if obj is None:
+            return  # a fault: the intent stays, and the next step finds out whether the file arrived
         crash_point("after-upload")
         self.store.update_shard(
             shard,
@@ -506,6 +582,32 @@ class BatchRunner:
             event="uploaded",
             detail=obj.id,
         )
+
+    @property
+    def _once(self) -> OpenAI:
+        """The client for calls that create something: no retry of faults by the SDK (nor by a Pilot: see
+        ``RETRY_HEADER``), since a 500 or a dropped answer may come after the server created the object."""
+        if self._once_client is None:
+            self._once_client = self.client.with_options(max_retries=0)
+        return self._once_client
+
+    @contextmanager
+    def _at_most_once(self, job: JobRecord, shard: ShardRecord) -> Iterator[None]:
+        """Around an upload or a create sent once: a fault (500, timeout, dropped answer) is not retried blindly.
+        The intent recorded before the call stays, so the loop reconciles next — lists what the server has, as
+        after a crash — and only then sends again. A run of faults in a row (the server is down) is raised."""
+        key = (job.id, shard.shard)
+        try:
+            yield
+        except TRANSIENT_POLL_ERRORS as exc:
+            faults = self._create_faults.get(key, 0) + 1
+            self._create_faults[key] = faults
+            self.store.log(job, "create-fault", f"{type(exc).__name__}; reconciling", shard=shard.shard)
+            if faults >= MAX_CREATE_FAULTS:
+                raise
+            self.clock.sleep(min(30.0, 0.5 * 2 ** (faults - 1)))  # back off before looking (and sending) again
+            return
+        self._create_faults.pop(key, None)
 
     def _reconcile_upload(self, job: JobRecord, shard: ShardRecord) -> None:
         wanted = self._file_name(job, shard)
@@ -526,6 +628,7 @@ class BatchRunner:
     def _metadata(self, job: JobRecord, shard: ShardRecord) -> dict[str, str]:
         return {
             "ratepilot_job": job.name,
+            "ratepilot_input": job.fingerprint,  # with the name: finds the job's batches if local state is lost
             "ratepilot_nonce": job.nonce,
             "ratepilot_shard": str(shard.shard),
             "ratepilot_submit": str(shard.submit_no),
@@ -543,16 +646,34 @@ class BatchRunner:
         )
         crash_point("after-create-intent")
         assert shard.file_id is not None
-        batch = self.client.batches.create(
-            input_file_id=shard.file_id,
-            endpoint=shard.url,  # type: ignore[arg-type]  # validated against the Batch API's endpoints
-            completion_window=self.config.completion_window,  # type: ignore[arg-type]
-            metadata=self._metadata(job, shard),
-        )
+        batch = None
+        with self._at_most_once(job, shard):
+            batch = self._once.batches.create(
+                input_file_id=shard.file_id,
+                endpoint=shard.url,  # type: ignore[arg-type]  # validated against the Batch API's endpoints
+                completion_window=self.config.completion_window,  # type: ignore[arg-type]
+                metadata=self._metadata(job, shard),
+                extra_headers={RETRY_HEADER: "never"},
+                **self._expiry(),
+            )
+        if batch is None:
+            return  # a fault: the intent stays, and the next step finds out (by metadata) whether it exists
         crash_point("after-create")
         self.store.update_shard(shard, state=ShardState.SUBMITTED, batch_id=batch.id, event="created", detail=batch.id)
         self._schedule_next(job, shard, batch, first=True)
         self._apply_batch(job, shard, batch)
+
+    def _creation_wait(self) -> float:
+        """Seconds until one more batch may be created under ``max_creations_per_hour`` (every job of this state
+        directory counts: they share the organization's limit)."""
+        now = self.clock.wall()
+        recent = self.store.event_times("create-intent", now - 3_600)
+        over = len(recent) - self.config.max_creations_per_hour
+        return 0.0 if over < 0 else max(0.0, recent[over] + 3_600 - now)
+
+    def _expiry(self) -> dict[str, Any]:
+        after = self.config.output_expires_after
+        return {} if after is None else {"output_expires_after": {"anchor": "created_at", "seconds": after}}
 
     def _reconcile_create(self, job: JobRecord, shard: ShardRecord) -> None:
         wanted = self._metadata(job, shard)
@@ -683,6 +804,8 @@ class BatchRunner:
         if status == "failed" and changes.get("error_code") == "token_limit_exceeded":
             self._defer(job, shard, str(changes.get("error_message") or ""))
             return
+        if status == "failed" and changes.get("error_code") in SIZE_REJECTIONS and self._resplit(job, shard, changes):
+            return
         changes["cost_usd"] = self.prices.cost(
             shard.model, changes.get("input_tokens", 0), changes.get("output_tokens", 0), batch=True
         )
@@ -722,6 +845,48 @@ class BatchRunner:
             detail=str(limit),
         )
 
+    def _resplit(self, job: JobRecord, shard: ShardRecord, changes: dict[str, Any]) -> bool:
+        """The server refused the batch as too big (``too_many_tasks``, ``file_too_large``): learn its limit, and
+        send the shard's lines to the retry round, re-packed under it. The refusal does not count as an attempt
+        of those lines (none of them ran). False when the shard cannot get smaller (one line): it fails as is,
+        with the server's message.
+        """
+        code = str(changes.get("error_code"))
+        message = str(changes.get("error_message") or "")
+        learned = parse_size_limit(code, message)
+        if learned is None and code == "file_too_large":  # a message we cannot read: halve what it refused
+            learned = ("max_bytes", shard.n_bytes // 2)
+        elif learned is None:
+            learned = ("max_requests", shard.n_requests // 2)
+        field_name, limit = learned
+        if shard.n_requests <= 1 or limit < 1:
+            return False
+        limits = dict(_job_config(job).get("learned_limits") or {})
+        limits[field_name] = min(limit, int(limits.get(field_name, limit)))
+        with self.store.bulk():
+            self.store.update_job(job, config=json.dumps({**_job_config(job), "learned_limits": limits}))
+            self.store.mark_unanswered(job, shard.shard, LineState.RETRY, code, refund_attempt=True)
+            self.store.update_shard(
+                shard,
+                state=ShardState.COLLECTED,
+                batch_status="failed",
+                error_code=code,
+                error_message=message,
+                event="size-resplit",
+                detail=f"{field_name}={limits[field_name]}",
+            )
+        return True
+
+    def _shard_config(self, job: JobRecord) -> BatchConfig:
+        """This runner's config, under the size limits the server taught this job (see :meth:`_resplit`)."""
+        learned = _job_config(job).get("learned_limits") or {}
+        if not learned:
+            return self.config
+        return replace(
+            self.config,
+            **{k: min(int(v), getattr(self.config, k)) for k, v in learned.items() if hasattr(self.config, k)},
+        )
+
     def _token_limit(self, model: str) -> int | None:
         if model in self.config.token_limits:
             return self.config.token_limits[model]
@@ -732,11 +897,20 @@ class BatchRunner:
         if target.exists():
             return  # renamed into place only when complete
         part = target.with_name(target.name + ".part")
-        with self.client.files.with_streaming_response.content(file_id) as response, open(part, "wb") as fh:
-            for chunk in response.iter_bytes(1 << 20):
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
+        for attempt in range(1, MAX_CREATE_FAULTS + 1):
+            try:
+                with self.client.files.with_streaming_response.content(file_id) as response, open(part, "wb") as fh:
+                    for chunk in response.iter_bytes(1 << 20):
+                        fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                break
+            except Exception as exc:
+                # The transport retries a request that fails, but a body cut off while streaming surfaces here,
+                # as the HTTP library's own error: the download starts over (the .part file is rewritten).
+                if not _cut_off(exc) or attempt == MAX_CREATE_FAULTS:
+                    raise
+                self.clock.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)))
         os.replace(part, target)
         fsync_dir(target.parent)  # indexed (and the shard marked collected) next: the file must outlive a crash
 
@@ -816,7 +990,7 @@ class BatchRunner:
         by_no = {s.shard: s for s in shards}
         writer = ShardWriter(
             self._job_dir(job),
-            self.config,
+            self._shard_config(job),
             first_shard=self.store.next_shard_number(job),
             token_cap=self._token_limit,
             estimate=exact_token_estimate if self.config.token_estimate == "exact" else None,
@@ -939,6 +1113,16 @@ class BatchRunner:
         os.replace(tmp, target)
         fsync_dir(directory)
         return target, f"sha256:{hexdigest}"
+
+
+def _cut_off(exc: BaseException) -> bool:
+    """A transient failure of a download: the SDK's, or the HTTP library's (httpx2 or httpx) for a body cut off."""
+    if isinstance(exc, TRANSIENT_POLL_ERRORS):
+        return True
+    from ..client import wire
+
+    libs = [sys.modules[name] for name in ("httpx2", "httpx") if name in sys.modules]
+    return any(wire.failure_kind(lib, exc) is not None for lib in libs)
 
 
 def _key_id(client: Any) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import batch, demo, limits, run, sim, webhooks
+from . import _output, batch, cache, demo, limits, report, run, sim, status, webhooks
 
 __all__ = ["app", "main"]
 
@@ -36,8 +36,11 @@ def _root(
         raise typer.Exit(2)
 
 
-for _module in (run, batch, sim, limits, webhooks, demo):
+for _module in (run, batch, sim, limits, webhooks, demo, cache, report, status):
     _module.register(app)
+
+# After every command is registered: --json covers every outcome of every command that has it (errors too).
+_output.install(app)
 
 
 def main() -> None:

@@ -13,12 +13,12 @@ Exit codes (stable, for scripts; the scheme shared by every command, :class:`rat
 * 6 — not finished: ``wait`` timed out, or ``collect`` wrote a partial file (some requests not answered yet);
 * 7 — the API key was rejected;
 * 8 — the API refused the work, retries ran out, or the API could not be reached (rerun to resume);
+* 10 — done, but some results are errors (HTTP errors, or requests the batch could not answer): counted by code;
 * 130 — interrupted.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from ratepilot.batch import BatchRunner, JobStatus
 
 from ratepilot.exitcodes import EXIT_CODES_HELP, ExitCode
+
+from ._output import print_json
 
 __all__ = ["app", "register"]
 
@@ -225,8 +227,9 @@ def _runner(
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
+    from ._output import fail
+
+    return fail(message, code)  # with --json, also the error object on stdout
 
 
 def _run_guarded(fn: Any) -> Any:
@@ -282,7 +285,7 @@ def _caption(status: JobStatus, refreshed: bool) -> str:
 
 def _print_status(status: JobStatus, as_json: bool, *, refreshed: bool = False) -> None:
     if as_json:
-        typer.echo(json.dumps(status.to_dict(), default=str))
+        print_json(status.to_dict())
         return
     from rich.table import Table
 
@@ -416,8 +419,8 @@ def submit(
             _print_collect(summary, as_json)
             if not summary.complete:
                 raise typer.Exit(ExitCode.INCOMPLETE)
-        if wait_ and not status.complete:
-            raise typer.Exit(ExitCode.INCOMPLETE)
+        if wait_:
+            _exit_unless_all_done(status, as_json)
 
 
 def _next_steps(name: str, as_json: bool) -> None:
@@ -504,8 +507,7 @@ def wait(
         if output is not None:
             summary = _run_guarded(lambda: r.collect(name, output))
             _print_collect(summary, as_json)
-        if not result.complete:
-            raise typer.Exit(ExitCode.INCOMPLETE)
+        _exit_unless_all_done(result, as_json)
 
 
 @app.command()
@@ -526,11 +528,29 @@ def collect(
         _print_collect(summary, as_json)
         if not summary.complete:
             raise typer.Exit(ExitCode.INCOMPLETE)
+        _exit_unless_all_done(runner.status(name), as_json)
+
+
+def _exit_unless_all_done(status: Any, as_json: bool) -> None:
+    """Exit 6 while requests have no answer yet; exit 10 when every one has, but some answers are errors
+    (a job whose requests all failed must not look like a success to a script)."""
+    if not status.complete:
+        raise typer.Exit(ExitCode.INCOMPLETE)
+    if status.failed:
+        codes = ", ".join(
+            f"{n:,} x {code or '?'}" for code, n in sorted(status.failure_codes.items(), key=lambda kv: -kv[1])
+        )
+        typer.echo(
+            f"{status.failed:,} of {status.total:,} result(s) are errors ({codes}): "
+            "see each line's response.body or error.",
+            err=True,
+        )
+        raise typer.Exit(ExitCode.HTTP_ERRORS)
 
 
 def _print_collect(summary: Any, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps({**summary.__dict__, "complete": summary.complete}))
+        print_json({**summary.__dict__, "complete": summary.complete})
     else:
         typer.echo(
             f"wrote {summary.written:,} results to {summary.path} (done {summary.done:,}, failed {summary.failed:,}); "
@@ -570,26 +590,24 @@ def list_(
     after: str | None = typer.Option(None, "--after", help="Cursor: the last batch id of the previous page."),
     all_pages: bool = typer.Option(False, "--all", help="Page through every batch."),
     jobs: bool = typer.Option(False, "--jobs", help="List local jobs instead of the server's batches."),
+    status_filter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            help="Only batches in this status (repeatable: --status failed --status expired); the API has no "
+            "filter, so the pages are read and filtered here.",
+        ),
+    ] = None,
+    job_filter: str | None = typer.Option(None, "--job", help="Only the batches of this ratepilot job (by metadata)."),
     state_dir: Path | None = _STATE_DIR,
     base_url: str | None = _BASE_URL,
     as_json: bool = _JSON,
 ) -> None:
     """Page through the organization's batches (newest first), naming ratepilot's job and shard of each."""
+    if jobs:  # local state only: no key needed and nothing is sent
+        _list_jobs(state_dir, as_json)
+        return
     with _runner(state_dir, base_url) as runner:
-        if jobs:
-            rows = [{"name": j.name, "state": j.state, "total": j.total, "input": j.input_path} for j in runner.jobs()]
-            if as_json:
-                typer.echo(json.dumps(rows))
-                return
-            from rich.table import Table
-
-            jobs_table = Table(title="local batch jobs (oldest first)", title_justify="left")
-            for col in ("name", "state", "requests", "input"):
-                jobs_table.add_column(col, justify="right" if col == "requests" else "left")
-            for row in rows:
-                jobs_table.add_row(str(row["name"]), str(row["state"]), f"{row['total']:,}", str(row["input"]))
-            _console().print(jobs_table)
-            return
 
         def pages() -> list[dict[str, Any]]:
             out: list[dict[str, Any]] = []
@@ -622,8 +640,14 @@ def list_(
 
         rows = _run_guarded(pages)
         cursor_row = rows.pop()
+        # Client-side: the list endpoint has no status or metadata filters (a page may then show fewer rows).
+        rows = [
+            r
+            for r in rows
+            if (not status_filter or r["status"] in status_filter) and (job_filter is None or r["job"] == job_filter)
+        ]
         if as_json:
-            typer.echo(json.dumps({"data": rows, **cursor_row}))
+            print_json({"data": rows, **cursor_row})
             return
         from rich.table import Table
 
@@ -644,6 +668,29 @@ def list_(
         console.print(table)
         if cursor_row["next_after"]:
             console.print(f"more: ratepilot batch list --after {cursor_row['next_after']}")
+
+
+def _list_jobs(state_dir: Path | None, as_json: bool) -> None:
+    """``list --jobs``: the local jobs, from the state directory alone."""
+    from openai import OpenAI
+
+    from ratepilot.batch import BatchRunner
+
+    # The runner wants a client; this one is never used (nothing is sent), so no key is needed.
+    client = OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1")
+    with BatchRunner(client, state_dir=state_dir, close_client=True) as runner:
+        rows = [{"name": j.name, "state": j.state, "total": j.total, "input": j.input_path} for j in runner.jobs()]
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    jobs_table = Table(title="local batch jobs (oldest first)", title_justify="left")
+    for col in ("name", "state", "requests", "input"):
+        jobs_table.add_column(col, justify="right" if col == "requests" else "left")
+    for row in rows:
+        jobs_table.add_row(str(row["name"]), str(row["state"]), f"{row['total']:,}", str(row["input"]))
+    _console().print(jobs_table)
 
 
 @app.command()

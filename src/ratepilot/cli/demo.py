@@ -2,11 +2,15 @@
 
 By default it runs the main job (:func:`ratepilot.run.demo.run_demo`): classify generated hearing
 transcripts as nomination hearings, online at the edge of the limits and then through the Batch API, with
-the summaries. ``--headers-tour`` instead makes a few raw SDK calls and shows the ``x-ratelimit-*`` headers
-going down and a 429 being produced: what the simulator looks like from the wire.
+the summaries, and ends by writing the online job's report (``ratepilot report``) and printing its path.
+``--headers-tour`` instead makes a few raw SDK calls and shows the ``x-ratelimit-*`` headers going down and a 429
+being produced: what the simulator looks like from the wire.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -27,6 +31,13 @@ def demo(
     headers_tour: bool = typer.Option(
         False, "--headers-tour", help="Instead of the job, show raw calls, rate-limit headers and a 429."
     ),
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--report-dir",
+            help="Where to write the report and keep the online job's results (default: <state dir>/demo).",
+        ),
+    ] = None,
 ) -> None:
     """Run a real-looking job end to end against the built-in simulator (offline, no key, under a minute)."""
     if headers_tour:
@@ -34,7 +45,7 @@ def demo(
         return
     from ratepilot.run.demo import run_demo
 
-    run_demo(n=n, rpm=rpm or 200, tpm=tpm or 400_000)
+    run_demo(n=n, rpm=rpm or 200, tpm=tpm or 400_000, report_dir=report_dir)
 
 
 def _headers_tour(rpm: int, tpm: int) -> None:

@@ -7,8 +7,6 @@ The probe goes through a Pilot-wrapped client, so it is classified like any othe
 
 from __future__ import annotations
 
-import json
-
 import typer
 
 from ratepilot.exitcodes import ExitCode
@@ -49,10 +47,11 @@ def limits(
     from ratepilot.protocol.errors import redact_key
     from ratepilot.retry import RetryPolicy
 
+    from ._output import fail, json_error, print_json
+
     err = Console(stderr=True)
     if not api_key:
-        err.print("[red]error:[/red] no API key: pass --api-key or set OPENAI_API_KEY")
-        raise typer.Exit(ExitCode.BAD_INPUT)
+        raise fail("no API key: pass --api-key or set OPENAI_API_KEY", ExitCode.BAD_INPUT)
     shown_key = redact_key(api_key)
     # A probe is interactive: one quick retry at most, not the minutes of back-off a job would accept.
     pilot = Pilot(retry=RetryPolicy(max_attempts=2, max_total_wait=2.0, patience=2.0))
@@ -69,7 +68,9 @@ def limits(
         # Read before close(): the state is the Pilot's limiter's, which close() shuts down.
         state = pilot.limits(model)
     except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-        err.print(f"[red]error:[/red] the key {shown_key} was rejected ({exc.status_code})")
+        message = f"the key {shown_key} was rejected ({exc.status_code})"
+        err.print(f"error: {message}", style="red", highlight=False, markup=False)
+        json_error(ExitCode.AUTH, message)
         raise typer.Exit(ExitCode.AUTH) from None
     except Exception as exc:
         known = classify_exit(exc)
@@ -77,13 +78,14 @@ def limits(
             raise
         code, message = known
         err.print(f"error: {message}", style="red", highlight=False, markup=False)
+        json_error(code, message)
         raise typer.Exit(code) from None
     finally:
         pilot.close()
 
     if as_json:
         out = {"base_url": str(client.base_url), "api_key": shown_key, "request_id": request_id, **state.to_dict()}
-        typer.echo(json.dumps(out, sort_keys=True))
+        print_json(dict(sorted(out.items())))
         return
     table = Table(title=f"Rate limits for {model} (key {shown_key}, {client.base_url})")
     for column in ("dimension", "limit", "remaining", "resets in"):

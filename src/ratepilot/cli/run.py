@@ -17,8 +17,6 @@ Exit codes (stable, for scripts; the scheme shared by every command, :class:`rat
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -41,8 +39,9 @@ _HELP = "\n\n".join(
         ),
         (
             "Rerunning the same command resumes: requests that already have a result are skipped. Answers are "
-            "cached (SQLite, in the state dir) so a rerun of identical requests costs nothing (--no-cache to ask "
-            "again)."
+            "cached (SQLite, in the state dir) so a rerun of identical requests costs nothing: --cache "
+            "deterministic keeps only answers that asking again would not change (temperature 0, embeddings), "
+            "--no-cache asks again. `ratepilot cache stats|clear` shows and empties it."
         ),
         EXIT_CODES_HELP,
     ]
@@ -52,12 +51,19 @@ _HELP = "\n\n".join(
 def run_command(
     requests: Annotated[Path, typer.Argument(help="The requests JSONL.", dir_okay=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="The results JSONL (appended to; resumes).")],
-    mode: str = typer.Option(
-        "online",
+    mode: str | None = typer.Option(
+        None,
         "--mode",
         help="online | batch (Batch API, 50% cheaper, results within 24h; one endpoint per file) | auto (batch "
         "when the job is large enough - 2,000+ requests or $1+ saving -, has one endpoint and no --deadline under "
-        "24h; the summary says why).",
+        "24h; the summary says why). Default: online (auto with --tier auto).",
+    ),
+    tier: str | None = typer.Option(
+        None,
+        "--tier",
+        help="Service tier of every chat/Responses request: standard | flex (Batch prices, slower, sometimes "
+        "unavailable) | priority (faster, dearer) | auto (the router: flex while --deadline allows, standard when "
+        "it needs, the Batch API for a deadline of 24h+). Default: each line's own service_tier.",
     ),
     base_url: str | None = typer.Option(
         None, "--base-url", envvar="OPENAI_BASE_URL", help="API base URL (e.g. a simulator's http://127.0.0.1:PORT/v1)."
@@ -71,7 +77,17 @@ def run_command(
     store: str = typer.Option(
         "memory://", "--store", help="Limiter store: memory:// | sqlite:///path | redis://host:port/db (shared limits)."
     ),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not answer from (or fill) the response cache."),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Do not answer from (or fill) the response cache (same as --cache never)."
+    ),
+    cache: str | None = typer.Option(
+        None,
+        "--cache",
+        metavar="always|deterministic|never",
+        help="What the response cache answers and keeps: always (default: every successful answer, temperature > 0 "
+        "too), deterministic (only embeddings, moderations and requests with temperature 0), never.",
+        show_default=False,
+    ),
     cache_path: Annotated[
         Path | None, typer.Option("--cache-path", help="Response cache file (default: state dir).")
     ] = None,
@@ -94,30 +110,39 @@ def run_command(
         help="Seconds one request may wait for rate-limit capacity after refusals (default: as long as it takes; "
         "a request out of patience is left for a rerun, exit 6).",
     ),
-    request_timeout: float = typer.Option(
-        600.0,
+    request_timeout: float | None = typer.Option(
+        None,
         "--request-timeout",
         min=1.0,
-        help="Seconds one attempt waits for its answer (flex processing: 900). Time spent in timeouts counts toward "
-        "the retry budget (10 min of waits per request).",
+        help="Seconds one attempt waits for its answer (default: 600; 900 for flex requests, as OpenAI advises). "
+        "Time spent in timeouts counts toward the retry budget (10 min of waits per request).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (no live progress)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress bar."),
 ) -> None:
     from rich.console import Console
 
+    from ratepilot.cache import CACHE_POLICIES, CachePolicy
     from ratepilot.errors import InputError
     from ratepilot.exitcodes import classify_exit
     from ratepilot.run import ExitCode, RunOptions, run_job
     from ratepilot.run.progress import LiveProgress, summary_table
 
+    from ._output import fail, json_error, print_json
+
     err = Console(stderr=True)
+    if tier is not None and tier not in ("standard", "flex", "priority", "auto"):
+        raise fail(f"--tier must be standard, flex, priority or auto, not {tier!r}", ExitCode.BAD_INPUT)
+    mode = mode or ("auto" if tier == "auto" else "online")
     if mode not in ("online", "batch", "auto"):
-        err.print(f"[red]--mode must be online, batch or auto, not {mode!r}[/red]")
-        raise typer.Exit(ExitCode.BAD_INPUT)
+        raise fail(f"--mode must be online, batch or auto, not {mode!r}", ExitCode.BAD_INPUT)
     if not requests.is_file():
-        err.print(f"[red]{requests}: no such file[/red]")
-        raise typer.Exit(ExitCode.BAD_INPUT)
+        raise fail(f"{requests}: no such file", ExitCode.BAD_INPUT)
+    if cache is not None and cache not in CACHE_POLICIES:
+        raise fail(f"--cache must be {', '.join(CACHE_POLICIES)}, not {cache!r}", ExitCode.BAD_INPUT)
+    if no_cache and cache not in (None, "never"):
+        raise fail(f"--no-cache contradicts --cache {cache}", ExitCode.BAD_INPUT)
+    policy: CachePolicy = "never" if no_cache else (cache or "always")
     options = RunOptions(
         requests=requests,
         output=output,
@@ -126,12 +151,14 @@ def run_command(
         api_key=api_key,
         budget_usd=budget_usd,
         store=store,
-        cache=not no_cache,
+        cache=policy != "never",
         cache_path=cache_path,
+        cache_policy=policy,
         ordered=ordered,
         skip_invalid=skip_invalid,
         overwrite=overwrite,
         deadline_s=deadline,
+        tier=tier,  # type: ignore[arg-type]  # checked above
         max_in_flight=max_in_flight,
         patience_s=patience,
         request_timeout_s=request_timeout,
@@ -147,9 +174,12 @@ def run_command(
     except InputError as exc:
         err.print("bad input - nothing was sent:", style="red")
         err.print(exc.message, highlight=False, markup=False)  # messages quote fields such as messages[0]
+        json_error(ExitCode.BAD_INPUT, f"bad input - nothing was sent: {exc.message}")
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted: everything answered so far is saved; rerun the same command to resume[/yellow]")
+        message = "interrupted: everything answered so far is saved; rerun the same command to resume"
+        err.print(f"[yellow]{message}[/yellow]")
+        json_error(ExitCode.INTERRUPTED, message)
         raise typer.Exit(ExitCode.INTERRUPTED) from None
     except Exception as exc:
         # Online stops are in the summary; errors reach here from --mode batch (the Pilot's quota/budget/retries,
@@ -159,9 +189,10 @@ def run_command(
             raise
         code, message = known
         err.print(f"error: {message}", style="red", highlight=False, markup=False)  # markup=False: [..] in text
+        json_error(code, message)
         raise typer.Exit(code) from None
     if as_json:
-        sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
+        print_json(summary.to_dict())  # a stop (quota, budget...) is in it: "stop", "message", "exit_code"
     else:
         Console().print(summary_table(summary))
     raise typer.Exit(summary.exit_code)

@@ -108,6 +108,17 @@ def sim(
         help="Ramp limit: a window may always admit this fraction of its share of the minute limit "
         "(limit × window / 60) (default: 0.5).",
     ),
+    flex_unavailable_p: float | None = typer.Option(
+        None,
+        "--flex-unavailable-p",
+        min=0.0,
+        max=1.0,
+        help="Probability that a service_tier=flex request is refused 429 'Resource Unavailable' (unbilled; "
+        "busy periods: flex_busy in --config) (default: 0).",
+    ),
+    flex_latency_ms: float | None = typer.Option(
+        None, "--flex-latency-ms", min=0.0, help="Latency added to a flex answer, in ms (default: 0)."
+    ),
     config: Annotated[
         Path | None,
         typer.Option("--config", dir_okay=False, help="TOML file: models, pools, limits, keys, prices, faults."),
@@ -131,6 +142,8 @@ def sim(
         "count_refused_requests": charge_refusals,
         "ramp_window_s": ramp_window_s,
         "ramp_floor": ramp_floor,
+        "flex_unavailable_p": flex_unavailable_p,
+        "flex_latency_ms": flex_latency_ms,
     }
     preset = "realistic" if realistic else None
     fault_overrides = {

@@ -7,22 +7,28 @@ ledger and the budget, classifies errors and asks the retry policy what to do ne
 
 The limiter's state is an estimate: when its store fails after a request was sent (Redis down, SQLite busy),
 the failure is logged and the response still delivered — the server has answered, and has been paid.
+
+The typed errors it fails with are also the SDK's own exceptions when the SDK is loaded (a client of it is
+what is calling): see :mod:`ratepilot.client.sdk_errors`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QuotaExhausted, RequestTooLarge, RetriesExhausted
 from ..limits.learning import refusal_evidence
 from ..limits.types import Cost, CostTooLarge, Grant, Priority, Scope
-from ..protocol.errors import ErrorClass, ErrorInfo, classify
+from ..protocol.errors import ErrorClass, ErrorInfo, LimitKind, classify, error_body
 from ..protocol.headers import RateLimitHeaders
 from ..protocol.usage import usage_from_body
 from ..retry import FailureKind, GiveUp, RetryState
@@ -91,10 +97,12 @@ class Exchange:
         reservation: Reservation | None,
         worst_case_usd: float,
         lib: Any,
+        retry_faults: bool = True,
     ) -> None:
         self.pilot = pilot
         self.plan = plan
         self.scope = scope
+        self.retry_faults = retry_faults  # False: sent at most once, whatever fault (see RETRY_HEADER)
         self.cost = Cost(requests=1, tokens=plan.tokens)
         self.priority = priority
         self.reservation = reservation
@@ -111,6 +119,7 @@ class Exchange:
         self.sent_at = 0.0
         self.body: Any = None  # the current response's body, parsed once (None: not read, or not JSON)
         self.host = ""  # scheme://host:port of the server, set by on_request
+        self.request: Any = None  # the request being sent, set by on_request (typed errors carry a key-free copy)
         self._closed = False
 
     # -- per attempt: before sending ----------------------------------------------------------------------------
@@ -138,12 +147,25 @@ class Exchange:
             for name in _TOKEN_DIMENSIONS
             if (v := view.get(name)) is not None and v.server_limit and v.server_limit < self.cost.tokens
         ]
-        return RequestTooLarge(model=self.plan.model, limit=min(limits) if limits else None, requested=self.cost.tokens)
+        limit = min(limits) if limits else None
+        fields: dict[str, Any] = {"model": self.plan.model, "limit": limit, "requested": self.cost.tokens}
+        sdk = _sdk_errors()
+        if sdk is None or self.request is None:
+            return RequestTooLarge(**fields)
+        # Nothing was sent. The SDK alone would have sent it and got the server's 429 "Request too large": raise
+        # what it would have raised, around that answer built here (marked local), so except clauses agree.
+        body = _too_large_body(self.plan.model, limit, self.cost.tokens)
+        raw = json.dumps(body).encode()
+        headers = {"content-type": "application/json"}
+        response = sdk.sdk_response(self.lib, self.request, 429, headers, raw, local=True)
+        native: RequestTooLarge = sdk.RequestTooLarge(response=response, body=body["error"], **fields)
+        return native
 
     def on_request(self, request: Any) -> None:
         """The request this exchange sends (its server is what connection failures are judged against)."""
         url = request.url
         self.host = f"{url.scheme}://{url.host}:{url.port or ''}"
+        self.request = request
 
     def sending(self, grant: Grant) -> None:
         """``grant`` was acquired and the request is about to be handed to the inner transport."""
@@ -185,8 +207,9 @@ class Exchange:
         elif self.plan.generation:  # a streamed generation: settled from its usage chunk when it ends
             response.stream = wire.settling_stream(lib, response.stream, self)
         status = response.status_code
-        step = self._on_error(status, response.headers) if status >= 400 else self._on_success(response.headers, raw)
-        return step, response
+        if status >= 400:
+            return self._on_error(request, response, raw), response
+        return self._on_success(response.headers, raw), response
 
     def _on_success(self, headers: Mapping[str, str], raw: bytes | None) -> Step:
         grant = self._grant()
@@ -216,9 +239,10 @@ class Exchange:
         self._observe(headers, answered=True)
         return Deliver()
 
-    def _on_error(self, status: int, headers: Mapping[str, str]) -> Step:
+    def _on_error(self, request: Any, response: Any, raw: bytes | None) -> Step:
         # A refused or failed request used no tokens; its request was counted by the server (and by us).
         # Settled before observing, for the reason given in _on_success.
+        status, headers = response.status_code, response.headers
         grant = self._grant()
         self._settle(grant, 0)
         self._observe(headers)
@@ -239,6 +263,7 @@ class Exchange:
                 headers,
                 refusals=self.refusals,
                 refusal_waited=self.refusal_waited,
+                retry_faults=self.retry_faults,
             )
         )
         if not isinstance(decision, GiveUp):
@@ -255,7 +280,7 @@ class Exchange:
             self._log_retry(decision.reason, decision.after)
             return Wait(decision.after)
         self._close_budget(0.0)
-        return self._give_up(info, decision, headers)
+        return self._give_up(info, decision, headers, _Answer(request, response, raw))
 
     def _learn_refusal(self, grant: Grant, info: ErrorInfo, headers: Mapping[str, str], wait: float) -> None:
         """Tell the limiter: block the scope for ``wait``, and learn a shorter window or a slower pace.
@@ -294,6 +319,7 @@ class Exchange:
                 refusals=self.refusals,
                 refusal_waited=self.refusal_waited,
                 answered_before=self.host in self.pilot.answered_hosts,
+                retry_faults=self.retry_faults,
             )
         )
         if not isinstance(decision, GiveUp):
@@ -301,7 +327,12 @@ class Exchange:
             return Wait(decision.after)
         self._close_budget(0.0)
         if decision.exhausted:
-            return Fail(RetriesExhausted(attempts=self.attempt, reason=decision.reason, last_error=exc), exc)
+            fields: dict[str, Any] = {"attempts": self.attempt, "reason": decision.reason, "last_error": exc}
+            sdk = _sdk_errors()
+            if sdk is None or self.request is None:
+                return Fail(RetriesExhausted(**fields), exc)
+            request = wire.key_free_request(self.lib, self.request)
+            return Fail(sdk.retries_exhausted(request=request, timeout=kind is FailureKind.TIMEOUT, **fields), exc)
         return Reraise()
 
     def annotated(self, response: Any) -> Any:
@@ -356,7 +387,9 @@ class Exchange:
             self._close_budget(self.worst_case_usd)
             return
         self._settle(grant, usage.total if self.pilot.settle_to_usage else None)
-        cost = self.pilot.ledger.record(model, usage)
+        # Billed by the tier that served it, as the response says (flex at the Batch price), not the one asked.
+        tier = self.body.get("service_tier") if isinstance(self.body, dict) else None
+        cost = self.pilot.ledger.record(model, usage, tier=tier if isinstance(tier, str) else None)
         self._close_budget(cost)
 
     def _grant(self) -> Grant:
@@ -408,37 +441,87 @@ class Exchange:
     def _log_retry(self, reason: str, after: float) -> None:
         log.info("ratepilot: %s on %s (attempt %d): retrying in %.3fs", reason, self.plan.path, self.attempt, after)
 
-    def _give_up(self, info: ErrorInfo, decision: GiveUp, headers: Mapping[str, str]) -> Step:
+    def _give_up(self, info: ErrorInfo, decision: GiveUp, headers: Mapping[str, str], answer: _Answer) -> Step:
         request_id = headers.get("x-request-id")
+        sdk = _sdk_errors()
+
+        def native() -> dict[str, Any]:
+            # With the SDK loaded, each typed error is also the exception the SDK would raise for this answer,
+            # holding it (and a key-free copy of the request), so `except openai.RateLimitError` still works.
+            return {} if sdk is None else answer.sdk_fields(sdk, self.lib, self.body)
+
         if info.error_class is ErrorClass.QUOTA:
+            quota = QuotaExhausted if sdk is None else sdk.QuotaExhausted
             return Fail(
-                QuotaExhausted(
+                quota(
                     info.code or info.type or "insufficient_quota",
                     server_message=info.message,
                     status=info.status,
                     request_id=request_id,
                     model=self.plan.model,
+                    **native(),
                 )
             )
         if info.error_class is ErrorClass.TOO_LARGE:
             m = _LIMIT_REQUESTED.search(info.message)
+            too_large = RequestTooLarge if sdk is None else sdk.RequestTooLarge
             return Fail(
-                RequestTooLarge(
+                too_large(
                     model=self.plan.model,
                     limit=int(m.group(1)) if m else None,
                     requested=int(m.group(2)) if m else self.cost.tokens,
                     server_message=info.message,
+                    **native(),
                 )
             )
         if decision.exhausted:
+            exhausted = RetriesExhausted if sdk is None else sdk.retries_exhausted
             return Fail(
-                RetriesExhausted(
+                exhausted(
                     attempts=self.attempt,
                     reason=decision.reason,
                     last_status=info.status,
                     last_code=info.code,
                     last_message=info.message,
                     last_info=info,
+                    **native(),
                 )
             )
         return Deliver()  # 400/401/403/404...: the SDK raises its own, familiar exception type
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """The failed answer a typed error is about: what its SDK-native form carries."""
+
+    request: Any
+    response: Any
+    raw: bytes | None
+
+    def sdk_fields(self, sdk: ModuleType, lib: Any, parsed: object) -> dict[str, Any]:
+        response = self.response
+        raw = self.raw if self.raw is not None else b""
+        copy = sdk.sdk_response(lib, self.request, response.status_code, response.headers, raw)
+        return {"response": copy, "body": sdk.sdk_body(parsed, raw)}
+
+
+def _sdk_errors() -> ModuleType | None:
+    """:mod:`ratepilot.client.sdk_errors` when the SDK is loaded (a client of it is what is calling), else None: a
+    plain httpx2 caller (the online runner's sender) gets the plain typed errors, without loading the SDK."""
+    if "openai" not in sys.modules:
+        return None
+    from . import sdk_errors
+
+    return sdk_errors
+
+
+def _too_large_body(model: str | None, limit: int | None, requested: int) -> dict[str, Any]:
+    """The server's "Request too large" body (its organization unknown here), for one refused before sending."""
+    kind = LimitKind.TPM
+    numbers = f"Limit {limit}, Requested {requested}" if limit is not None else f"Requested {requested}"
+    message = (
+        f"Request too large for {model or 'this model'} on {kind.phrase}: {numbers}. The input or output tokens "
+        "must be reduced in order to run successfully. (Refused by ratepilot before sending: the server's limit "
+        "is known.)"
+    )
+    return error_body(message, kind.error_type, "rate_limit_exceeded")

@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,11 +27,12 @@ from ..protocol.pricing import PriceTable
 from ..protocol.tokens import TOKEN_ESTIMATES
 from ..protocol.usage import usage_from_body
 from ..retry import RetryPolicy
+from . import display
 from .budget import Budget, BudgetAlert
 from .exchange import Exchange
 from .ledger import UsageLedger, UsageReport
 from .passthrough import PassThroughLimiter
-from .plan import PRIORITY_HEADER, RequestPlan, plan_request, prompt_estimate
+from .plan import PRIORITY_HEADER, RETRY_HEADER, RequestPlan, plan_request, prompt_estimate
 from .transport import async_transport_class, sync_transport_class
 
 __all__ = ["LimitState", "Pilot"]
@@ -83,6 +84,9 @@ class LimitState:
     the reported rate to now — exact for a continuously refilling bucket with no other traffic.
     ``limiter``: the limiter's own view (it also counts reservations in flight), per dimension
     (``rpm``, ``tpm``, ``rpd``, ``tpd``, ``ptpm``); empty before the first response.
+
+    The fields keep full precision; ``repr()``, rich's pretty printer and ``to_dict()`` show rounded figures
+    (whole units left, milliseconds), and ``str()`` a small table for people.
     """
 
     model: str
@@ -92,25 +96,56 @@ class LimitState:
     limiter: dict[str, DimensionView] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """For JSON: ``remaining`` in whole units available now, seconds to the millisecond."""
         return {
             "model": self.model,
             "key_id": self.key_id,
-            "observed_ago": self.observed_ago,
+            "observed_ago": None if self.observed_ago is None else display.seconds(self.observed_ago),
             "server": {
-                k: {"limit": v.limit, "remaining": v.remaining, "reset_s": round(v.reset, 3)}
+                k: {"limit": v.limit, "remaining": v.remaining, "reset_s": display.seconds(v.reset)}
                 for k, v in self.server.items()
             },
             "limiter": {
                 k: {
-                    "limit": v.limit,
+                    "limit": display.units(v.limit),
                     "server_limit": v.server_limit,
-                    "remaining": v.remaining,
-                    "reset_s": round(v.reset, 3),
-                    "window_s": v.window,
+                    "remaining": display.units_left(v.remaining),
+                    "reset_s": display.seconds(v.reset),
+                    "window_s": display.units(v.window),
                 }
                 for k, v in self.limiter.items()
             },
         }
+
+    def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
+        yield from self.to_dict().items()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
+        return f"LimitState({fields})"
+
+    def __str__(self) -> str:
+        from ..protocol.headers import format_duration
+
+        if not self.server and not self.limiter:
+            return f"{self.model}: no rate-limit headers seen yet"
+        ago = "" if self.observed_ago is None else f", headers from {format_duration(self.observed_ago)} ago"
+        lines = [f"{self.model} (key {self.key_id}){ago}"]
+        rows = [
+            (name.replace("_", " "), f"{dim.remaining:,}", f"{dim.limit:,}", dim.reset)
+            for name, dim in self.server.items()
+        ] or [
+            (name, f"{display.units_left(v.remaining):,}", f"{display.units(v.limit):,}", v.reset)
+            for name, v in self.limiter.items()
+        ]
+        left = max(len(r[1]) for r in rows)
+        limit = max(len(r[2]) for r in rows)
+        label = max(len(r[0]) for r in rows)
+        for name, remaining, cap, reset in rows:
+            lines.append(
+                f"  {name:<{label}}  {remaining:>{left}} left of {cap:<{limit}}  full in {format_duration(reset)}"
+            )
+        return "\n".join(lines)
 
 
 def _refilled(dim: DimensionState, elapsed: float) -> DimensionState:
@@ -260,6 +295,9 @@ class Pilot:
         priority = _priority(headers.get(PRIORITY_HEADER))
         if PRIORITY_HEADER in headers:
             del headers[PRIORITY_HEADER]
+        retry_faults = headers.get(RETRY_HEADER) != "never"
+        if RETRY_HEADER in headers:
+            del headers[RETRY_HEADER]
         key = _api_key(headers)
         scope_key = self._key_id(key) if key else ANONYMOUS_KEY_ID
         plan = plan_request(method, path, headers.get("content-type"), body, self.token_estimate)
@@ -268,7 +306,7 @@ class Pilot:
         if self.budget is not None and plan.generation:
             worst = self._worst_case_usd(plan)
             reservation = self.budget.reserve(worst, plan.model)
-        return Exchange(self, plan, scope, priority, reservation, worst, lib)
+        return Exchange(self, plan, scope, priority, reservation, worst, lib, retry_faults)
 
     def _worst_case_usd(self, plan: RequestPlan) -> float:
         """The prompt as the admission cost estimated it (no tokenizer pass per request) + the maximum output."""

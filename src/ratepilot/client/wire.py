@@ -17,7 +17,9 @@ from .plan import SSEUsageScanner
 if TYPE_CHECKING:
     from .exchange import Exchange
 
-__all__ = ["decoded", "failure_kind", "is_json", "is_sse", "rebuilt", "settling_stream"]
+__all__ = ["decoded", "failure_kind", "is_json", "is_sse", "key_free_request", "rebuilt", "settling_stream"]
+
+_SECRET_HEADERS = frozenset({"authorization", "api-key", "openai-api-key"})
 
 
 def failure_kind(lib: Any, exc: BaseException) -> FailureKind | None:
@@ -64,6 +66,30 @@ def rebuilt(lib: Any, response: Any, request: Any, raw: bytes) -> Any:
         extensions=response.extensions,
         request=request,
     )
+
+
+def key_free_request(lib: Any, request: Any) -> Any:
+    """A copy of ``request`` whose key-bearing headers are redacted (``Bearer sk-...abcd``; URL and body kept).
+
+    What ratepilot's typed errors carry: an exception may reach a log or an error reporter, and must never take
+    the key there. (The SDK's own exceptions for 400/401/403/404 hold the request the SDK sent, as without
+    ratepilot: the HTTP client sets ``response.request`` itself.)
+    """
+    from ..protocol.errors import redact_key
+
+    def redacted(value: str) -> str:
+        scheme, _, key = value.partition(" ")
+        return f"{scheme} {redact_key(key)}" if key else redact_key(value)
+
+    headers = [
+        (name, redacted(value) if name.lower() in _SECRET_HEADERS else value)
+        for name, value in request.headers.multi_items()
+    ]
+    try:
+        content = request.content
+    except Exception:  # an unread streaming body (the transport reads every body first: not expected)
+        content = b""
+    return lib.Request(request.method, request.url, headers=headers, content=content, extensions=request.extensions)
 
 
 def settling_stream(lib: Any, inner: Any, ex: Exchange) -> Any:

@@ -168,6 +168,7 @@ class ErrorClass(enum.Enum):
     QUOTA = "quota"  # insufficient_quota / billing: never retry, tell the user to check billing
     TOO_LARGE = "too_large"  # one request exceeds the limit itself: never retry
     TRANSIENT = "transient"  # 408, 409, 5xx: retry with backoff
+    UNAVAILABLE = "unavailable"  # flex lacks resources (a 429 that is no rate limit): back off, or change tier
     FATAL = "fatal"  # 400, 401, 403, 404, 413, 422...: never retry
 
 
@@ -182,7 +183,7 @@ class ErrorInfo:
 
     @property
     def retryable(self) -> bool:
-        return self.error_class in (ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT)
+        return self.error_class in (ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT, ErrorClass.UNAVAILABLE)
 
 
 _LIMIT_USED_REQUESTED = re.compile(r"Limit (\d+), Used (\d+), Requested (\d+)")
@@ -218,8 +219,8 @@ def classify(status: int, body: Any, headers: Mapping[str, str] | None = None) -
         cls = ErrorClass.RATE_LIMITED
     elif status == 429:
         # Another 429 (flex "Resource Unavailable", whose code is unconfirmed): not a rate limit — it must not
-        # shrink the learned pace — but a transient fault, retried with backoff under the attempt cap.
-        cls = ErrorClass.TRANSIENT
+        # shrink the learned pace, and it is not billed — but the tier lacking capacity: back off, or fall back.
+        cls = ErrorClass.UNAVAILABLE
     elif status in (408, 409) or status >= 500:
         cls = ErrorClass.TRANSIENT
     else:

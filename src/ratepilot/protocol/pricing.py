@@ -1,7 +1,8 @@
 """Prices per million tokens, dated and overridable.
 
 Used by the client's usage ledger and budget, and by the simulator's credit accounting, so the cost the
-ledger reports is the cost the simulator bills. Batch requests cost 50% of the synchronous price.
+ledger reports is the cost the simulator bills. Batch requests cost 50% of the synchronous price; so does the
+``flex`` service tier; ``priority`` (renamed ``fast``) costs more (:data:`TIER_FACTORS`).
 """
 
 from __future__ import annotations
@@ -9,10 +10,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["BATCH_DISCOUNT", "DEFAULT_PRICES", "PRICES_AS_OF", "ModelPrice", "PriceTable"]
+__all__ = [
+    "BATCH_DISCOUNT",
+    "DEFAULT_PRICES",
+    "PRICES_AS_OF",
+    "TIER_FACTORS",
+    "ModelPrice",
+    "PriceTable",
+    "served_tier",
+]
 
 PRICES_AS_OF = "2026-11-01"
 BATCH_DISCOUNT = 0.5
+TIER_FACTORS: Mapping[str, float] = {"default": 1.0, "scale": 1.0, "flex": BATCH_DISCOUNT, "priority": 2.0}
+"""Price of a request served by a tier, as a factor of the standard price. Flex is billed at Batch prices;
+priority's premium differs per model (about 1.7-2x on the published page): 2x is the cautious round figure."""
+
+
+def served_tier(tier: object) -> str:
+    """The tier a ``service_tier`` value names, as responses report it: ``auto`` (or nothing) -> ``default``,
+    ``fast`` (priority's 2026 name) -> ``priority``."""
+    if tier in (None, "", "auto", "default"):
+        return "default"
+    if tier == "fast":
+        return "priority"
+    return str(tier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +89,19 @@ class PriceTable:
         return self.prices[best] if best else None
 
     def cost(
-        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, *, batch: bool = False
+        self,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        *,
+        batch: bool = False,
+        tier: str | None = None,
     ) -> float:
-        """USD; 0.0 for a model with no known price (the ledger reports such models separately)."""
+        """USD; 0.0 for a model with no known price (the ledger reports such models separately). ``tier``: the
+        service tier that served the request (as the response says; ``None``: standard)."""
         price = self.lookup(model)
-        return price.cost(prompt_tokens, completion_tokens, cached_tokens, batch=batch) if price else 0.0
+        if price is None:
+            return 0.0
+        usd = price.cost(prompt_tokens, completion_tokens, cached_tokens, batch=batch)
+        return usd if batch or tier is None else usd * TIER_FACTORS.get(served_tier(tier), 1.0)

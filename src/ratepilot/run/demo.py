@@ -4,12 +4,15 @@ The job: classify generated Senate hearing transcripts as nomination hearings (Y
 rule-based ``classify`` responder answers YES when a transcript considers a nomination, so the results can
 be checked against the ground truth. The online run starts with a full bucket (the first minute's requests go
 at once), then follows the refill rate with no 429s; the batch run gets the same answers at half the price.
-Takes about 15-30 seconds; no network, no API key.
+Takes about 15-30 seconds; no network, no API key. It ends by writing the online job's report (``ratepilot
+report``: charts of its rate against the limits, latency, cost) and printing where it is; the job's results, marker
+and trace are kept next to it, so ``ratepilot report`` and ``ratepilot status`` can be tried on them.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["make_transcripts", "run_demo"]
+__all__ = ["default_report_dir", "make_transcripts", "run_demo"]
 
 _COMMITTEES = ["Armed Services", "Judiciary", "Foreign Relations", "Finance", "Commerce, Science, and Transportation"]
 _NAMES = ["Jordan Avery", "Morgan Ellis", "Casey Whitfield", "Riley Navarro", "Taylor Brooks", "Quinn Harper"]
@@ -87,6 +90,13 @@ def _accuracy(results: Path, transcripts: list[tuple[str, bool]]) -> tuple[int, 
     return correct, yes, len(truth)
 
 
+def default_report_dir() -> Path:
+    """Where the demo keeps its report and the online job's files: ``<state dir>/demo``."""
+    from ..paths import state_dir
+
+    return state_dir() / "demo"
+
+
 def run_demo(
     n: int = 240,
     rpm: int = 200,
@@ -95,8 +105,10 @@ def run_demo(
     console: Any = None,
     live: bool = True,
     realistic_n: int = 80,
+    report_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the demo; print the summaries; return both summaries as dicts (for tests)."""
+    """Run the demo; print the summaries; return both summaries as dicts (for tests), and the report's path
+    (``out["report"]``, in ``report_dir``, default :func:`default_report_dir`)."""
     from rich.console import Console
     from rich.panel import Panel
 
@@ -149,6 +161,9 @@ def run_demo(
                 f"{mode}: {correct}/{total} classified correctly ({yes} nomination hearings), "
                 f"{time.monotonic() - started:.1f}s, cost ${summary.cost_usd:.5f}"
             )
+            if mode == "online":
+                console.print(_pace_line(options.output, rpm))
+                kept = _keep(options.output, requests, report_dir or default_report_dir())
             out[mode] = summary.to_dict()
         stats = sim.stats()
         console.print(
@@ -157,7 +172,58 @@ def run_demo(
         )
         out["sim"] = stats
         out["realistic"] = _realistic_act(console, work, transcripts[:realistic_n], rpm, tpm)
+    out["report"] = str(_write_report(console, kept))
     return out
+
+
+def _pace_line(results: Path, rpm: int) -> str:
+    """The online job's pace in words, from its trace: the opening burst, then the sustained rate next to the limit
+    (an average since the start would count the burst and read as a multiple of the limit)."""
+    from ..report import load_job
+
+    view = load_job(results)
+    sustained = view.sustained()
+    if sustained is None or not sustained.after_burst:
+        return "online: the whole job fit in the opening burst (the first minute's capacity)"
+    _, per_min, _, span, _ = sustained
+    return (
+        f"online: the opening burst (the first minute's capacity), then {per_min:,.0f} requests/min for "
+        f"{span:.0f}s, against the limit of {rpm:,}/min"
+    )
+
+
+def _keep(results: Path, requests: Path, directory: Path) -> Path:
+    """Copy the online job (requests, results, marker, trace) out of the demo's scratch directory, so that
+    ``ratepilot report`` and ``ratepilot status`` can be tried on it afterwards."""
+    import dataclasses
+
+    from ..results import marker_path, read_marker
+    from ..trace import trace_path
+
+    directory.mkdir(parents=True, exist_ok=True)
+    kept = directory / results.name
+    kept_requests = directory / requests.name
+    shutil.copyfile(requests, kept_requests)
+    shutil.copyfile(results, kept)
+    if trace_path(results).exists():
+        shutil.copyfile(trace_path(results), trace_path(kept))
+    marker = read_marker(results)
+    if marker is not None:  # the copy's marker names the copy of the requests (the job id is their content's)
+        marker_path(kept).write_bytes(dataclasses.replace(marker, requests=str(kept_requests)).to_json())
+    return kept
+
+
+def _write_report(console: Any, results: Path) -> Path:
+    """``ratepilot report`` on the online job: the HTML file and the terminal summary; the path comes last."""
+    from ..report import load_job, summary_table, write_report
+
+    view = load_job(results)
+    path = write_report(view, results.with_name("report.html"))
+    console.rule("[bold]report (ratepilot report)")
+    console.print(summary_table(view, str(path)))
+    console.print(f"the job's files are kept: ratepilot status {results}", soft_wrap=True, highlight=False)
+    console.print(f"report written: {path}", soft_wrap=True, highlight=False)  # last, whole: to open or copy
+    return path
 
 
 def _realistic_act(console: Any, work: Path, transcripts: list[tuple[str, bool]], rpm: int, tpm: int) -> dict[str, Any]:

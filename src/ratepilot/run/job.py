@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cache import ResponseCache
+from ..cache import CachePolicy, ResponseCache
+from ..clock import SystemClock
 from ..errors import InputError
 from ..exitcodes import ExitCode
 from ..joblock import job_lock, lock_path
@@ -34,9 +35,10 @@ from ..protocol.pricing import PriceTable
 from ..protocol.tokens import admission_cost, max_output_tokens
 from ..protocol.usage import usage_from_body
 from ..requests import InvalidLine, RequestLine, RequestsFileError, read_requests
-from ..results import finished_ids, job_id_for_file, open_results, read_results
-from .mode import ModeChoice, ModeName, choose_mode
+from ..results import finished_ids, job_id_for_file, open_results, read_results, result_error_code
+from .mode import BATCH_WINDOW_S, ModeChoice, ModeName, choose_mode
 from .online import OnlineRunner, OnlineStats
+from .router import DEFAULT_FLEX_ANSWER_S, TierName, TierRouter, flex_patience
 from .sender import HttpSender, Sender
 from .window import InFlightWindow
 
@@ -58,15 +60,19 @@ class RunOptions:
     store: str = "memory://"  # the limiter store (memory:// | sqlite:///path | redis://host:port/db)
     cache: bool = True
     cache_path: Path | None = None  # default: <state dir>/cache.sqlite3
+    cache_policy: CachePolicy = "always"  # what is cached: always | deterministic | never (ratepilot.cache)
     ordered: bool = False  # write results in input order (a reorder buffer, bounded by the in-flight window)
     skip_invalid: bool = False
     overwrite: bool = False  # start the results file afresh (even if it belongs to another job)
-    deadline_s: float | None = None  # for --mode auto: results needed within this many seconds
+    deadline_s: float | None = None  # results needed within this many seconds (--mode auto, --tier auto)
+    tier: TierName | None = None  # service tier of every request, or "auto": the router chooses (ratepilot.run.router)
+    flex_answer_s: float = DEFAULT_FLEX_ANSWER_S  # the router's assumption of a flex answer's time, until it sees one
     max_in_flight: int = 1024  # a safety ceiling on the limiter-derived in-flight window (not a worker count)
     patience_s: float | None = None  # seconds one request may wait after rate-limit refusals (None: unbounded)
-    request_timeout_s: float = 600.0  # one attempt's wait for its answer (flex processing needs 900)
+    request_timeout_s: float | None = None  # one attempt's wait for an answer (None: 600 s; flex requests 900 s)
     limiter_options: dict[str, Any] = field(default_factory=dict)  # extra Limiter(...) keyword arguments
     batch_min_requests: int = 2_000
+    batch_window_s: float = BATCH_WINDOW_S  # the Batch API's completion window (a scaled simulator's is shorter)
     batch_timeout_s: float | None = None
     batch_poll_interval_s: float = 60.0  # seconds between polls of running batches
     state_dir: Path | None = None  # batch pipeline state (default: the ratepilot state dir)
@@ -178,6 +184,7 @@ class RunSummary:
     stop: str | None = None
     message: str = ""
     exit_code: int = 0
+    lanes: dict[str, float] = field(default_factory=dict)  # with --tier: answers per tier, fallbacks, saving
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -196,7 +203,9 @@ def _pending(path: Path, done: set[str], invalid: list[InvalidLine] | None) -> I
 
 
 def _cache(options: RunOptions) -> ResponseCache | None:
-    return ResponseCache(options.cache_path) if options.cache else None
+    if not options.cache or options.cache_policy == "never":
+        return None
+    return ResponseCache(options.cache_path, policy=options.cache_policy)
 
 
 def _spent_on(results: Path, prices: PriceTable) -> float:
@@ -287,6 +296,8 @@ async def _arun_owned(
             pending_requests=pending,
             estimated_cost_usd=scan.estimated_cost_usd * (pending / scan.valid if scan.valid else 0.0),
             deadline_s=options.deadline_s,
+            tier=options.tier,
+            window_s=options.batch_window_s,
             batch_min_requests=options.batch_min_requests,
             endpoints=tuple(scan.urls),
         )
@@ -343,8 +354,10 @@ async def _run_online(
             from ..retry import RetryPolicy
 
             limiter = Limiter(store=options.store, **options.limiter_options)
-            # A rate-limit refusal never abandons a request; --patience may bound the wait (RetryPolicy).
-            retry = RetryPolicy(patience=options.patience_s)
+            # A rate-limit refusal never abandons a request; --patience may bound the wait (RetryPolicy). Flex's
+            # lack of capacity is waited out for a share of the deadline, then the router falls back.
+            unavailable = 0.0 if options.tier == "auto" else flex_patience(options.deadline_s)  # auto: the router's
+            retry = RetryPolicy(patience=options.patience_s, unavailable_patience=unavailable)
             # The budget belongs to the job: what its earlier runs spent (the results already on disk) counts.
             prior = _spent_on(options.output, prices) if options.budget_usd is not None and done else 0.0
             pilot = own_pilot = Pilot(
@@ -356,6 +369,20 @@ async def _run_online(
             )
         base_url = options.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         sender = http = HttpSender(pilot, base_url, _api_key(options), timeout_s=options.request_timeout_s)
+    router = None
+    if options.tier is not None:
+        clock = pilot.clock if pilot is not None else SystemClock()
+        deadline_at = None if options.deadline_s is None else clock.now() + options.deadline_s
+        sender = router = TierRouter(
+            sender,
+            tier=options.tier,
+            remaining=summary.total - len(done),
+            clock=clock,
+            deadline_at=deadline_at,
+            prices=prices,
+            patience=flex_patience(None),
+            flex_answer_s=options.flex_answer_s,
+        )
     cache = _cache(options)
     scope = str(options.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
     runner = OnlineRunner(
@@ -385,6 +412,8 @@ async def _run_online(
         if own_pilot is not None:
             own_pilot.close()
     _fill_online(summary, stats, pilot, len(done))
+    if router is not None:
+        summary.lanes = router.counts.to_dict()
 
 
 def _progress(
@@ -466,10 +495,13 @@ def _fill_online(summary: RunSummary, stats: OnlineStats, pilot: Any, already: i
         # Every request has its result, but some results are HTTP errors: recorded (as the Batch API does), and
         # said in the exit code, so that a script does not take a job of 404s for a success.
         summary.exit_code = ExitCode.HTTP_ERRORS
-        by_code = ", ".join(
-            f"{n:,} x {code}" for code, n in sorted(stats.errors_by_code.items(), key=lambda kv: -kv[1])
-        )
+        by_code = _by_code(stats.errors_by_code)
         summary.message = f"{stats.http_errors:,} result(s) are HTTP errors ({by_code}): see their response.body."
+
+
+def _by_code(counts: dict[str, int]) -> str:
+    """ "3 x 404 model_not_found, 1 x batch_expired": most frequent first."""
+    return ", ".join(f"{n:,} x {code}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: str, summary: RunSummary) -> None:
@@ -525,10 +557,13 @@ def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: 
                                     summary.completion_tokens += tokens.completion
                             if response and 200 <= int(response.get("status_code", 0)) < 300:
                                 summary.succeeded += 1
-                            elif response:
+                                continue
+                            if response:
                                 summary.http_errors += 1
                             else:
                                 summary.error_lines += 1
+                            code = result_error_code(line)
+                            summary.errors_by_code[code] = summary.errors_by_code.get(code, 0) + 1
                 finally:
                     writer.close()
                 summary.answered = appended
@@ -539,6 +574,12 @@ def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: 
                     summary.exit_code = ExitCode.INCOMPLETE
                     summary.message = (
                         f"batch job {name}: {result.missing} request(s) have no result yet; rerun to continue"
+                    )
+                elif summary.errors_by_code:
+                    # As online: every request has its result, but some are errors; said in the exit code.
+                    summary.exit_code = ExitCode.HTTP_ERRORS
+                    summary.message = f"{summary.http_errors + summary.error_lines:,} result(s) are errors " + (
+                        f"({_by_code(summary.errors_by_code)}): see their response.body or error."
                     )
         finally:
             client.close()

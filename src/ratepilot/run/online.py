@@ -27,6 +27,8 @@ from typing import Any
 import orjson
 
 from ..cache import CacheEntry, ResponseCache, cache_key
+from ..client.exchange import ATTEMPTS_HEADER, WAITED_HEADER
+from ..clock import Clock, SystemClock
 from ..errors import (
     BudgetExceeded,
     QuotaExhausted,
@@ -40,7 +42,8 @@ from ..protocol.headers import RateLimitHeaders
 from ..protocol.pricing import PriceTable
 from ..protocol.usage import Usage, usage_from_body
 from ..requests import RequestLine
-from ..results import ResultWriter, error_result, response_result
+from ..results import ResultWriter, error_result, marker_path, response_result
+from ..trace import TraceWriter
 from .sender import AuthFailed, Sender, TransientFailure
 from .window import InFlightWindow
 
@@ -86,9 +89,11 @@ class OnlineStats:
     stop: StopReason | None = None
     stop_message: str = ""
 
+    clock: Clock = field(default_factory=SystemClock, repr=False, compare=False)  # the runner's
+
     @property
     def elapsed(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
+        return (self.finished or self.clock.now()) - self.started
 
 
 class OnlineRunner:
@@ -107,6 +112,9 @@ class OnlineRunner:
         flush_interval: float = 0.05,
         on_durable: Callable[[OnlineStats], None] | None = None,
         fail_fast: bool = True,
+        clock: Clock | None = None,
+        trace: TraceWriter | bool | None = None,
+        usage: Callable[[], Any] | None = None,
     ) -> None:
         self.sender = sender
         self.writer = writer
@@ -117,7 +125,15 @@ class OnlineRunner:
         self.ordered = ordered
         self.flush_interval = flush_interval
         self.on_durable = on_durable
-        self.stats = OnlineStats()
+        self.clock: Clock = clock or SystemClock()
+        self.stats = OnlineStats(started=self.clock.now(), clock=self.clock)
+        # The trace (ratepilot.trace): per-request timing and limit snapshots for `ratepilot report` / `status`.
+        # None: kept for a job's results file (one with a marker), not for the Batch fallback's scratch files.
+        self._trace_option = trace
+        self.trace: TraceWriter | None = trace if isinstance(trace, TraceWriter) else None
+        # The Pilot's counters (retries, 429s) for the trace's snapshots: given, or the sender's Pilot.
+        self._usage = usage if usage is not None else _usage_of(sender)
+        self._limits_model = ""  # the model whose answer stats.limits were parsed from
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._room = asyncio.Event()
@@ -138,6 +154,7 @@ class OnlineRunner:
     # -- the producer -------------------------------------------------------------------------------------
 
     async def run(self, requests: Iterable[RequestLine]) -> OnlineStats:
+        self._open_trace()
         flusher = asyncio.create_task(self._flush_loop())
         try:
             await self._produce(requests)
@@ -155,8 +172,22 @@ class OnlineRunner:
             self._closing = True
             self._dirty.set()
             await asyncio.shield(flusher)
-            self.stats.finished = time.monotonic()
+            self.stats.finished = self.clock.now()
+            if self.trace is not None:
+                self._snapshot(force=True)
+                self.trace.close(self.stats.stop)
         return self.stats
+
+    def _open_trace(self) -> None:
+        option = self._trace_option
+        if self.trace is not None or option is False:
+            return
+        if option is None and not marker_path(self.writer.path).exists():
+            return
+        try:
+            self.trace = TraceWriter.open(self.writer.path, mode="online", clock=self.clock)
+        except OSError as exc:
+            log.warning("ratepilot: no trace for %s (%s); going on without it", self.writer.path, exc)
 
     async def _produce(self, requests: Iterable[RequestLine]) -> None:
         seq = 0
@@ -188,6 +219,11 @@ class OnlineRunner:
             return False
         self.stats.cache_hits += 1
         self.stats.saved_usd += hit.cost_usd
+        if self.trace is not None:
+            now = self.clock.now()
+            self.trace.request(
+                request.custom_id, started=now, ended=now, status=200, model=request.model, cache_hit=True
+            )
         self._prove()  # an answer this job's requests got before: the job can work
         self._emit(seq, response_result(request.custom_id, 200, hit.request_id, orjson.loads(hit.body)))
         return True
@@ -196,23 +232,29 @@ class OnlineRunner:
 
     async def _one(self, request: RequestLine, seq: int, key: bytes | None) -> None:
         line: dict[str, Any] | None = None
-        started = time.monotonic()
+        started = self.clock.now()
+        failed: tuple[int, str] | None = None  # (status, code) of a request that ended without an answer: traced
         try:
             answer = await self.sender.send(request)
         except asyncio.CancelledError:
             raise
         except QuotaExhausted as exc:
+            failed = (429, "insufficient_quota")
             self._stop("quota", exc.message)
             self._cancel_all()
         except AuthFailed as exc:
+            failed = (0, "auth")
             self._stop("auth", exc.message)
             self._cancel_all()
         except BudgetExceeded as exc:
             self._stop("budget", exc.message)  # admitted requests hold reservations: let them finish
         except RequestTooLarge as exc:
+            failed = (0, "request_too_large")
             line = error_result(request.custom_id, "request_too_large", exc.message)
             self.stats.error_lines += 1
         except (RetriesExhausted, TransientFailure) as exc:
+            last = exc.last_status if isinstance(exc, RetriesExhausted) else None
+            failed = (last or 0, "retries_exhausted" if isinstance(exc, RetriesExhausted) else "no_answer")
             self.stats.unfinished += 1
             if self.stats.answered == 0 and _no_connection(exc):
                 # Nothing has ever answered: a wrong base URL, DNS, TLS, nothing listening. Say so in seconds
@@ -221,10 +263,12 @@ class OnlineRunner:
                 self._cancel_all()
         except StoreUnavailable as exc:
             # The shared limits cannot be read: stop now, not one store timeout per request for hours.
+            failed = (0, "store_unavailable")
             self.stats.unfinished += 1
             self._stop("store", exc.message)
             self._cancel_all()
-        except RatePilotError:
+        except RatePilotError as exc:
+            failed = (0, type(exc).__name__)
             self.stats.unfinished += 1
         except Exception as exc:
             # Anything else (the limiter's CostTooLarge, an invalid URL, a bug) must not end the task silently:
@@ -232,12 +276,13 @@ class OnlineRunner:
             # unrecorded, so the job exits incomplete and a rerun asks it again.
             what = _scrub(f"{type(exc).__name__}: {exc}")
             log.error("request %s (line %d) failed unexpectedly: %s", request.custom_id, request.line_no, what)
+            failed = (0, "unexpected")
             self.stats.unfinished += 1
             self.stats.unexpected += 1
             if not self.stats.unexpected_message:
                 self.stats.unexpected_message = f"{request.custom_id} (line {request.line_no}): {what}"
         else:
-            now = time.monotonic()
+            now = self.clock.now()
             stats = self.stats
             if stats.first_answer_at is None:
                 stats.first_answer_at = now
@@ -246,7 +291,12 @@ class OnlineRunner:
             usage = usage_from_body(body) or _NO_USAGE
             prompt, completion, cached = usage.prompt, usage.completion, usage.cached
             model = request.model
-            cost = self.prices.cost(model, prompt, completion, cached) if prompt or completion else 0.0
+            tier = body.get("service_tier") if isinstance(body, dict) else None  # billed by the tier that served
+            cost = (
+                self.prices.cost(model, prompt, completion, cached, tier=tier if isinstance(tier, str) else None)
+                if prompt or completion
+                else 0.0
+            )
             stats.cost_usd += cost
             stats.prompt_tokens += prompt
             stats.completion_tokens += completion
@@ -258,6 +308,7 @@ class OnlineRunner:
                 headers = RateLimitHeaders.parse(answer.headers)
                 if not headers.empty:
                     stats.limits = headers
+                    self._limits_model = model
             self.window.observe(headers, now - started, prompt + completion)
             status = answer.status_code
             line = response_result(request.custom_id, status, answer.request_id, body)
@@ -274,7 +325,30 @@ class OnlineRunner:
                 # which is no answer to an API request either: an error result, never cached.
                 not_json = f"{status} not JSON" if 200 <= status < 300 else ""
                 line = self._http_error(seq, line, status, body, key=not_json)
+            if self.trace is not None:
+                self.trace.request(
+                    request.custom_id,
+                    started=started,
+                    ended=now,
+                    status=status,
+                    model=model,
+                    waited=_waited(answer.headers),
+                    attempts=_attempts(answer.headers),
+                    error=_error_code(status, body),
+                    prompt=prompt,
+                    completion=completion,
+                    cost=cost,
+                )
         finally:
+            if failed is not None and self.trace is not None:
+                self.trace.request(
+                    request.custom_id,
+                    started=started,
+                    ended=self.clock.now(),
+                    status=failed[0],
+                    model=request.model,
+                    error=failed[1],
+                )
             self._in_flight -= 1
             self._room.set()
             # A cancelled or unanswered request still occupies its place in the output order (a held-back error
@@ -372,13 +446,37 @@ class OnlineRunner:
                     return
                 continue
             self.stats.durable += n
+            if self.trace is not None and self.trace.snapshot_due(self.clock.now()):
+                self._snapshot()
             if self.on_durable is not None and n:
                 self.on_durable(self.stats)
             if self._closing and not self.writer.pending and not self._pending_cache:
                 return
 
+    def _snapshot(self, *, force: bool = False) -> None:
+        """The limits the server stated last, and the Pilot's counters, into the trace (at most once a second)."""
+        assert self.trace is not None
+        limits = self.stats.limits
+        if limits is None and not force:
+            return
+        http = None
+        if self._usage is not None:
+            u = self._usage()
+            http = (u.requests, u.retries, u.rate_limited, u.errors)
+        req = limits.requests if limits is not None else None
+        tok = limits.tokens if limits is not None else None
+        self.trace.limits(
+            self.clock.now(),
+            self._limits_model or self.stats.model,
+            (req.limit, req.remaining, req.reset) if req is not None else None,
+            (tok.limit, tok.remaining, tok.reset) if tok is not None else None,
+            http,
+        )
+
     def _sync(self, entries: list[CacheEntry]) -> int:
         n = self.writer.sync()
+        if self.trace is not None:
+            self.trace.flush()  # with the results' chunk, in this worker thread: nothing on the event loop
         if entries and self.cache is not None:
             try:
                 self.cache.put_many(entries)  # after the results they answer are durable
@@ -387,6 +485,33 @@ class OnlineRunner:
                 log.warning("ratepilot: the response cache cannot be written (%s); going on without it", exc)
                 self.cache = None
         return n
+
+
+def _attempts(headers: Any) -> int:
+    value = headers.get(ATTEMPTS_HEADER)
+    return int(value) if value and value.isdigit() else 1
+
+
+def _waited(headers: Any) -> float:
+    value = headers.get(WAITED_HEADER)
+    return int(value) / 1000 if value and value.isdigit() else 0.0
+
+
+def _error_code(status: int, body: Any) -> str | None:
+    """An HTTP-error answer's code (``model_not_found``; the status when the body names none), for the trace."""
+    if 200 <= status < 300:
+        return None if isinstance(body, dict | list) else "not_json"
+    err = body.get("error") if isinstance(body, dict) else None
+    code = err.get("code") or err.get("type") if isinstance(err, dict) else None
+    return str(code) if code else str(status)
+
+
+def _usage_of(sender: Any) -> Callable[[], Any] | None:
+    """The Pilot's ``usage`` behind an :class:`~.sender.HttpSender` (its client's transport holds the Pilot), so
+    the trace's snapshots can carry the retries and 429s the Pilot counted; None for other senders."""
+    transport = getattr(getattr(sender, "client", None), "_transport", None)
+    usage = getattr(getattr(transport, "pilot", None), "usage", None)
+    return usage if callable(usage) else None
 
 
 def _no_connection(exc: RatePilotError) -> bool:

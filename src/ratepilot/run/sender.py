@@ -48,6 +48,10 @@ class Answer:
     headers: Any  # a case-insensitive mapping (the limits in x-ratelimit-* are read from it)
 
 
+DEFAULT_TIMEOUT_S = 600.0
+FLEX_TIMEOUT_S = 900.0
+
+
 class AuthFailed(RatePilotError):
     """401/403: the key is wrong for every request, not this one. The job stops; nothing is recorded."""
 
@@ -101,11 +105,13 @@ def _sdk_failure(exc: Exception) -> Answer:
     """
     import openai
 
-    if isinstance(exc, openai.APIStatusError):
-        return _answer(exc.response)
+    # The Pilot's errors first: they are SDK exceptions too (a QuotaExhausted is an openai.RateLimitError, with
+    # the 429 attached), and must stop the job, not be recorded as an answer.
     inner = unwrap_pilot_error(exc)
     if inner is not None:
         raise inner from None
+    if isinstance(exc, openai.APIStatusError):
+        return _answer(exc.response)
     if isinstance(exc, openai.APIConnectionError):
         raise TransientFailure(f"no answer from the server ({type(exc).__name__})") from None
     raise exc
@@ -149,9 +155,17 @@ class HttpSender:
     """Posts through the Pilot's transport on a plain ``httpx2.AsyncClient``. Close it with :meth:`aclose`."""
 
     def __init__(
-        self, pilot: Any, base_url: str, api_key: str, *, max_connections: int = 1000, timeout_s: float = 600.0
+        self,
+        pilot: Any,
+        base_url: str,
+        api_key: str,
+        *,
+        max_connections: int = 1000,
+        timeout_s: float | None = None,
     ) -> None:
         from ..client import AsyncPilotTransport
+
+        self._timeout_s = timeout_s
 
         inner = httpx2.AsyncHTTPTransport(
             limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -161,13 +175,19 @@ class HttpSender:
         self.client = httpx2.AsyncClient(
             base_url=base_url.rstrip("/"),
             transport=AsyncPilotTransport(pilot, inner),
-            timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            timeout=httpx2.Timeout(timeout_s or DEFAULT_TIMEOUT_S, connect=10.0),
             headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"},
         )
 
     async def send(self, request: RequestLine) -> Answer:
+        # Flex answers may take many minutes (OpenAI: raise the timeout to 15 min), unless a timeout was set.
+        flex = self._timeout_s is None and request.body.get("service_tier") == "flex"
         try:
-            response = await self.client.post(api_path(request.url), content=orjson.dumps(request.body))
+            response = await self.client.post(
+                api_path(request.url),
+                content=orjson.dumps(request.body),
+                timeout=httpx2.Timeout(FLEX_TIMEOUT_S, connect=10.0) if flex else httpx2.USE_CLIENT_DEFAULT,
+            )
         except RatePilotError:
             raise
         except httpx2.HTTPError as exc:

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..protocol.errors import error_body, model_not_found_error, server_error
+from ..protocol.pricing import served_tier
 from . import longrun
 from .content import Generated, generate
 from .state import RequestContext, SimState
@@ -60,6 +61,10 @@ class _Dropped(Exception):
     """Raised inside a handler to abandon the response mid-body (the "dropped connection" fault)."""
 
 
+_TIERED = frozenset({"/v1/chat/completions", "/v1/responses"})
+"""Endpoints whose requests take a ``service_tier`` (and whose responses say which tier served them)."""
+
+
 def _invalid_url(method: str, path: str, status: int = 404) -> ApiError:
     what = "Invalid URL" if status == 404 else "Invalid method for URL"
     return ApiError(status, error_body(f"{what} ({method} {path[:200]})", "invalid_request_error"))
@@ -74,6 +79,26 @@ def _too_large(size: int, limit: int) -> ApiError:
             "request_too_large",
         ),
     )
+
+
+def _after_action(send: Send, fault: str) -> Send:
+    """A ``send`` for a handler that has acted: its answer becomes a 500/503, or is cut off halfway (drop)."""
+
+    async def faulty(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if fault == "drop":
+                await send(message)
+            return
+        if message["type"] != "http.response.body":
+            return
+        if fault == "drop":
+            data = message.get("body", b"")
+            await send({"type": "http.response.body", "body": data[: len(data) // 2], "more_body": True})
+            raise _Dropped
+        if not message.get("more_body"):
+            await SimApp._send_json(send, int(fault), server_error(overloaded=fault == "503"))
+
+    return faulty
 
 
 class SimApp:
@@ -170,6 +195,15 @@ class SimApp:
                 return
         if path in self._post or path in ("/v1/models", "/sim/stats", "/sim/reset"):
             await self._send_error(send, _invalid_url(method, path, 405))
+            return
+        fault = self.state.draw_fault() if self.state.config.faults.all_endpoints and path.startswith("/v1/") else None
+        if fault in ("500", "503") and method != "POST":
+            await self._send_json(send, int(fault), server_error(overloaded=fault == "503"))
+            return
+        if fault in ("500", "503", "drop"):
+            # The worst case for a client: the object was created (a file uploaded, a batch created) and the
+            # answer is an error or is cut off. Retrying blindly creates it twice.
+            await self.fallback(scope, receive, _after_action(send, fault))
             return
         await self.fallback(scope, receive, send)
 
@@ -278,6 +312,12 @@ class SimApp:
         if error is not None:
             await self._send_error(send, error)
             return
+        tier = served_tier(body.get("service_tier")) if endpoint in _TIERED else None
+        if tier == "flex":
+            refusal = state.flex_refusal(org, spec.id, cost)
+            if refusal is not None:
+                await self._send_error(send, refusal)
+                return
         fault = state.draw_fault()
         if fault == "500" or fault == "503":
             await self._send_json(send, int(fault), server_error(overloaded=fault == "503"))
@@ -288,15 +328,23 @@ class SimApp:
             state.settle(org, spec.id, cost, 0)  # rejected after admission: its tokens are returned
             await self._send_error(send, exc)
             return
-        state.complete(org, spec.id, cost, generated.body.get("usage") or {}, generated.total_tokens)
+        if tier is not None:
+            generated.body["service_tier"] = tier  # the tier that served it, as the real API reports
+        state.complete(org, spec.id, cost, generated.body.get("usage") or {}, generated.total_tokens, tier)
         if fault == "stall":
             await self._stall(receive)
         if body.get("stream") is True and endpoint in ("/v1/chat/completions", "/v1/completions"):
             await self._stream(send, endpoint, body, generated, fault == "drop")
             return
         latency = state.config.latency
+        ms = 0.0
         if not latency.zero:
             ms = (latency.base_ms + latency.per_token_ms * generated.completion_tokens) * state.latency_jitter()
+        if tier == "flex":
+            ms += state.config.flex_latency_ms
+        elif tier == "priority":
+            ms *= state.config.priority_latency_factor
+        if ms > 0:
             await asyncio.sleep(ms / 1000)
         data = orjson.dumps(generated.body)
         headers = [_JSON, (b"content-length", str(len(data)).encode())]

@@ -115,7 +115,10 @@ class FaultConfig:
       ``x-ratelimit-*`` headers with this probability (the real API sometimes sends 429s without them);
       ``missing_headers_on_429=True`` is the older spelling of ``headers_on_429_p=0``;
     * ``retry_after_p``: a rate-limit 429 carries ``retry-after`` (and ``retry-after-ms`` when configured)
-      with this probability.
+      with this probability;
+    * ``all_endpoints``: the 500/503/drop faults also hit the other endpoints (files, batches, long-running
+      objects), a POST *after* it acted: the file is uploaded or the batch created, and the answer is an error
+      or is cut off (what a client must survive without creating the object twice).
 
     Draws for probabilities strictly between 0 and 1 come from the simulator's seeded RNG (``seed``), so a
     run is reproducible; 0 and 1 draw nothing.
@@ -130,6 +133,7 @@ class FaultConfig:
     missing_headers_on_429: bool = False
     headers_on_429_p: float = 1.0
     retry_after_p: float = 1.0
+    all_endpoints: bool = False
 
     @property
     def any_random(self) -> bool:
@@ -191,6 +195,14 @@ class SimConfig:
       whose wait is the time to the next window. The ramp is checked after the rate buckets admit, and only
       on model pools (GETs on the organization-wide bucket are not ramp-limited).
     * ``faults.missing_headers``, ``faults.headers_on_429_p``, ``faults.retry_after_p``: unreliable headers.
+
+    Service tiers: a request's ``service_tier`` (``auto``, ``default``, ``flex``, ``priority`` or its new name
+    ``fast``, ``scale``) is answered by that tier and the response says which (``auto`` -> ``default``). Flex
+    is billed at the Batch price and priority at twice the standard one (``protocol.pricing.TIER_FACTORS``).
+    A flex request is refused — 429 with code ``flex_error_code``, never billed, its tokens returned to the
+    bucket — with probability ``flex_unavailable_p``, and always during the ``flex_busy`` periods (seconds of
+    the simulator clock since it started). ``flex_latency_ms`` is added to a flex answer's latency;
+    ``priority_latency_factor`` scales a priority answer's.
     """
 
     rpm: int | None = 10_000
@@ -225,6 +237,12 @@ class SimConfig:
     ramp_factor: float | None = None  # slow_down when a window admits more than this × the previous one
     ramp_window_s: float = 15.0
     ramp_floor: float = 0.5  # a window may always admit this fraction of its share of the minute limit
+    # Service tiers (service_tier on chat completions and Responses; openai-behaviour.md §7):
+    flex_unavailable_p: float = 0.0  # a flex request is refused 429 "Resource Unavailable" (unbilled), at random
+    flex_busy: tuple[tuple[float, float], ...] = ()  # (start, end) seconds of the sim clock: flex always refused
+    flex_error_code: str = "resource_unavailable"  # the refusal's code (the real one is unconfirmed)
+    flex_latency_ms: float = 0.0  # added to a flex answer's latency (the real API: seconds to a minute)
+    priority_latency_factor: float = 0.5  # a priority answer's latency, as a factor of the standard one
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "rpd", "tpd"):
@@ -259,6 +277,17 @@ class SimConfig:
             raise ConfigError(f"ramp_window_s must be a positive number of seconds, got {self.ramp_window_s!r}")
         if not (_is_real(self.ramp_floor) and self.ramp_floor >= 0):
             raise ConfigError(f"ramp_floor must be a number >= 0, got {self.ramp_floor!r}")
+        if not (_is_real(self.flex_unavailable_p) and 0 <= self.flex_unavailable_p <= 1):
+            raise ConfigError(f"flex_unavailable_p must be a probability in [0, 1], got {self.flex_unavailable_p!r}")
+        for period in self.flex_busy:
+            if not (len(period) == 2 and all(_is_real(t) for t in period) and 0 <= period[0] <= period[1]):
+                raise ConfigError(f"flex_busy periods must be [start, end] seconds with start <= end, got {period!r}")
+        if not (_is_real(self.flex_latency_ms) and self.flex_latency_ms >= 0):
+            raise ConfigError(f"flex_latency_ms must be a number >= 0, got {self.flex_latency_ms!r}")
+        if not (_is_real(self.priority_latency_factor) and self.priority_latency_factor > 0):
+            raise ConfigError(f"priority_latency_factor must be > 0, got {self.priority_latency_factor!r}")
+        if not (isinstance(self.flex_error_code, str) and self.flex_error_code):
+            raise ConfigError("flex_error_code must be a non-empty string")
 
     # -- presets ----------------------------------------------------------------------------------------
 
@@ -360,9 +389,18 @@ class SimConfig:
             "max_body_bytes": (int,),
             "ramp_window_s": (int, float),
             "ramp_floor": (int, float),
+            "flex_unavailable_p": (int, float),
+            "flex_error_code": (str,),
+            "flex_latency_ms": (int, float),
+            "priority_latency_factor": (int, float),
         }
         for name, value in data.items():
             if name in ("limits", "models", "pools", "keys", "prices", "latency", "faults", "longrun", "preset"):
+                continue
+            if name == "flex_busy":  # [[start, end], ...]
+                if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
+                    raise ConfigError("flex_busy must be a list of [start, end] pairs (seconds)")
+                kwargs[name] = tuple((_number(a, name), _number(b, name)) for a, b in value)
                 continue
             if name in _OFF_WHEN_ZERO:  # TOML has no null: 0 or false turns these off (e.g. under a preset)
                 kwargs[name] = None if value is False or value == 0 else _number(value, name)
@@ -391,9 +429,9 @@ class SimConfig:
         _reject_unknown(faults, fault_fields, "faults")
         fault_kwargs: dict[str, Any] = {}
         for name, value in faults.items():
-            if name == "missing_headers_on_429":
+            if name in ("missing_headers_on_429", "all_endpoints"):
                 if not isinstance(value, bool):
-                    raise ConfigError("faults.missing_headers_on_429 must be true or false")
+                    raise ConfigError(f"faults.{name} must be true or false")
                 fault_kwargs[name] = value
             else:
                 fault_kwargs[name] = _number(value, f"faults.{name}")

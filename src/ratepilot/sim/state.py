@@ -51,6 +51,7 @@ import orjson
 
 from ..clock import Clock, SystemClock
 from ..protocol.errors import (
+    error_body,
     insufficient_quota_error,
     invalid_api_key_error,
     model_not_found_error,
@@ -108,6 +109,7 @@ class _Stats:
         self.by_endpoint: Counter[str] = Counter()
         self.rate_limited: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.tiers: Counter[str] = Counter()  # answers per served tier, and flex refusals ("flex_unavailable")
         self.usage: dict[str, dict[str, float]] = {}
         self.keys: dict[str, dict[str, Any]] = {}
 
@@ -136,6 +138,7 @@ class _Stats:
                 "insufficient_quota": self.rate_limited.get("insufficient_quota", 0),
             },
             "faults": dict(self.faults),
+            "tiers": dict(self.tiers),
             "usage": {org: dict(u) for org, u in self.usage.items()},
             "keys": {label: dict(v) for label, v in self.keys.items()},
         }
@@ -147,6 +150,7 @@ class SimState:
     def __init__(self, config: SimConfig | None = None, clock: Clock | None = None) -> None:
         self.config = config or SimConfig()
         self.clock: Clock = clock or SystemClock()
+        self._started = self.clock.now()  # the origin of flex_busy periods
         self.lock = threading.RLock()
         self.enforcer = Enforcer.for_config(self.config)
         self._stats = _Stats()
@@ -343,16 +347,49 @@ class SimState:
     def admission_cost(self, endpoint: str, body: Mapping[str, Any]) -> int:
         return admission_cost(endpoint, body)
 
-    def complete(self, org: str, model: str, charged_tokens: int, usage: Mapping[str, Any], actual_tokens: int) -> None:
+    def complete(
+        self,
+        org: str,
+        model: str,
+        charged_tokens: int,
+        usage: Mapping[str, Any],
+        actual_tokens: int,
+        tier: str | None = None,
+    ) -> None:
         """After a response is produced: :meth:`settle` the token buckets and :meth:`bill` the org, in one go."""
         with self.lock:
             self.settle(org, model, charged_tokens, actual_tokens)
-            self.bill(org, model, usage)
+            self.bill(org, model, usage, tier=tier)
+            if tier is not None:
+                self._stats.tiers[tier] += 1
 
-    def bill(self, org: str, model: str, usage: Mapping[str, Any], batch: bool = False) -> float:
+    def flex_refusal(self, org: str, model: str, charged_tokens: int) -> ApiError | None:
+        """A flex request when flex lacks resources (at random, or in a busy period): the 429 to answer, its
+        tokens returned to the bucket and nothing billed ("You will not be charged"). ``None``: served."""
+        config = self.config
+        elapsed = self.clock.now() - self._started
+        busy = any(start <= elapsed < end for start, end in config.flex_busy)
+        with self.lock:
+            if not busy and not self._draw(config.flex_unavailable_p):
+                return None
+            self._stats.tiers["flex_unavailable"] += 1
+        self.settle(org, model, charged_tokens, 0)
+        return ApiError(
+            429,
+            error_body(
+                "Resource Unavailable: flex processing lacks sufficient resources to serve this request right now. "
+                "Please retry later, or retry with service_tier 'auto'. You will not be charged for this request.",
+                "rate_limit_error",
+                config.flex_error_code,
+            ),
+        )
+
+    def bill(
+        self, org: str, model: str, usage: Mapping[str, Any], batch: bool = False, tier: str | None = None
+    ) -> float:
         prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
         completion = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
-        cost = self.config.prices.cost(model, prompt, completion, batch=batch)
+        cost = self.config.prices.cost(model, prompt, completion, batch=batch, tier=tier)
         with self.lock:
             u = self._stats.org_usage(org)
             u["prompt_tokens"] += prompt

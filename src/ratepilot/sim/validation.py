@@ -325,6 +325,20 @@ def _encoding_format(body: Mapping[str, Any], name: str) -> None:
         raise _bad(name, f"Invalid value: '{fmt[:40]}'. Supported values are: 'float' and 'base64'.", "invalid_value")
 
 
+SERVICE_TIERS = ("auto", "default", "flex", "priority", "fast", "scale")
+
+
+def _service_tier(body: Mapping[str, Any], name: str) -> None:
+    tier = body.get(name)
+    if tier is None:
+        return
+    if not isinstance(tier, str):
+        raise _type_error(name, "a string", tier)
+    if tier not in SERVICE_TIERS:
+        values = ", ".join(f"'{t}'" for t in SERVICE_TIERS)
+        raise _bad(name, f"Invalid value: '{tier[:40]}'. Supported values are: {values}.", "invalid_value")
+
+
 def _responses_input(body: Mapping[str, Any]) -> None:
     value = body.get("input")
     if value is None:
@@ -363,6 +377,7 @@ _ENDPOINTS: dict[str, tuple[tuple[str, ...], dict[str, Check]]] = {
         {
             "model": _model_check,
             "messages": _whole(_messages),
+            "service_tier": _service_tier,
             "max_tokens": _int(1),
             "max_completion_tokens": _int(1),
             **_SAMPLING,
@@ -408,6 +423,7 @@ _ENDPOINTS: dict[str, tuple[tuple[str, ...], dict[str, Check]]] = {
             "top_p": _num(0, 1),
             "stream": _responses_stream,
             "background": _bool_param,
+            "service_tier": _service_tier,
             "store": _bool_param,
             "tools": _object_list,
             "metadata": _object_param,

@@ -42,6 +42,7 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 ACTIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 _ENQUEUED = frozenset({"in_progress", "finalizing", "cancelling"})
 
+OUTPUT_RETENTION_S = 30 * 86_400.0  # output files of a batch without output_expires_after: deleted after 30 days
 BATCH_EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
 
@@ -55,8 +56,10 @@ class BatchHost(Protocol):
         billed (at the batch price, 50%, with ``batch=True``)."""
         ...
 
-    def add_file(self, org: str, filename: str, purpose: str, content: bytes, at: float) -> str:
-        """Store a generated file; returns its id."""
+    def add_file(
+        self, org: str, filename: str, purpose: str, content: bytes, at: float, expires: float | None = None
+    ) -> str:
+        """Store a generated file (``expires``: clock time it is deleted at); returns its id."""
         ...
 
     def emit(self, event_type: str, object_id: str, at: float) -> None:
@@ -114,6 +117,7 @@ class Batch:
     usage: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # input, output, cached, reasoning
     output_file_id: str | None = None
     error_file_id: str | None = None
+    output_expires_after: float | None = None  # API seconds after creation (None: 30 days after it ends)
 
     # -- schedule --------------------------------------------------------------------------------------------
 
@@ -241,13 +245,20 @@ class Batch:
                 }
                 self.error_lines.append(orjson.dumps(record))
                 self.failed += 1
+        # Output files are deleted 30 days after the batch ends, or output_expires_after seconds after it began.
+        after = self.output_expires_after
+        expires = (
+            self.created + self.config.clock_seconds(after)
+            if after
+            else at + self.config.clock_seconds(OUTPUT_RETENTION_S)
+        )
         if self.outputs:
             self.output_file_id = host.add_file(
-                self.org, f"{self.id}_output.jsonl", "batch_output", b"\n".join(self.outputs) + b"\n", at
+                self.org, f"{self.id}_output.jsonl", "batch_output", b"\n".join(self.outputs) + b"\n", at, expires
             )
         if self.error_lines:
             self.error_file_id = host.add_file(
-                self.org, f"{self.id}_error.jsonl", "batch_output", b"\n".join(self.error_lines) + b"\n", at
+                self.org, f"{self.id}_error.jsonl", "batch_output", b"\n".join(self.error_lines) + b"\n", at, expires
             )
         self.status = status
         self.times[status] = at
@@ -324,6 +335,7 @@ class BatchBook:
         validation: BatchValidation,
         config: LongrunConfig,
         now: float,
+        output_expires_after: float | None = None,
     ) -> Batch:
         self._seq += 1
         batch = Batch(
@@ -337,6 +349,7 @@ class BatchBook:
             validation=validation,
             config=config,
             seed=self._seq,
+            output_expires_after=output_expires_after,
         )
         self._batches[batch.id] = self._active[batch.id] = batch
         return batch
@@ -347,6 +360,10 @@ class BatchBook:
 
     def list(self, org: str) -> list[Batch]:
         return [b for b in self._batches.values() if b.org == org]
+
+    def every(self) -> tuple[Batch, ...]:
+        """Every organization's batches (for tests and stats: what the server really holds)."""
+        return tuple(self._batches.values())
 
     def _enqueued_elsewhere(self, batch: Batch) -> int:
         return sum(

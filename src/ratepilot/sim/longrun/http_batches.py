@@ -88,6 +88,18 @@ async def create(call: Call) -> Response:
     bad_metadata = metadata_error(body.get("metadata"))
     if bad_metadata is not None:
         return bad_metadata
+    expires_after = body.get("output_expires_after")
+    if expires_after is not None:
+        seconds = expires_after.get("seconds") if isinstance(expires_after, dict) else None
+        anchor = expires_after.get("anchor") if isinstance(expires_after, dict) else None
+        if anchor != "created_at" or not isinstance(seconds, int) or not 3600 <= seconds <= 2_592_000:
+            return api_error(
+                400,
+                'Invalid \'output_expires_after\': expected {"anchor": "created_at", "seconds": N} with N '
+                "between 3600 (1 hour) and 2592000 (30 days).",
+                param="output_expires_after",
+                code="invalid_value",
+            )
     file_id = str(body["input_file_id"])
     cfg = store.config
     with store.lock:
@@ -120,6 +132,7 @@ async def create(call: Call) -> Response:
             validation=validation,
             config=cfg,
             now=store.now(),
+            output_expires_after=float(expires_after["seconds"]) if expires_after is not None else None,
         )
         obj = batch.to_object(store.stamp)
     store.wake()

@@ -6,7 +6,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .files import UPLOAD_PURPOSES
+from .files import UPLOAD_PURPOSES, StoredFile
 from .http_common import Call, StoreGetter, api_error, guarded, json_response, not_found
 from .pagination import PageError, paginate
 
@@ -48,17 +48,26 @@ async def upload(call: Call) -> Response:
     return json_response(stored.to_object())
 
 
+def _live(call: Call, file_id: str) -> StoredFile | None:
+    """The file, unless it does not exist or has expired (an expired file is deleted, as the API does)."""
+    store = call.store
+    with store.lock:
+        stored = store.files.get(call.org, file_id)
+        if stored is not None and stored.expires_at is not None and store.stamp(store.now()) >= stored.expires_at:
+            store.files.delete(call.org, file_id)
+            return None
+    return stored
+
+
 async def retrieve(call: Call) -> Response:
     file_id = call.request.path_params["file_id"]
-    with call.store.lock:
-        stored = call.store.files.get(call.org, file_id)
+    stored = _live(call, file_id)
     return no_such_file(file_id) if stored is None else json_response(stored.to_object())
 
 
 async def content(call: Call) -> Response:
     file_id = call.request.path_params["file_id"]
-    with call.store.lock:
-        stored = call.store.files.get(call.org, file_id)
+    stored = _live(call, file_id)
     if stored is None:
         return no_such_file(file_id)
     return Response(stored.content, 200, media_type="application/octet-stream")

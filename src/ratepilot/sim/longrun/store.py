@@ -167,8 +167,11 @@ class LongrunStore:
         status, result = self.state.execute(endpoint, body, org, batch=batch)
         return int(status), dict(result)
 
-    def add_file(self, org: str, filename: str, purpose: str, content: bytes, at: float) -> str:
-        return self.files.add(org, filename, purpose, content, self.stamp(at)).id
+    def add_file(
+        self, org: str, filename: str, purpose: str, content: bytes, at: float, expires: float | None = None
+    ) -> str:
+        stamp = None if expires is None else self.stamp(expires)
+        return self.files.add(org, filename, purpose, content, self.stamp(at), stamp).id
 
     def file_text(self, org: str, file_id: str) -> str | None:
         stored = self.files.get(org, file_id)
