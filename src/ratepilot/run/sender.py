@@ -179,14 +179,17 @@ class HttpSender:
             headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"},
         )
 
+    def timeout_for(self, request: RequestLine) -> Any:
+        """The request's timeout: the one given, else 600 s — 900 s for a flex request (OpenAI: flex answers may
+        take many minutes, raise the client timeout to 15 min)."""
+        if self._timeout_s is None and request.body.get("service_tier") == "flex":
+            return httpx2.Timeout(FLEX_TIMEOUT_S, connect=10.0)
+        return httpx2.USE_CLIENT_DEFAULT
+
     async def send(self, request: RequestLine) -> Answer:
-        # Flex answers may take many minutes (OpenAI: raise the timeout to 15 min), unless a timeout was set.
-        flex = self._timeout_s is None and request.body.get("service_tier") == "flex"
         try:
             response = await self.client.post(
-                api_path(request.url),
-                content=orjson.dumps(request.body),
-                timeout=httpx2.Timeout(FLEX_TIMEOUT_S, connect=10.0) if flex else httpx2.USE_CLIENT_DEFAULT,
+                api_path(request.url), content=orjson.dumps(request.body), timeout=self.timeout_for(request)
             )
         except RatePilotError:
             raise
