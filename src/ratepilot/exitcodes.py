@@ -1,5 +1,8 @@
 """The exit codes of every ``ratepilot`` command: one scheme, so a script reads them the same way everywhere.
 
+Which error becomes which code is decided in :mod:`ratepilot.cli.exits` (it knows every layer's errors; this
+module, at the bottom, knows none).
+
 A number keeps its meaning across commands (``run``, ``batch``, ``limits``, ``sim``, ``webhooks``); a command
 uses the subset that can happen to it. The codes are stable: scripts may rely on them.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["EXIT_CODES_HELP", "ExitCode", "classify_exit"]
+__all__ = ["EXIT_CODES_HELP", "ExitCode"]
 
 
 class ExitCode(enum.IntEnum):
@@ -38,70 +41,3 @@ EXIT_CODES_HELP = (
     "12 results could not be written (disk full), 130 interrupted."
 )
 """One sentence for ``--help`` texts."""
-
-
-def classify_exit(exc: BaseException) -> tuple[ExitCode, str] | None:
-    """The exit code and a one-line, key-free message for an error a command lets reach the user; None when
-    it is not one ratepilot knows (a bug: the command lets it become a traceback with :attr:`UNEXPECTED`).
-
-    Shared by every CLI, so a quota error is 3 and a refused key 7 whichever command met it. An error the
-    Pilot raised inside the SDK's HTTP call may reach here wrapped by the SDK: the chain is searched first.
-    """
-    import openai
-
-    from .batch.runner import JobConflictError, JobNotFoundError
-    from .errors import (
-        BudgetExceeded,
-        InputError,
-        QuotaExhausted,
-        RatePilotError,
-        RetriesExhausted,
-        StoreUnavailable,
-        _scrub,
-    )
-    from .joblock import JobLocked
-    from .results import ForeignResultsError
-    from .run.sender import AuthFailed, unwrap_pilot_error
-
-    inner = unwrap_pilot_error(exc)
-    if inner is not None:
-        exc = inner
-    if isinstance(exc, KeyboardInterrupt):
-        return ExitCode.INTERRUPTED, "interrupted: progress so far is kept; rerun the same command to resume"
-    if isinstance(exc, QuotaExhausted):
-        return ExitCode.QUOTA, f"{exc.message} Progress so far is kept: rerun the same command to resume."
-    if isinstance(exc, BudgetExceeded):
-        return ExitCode.BUDGET, f"{exc.message} Progress so far is kept."
-    if isinstance(exc, InputError):
-        return ExitCode.BAD_INPUT, exc.message
-    if isinstance(exc, JobLocked):
-        return ExitCode.CONFLICT, exc.message
-    if isinstance(exc, StoreUnavailable):
-        return ExitCode.STORE_UNAVAILABLE, exc.message
-    if isinstance(exc, AuthFailed):
-        return ExitCode.AUTH, exc.message
-    if isinstance(exc, RetriesExhausted) and exc.last_status is None:
-        return ExitCode.API_ERROR, f"{exc.message}{_where(exc)}"
-    if isinstance(exc, RatePilotError):  # RequestTooLarge, RetriesExhausted, ...: the API would not do the work
-        return ExitCode.API_ERROR, exc.message
-    if isinstance(exc, ForeignResultsError | JobConflictError):
-        return ExitCode.CONFLICT, _scrub(str(exc))
-    if isinstance(exc, JobNotFoundError):
-        return ExitCode.BAD_INPUT, _scrub(str(exc))
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        return ExitCode.AUTH, _scrub(f"the API key was rejected ({exc.status_code}): {exc.message}")
-    if isinstance(exc, openai.APIStatusError):
-        return ExitCode.API_ERROR, _scrub(f"the API refused ({exc.status_code}): {exc.message}")
-    if isinstance(exc, openai.APIConnectionError):
-        return ExitCode.API_ERROR, _scrub(f"cannot reach the API ({exc}); rerun the same command to resume")
-    return None
-
-
-def _where(exc: BaseException) -> str:
-    """``(cannot reach http://host:port)`` for an error raised through a wrapped SDK client, which carries the
-    request it was about (scheme, host and port only: a URL's path or query is not for an error line)."""
-    url = getattr(getattr(exc, "request", None), "url", None)
-    if url is None:
-        return ""
-    port = f":{url.port}" if url.port else ""
-    return f" (cannot reach {url.scheme}://{url.host}{port})"

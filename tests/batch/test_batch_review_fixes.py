@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 
 from ratepilot.batch import BatchConfig, BatchRunner, sdk_fallback
 from ratepilot.cli import app
+from ratepilot.engine.sender import api_path
+from ratepilot.engine.window import InFlightWindow
 from ratepilot.errors import BudgetExceeded, QuotaExhausted, RequestTooLarge, RetriesExhausted
 from ratepilot.exitcodes import ExitCode
-from ratepilot.run.window import InFlightWindow
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig
 
@@ -173,25 +174,16 @@ def test_renames_are_made_durable(
     assert out.parent in synced and (runner.state_dir / "batches" / name) in synced  # results; downloads
 
 
-def test_fallback_posts_through_the_runners_raw_sdk_path(fake_sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ratepilot.run import sender
-
-    seen: list[str] = []
-    real = sender.sdk_post
-
-    def spy(client: Any, url: str, body: Any) -> Any:
-        seen.append(url)
-        return real(client, url, body)
-
-    monkeypatch.setattr(sender, "sdk_post", spy)
+def test_fallback_posts_through_the_runners_raw_sdk_path(fake_sim: Simulator) -> None:
+    # The raw path: the body exactly as the server sent it (no SDK model in between), errors included.
     with OpenAI(base_url=fake_sim.base_url, api_key=API_KEY, max_retries=0) as client:
         call = sdk_fallback(client)
         status, request_id, body = call("/v1/chat/completions", chat_line(0)["body"])
         assert status == 200 and request_id and body["object"] == "chat.completion"
+        assert body["system_fingerprint"] == "fp_ratepilot_sim"  # a field the answer carries through untouched
         status, _, body = call("/v1/chat/completions", {"model": "gpt-4o-mini"})  # no messages: a 400
         assert status == 400 and "error" in body
-    assert seen == ["/v1/chat/completions", "/v1/chat/completions"]
-    assert sender.api_path("/v1/embeddings") == "/embeddings" and sender.api_path("/embeddings") == "/embeddings"
+    assert api_path("/v1/embeddings") == "/embeddings" and api_path("/embeddings") == "/embeddings"
 
 
 def test_the_online_fallback_records_every_error_result_never_a_hopeless_stop(tmp_path: Path) -> None:

@@ -107,7 +107,8 @@ def test_workers_ignore_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_a_dead_worker_is_a_clean_cli_error() -> None:
-    from ratepilot.exitcodes import ExitCode, classify_exit
+    from ratepilot.cli.exits import classify_exit
+    from ratepilot.exitcodes import ExitCode
 
     known = classify_exit(ParseWorkerError("a parsing worker process exited unexpectedly (exit code 1)"))
     assert known == (ExitCode.API_ERROR, "a parsing worker process exited unexpectedly (exit code 1)")  # no traceback

@@ -11,14 +11,15 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
+from ratepilot.cli.exits import classify_exit
 from ratepilot.client import Pilot
 from ratepilot.client.sdk_errors import LOCAL_HEADER
 from ratepilot.clock import FakeClock
+from ratepilot.engine.sender import sdk_post
 from ratepilot.errors import QuotaExhausted, RatePilotError, RequestTooLarge, RetriesExhausted
-from ratepilot.exitcodes import ExitCode, classify_exit
+from ratepilot.exitcodes import ExitCode
 from ratepilot.limits import Limiter
 from ratepilot.retry import RetryPolicy
-from ratepilot.run.sender import sdk_post
 from ratepilot.sim import FaultConfig, Simulator
 from ratepilot.sim.config import KeySpec
 

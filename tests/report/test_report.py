@@ -25,10 +25,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from ratepilot.cli import app
+from ratepilot.cli.demo_job import run_demo
 from ratepilot.clock import FakeClock
 from ratepilot.report import job_status, load_job
 from ratepilot.results import open_results
-from ratepilot.run.demo import run_demo
 from ratepilot.trace import TraceWriter
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -6,8 +6,8 @@ import io
 
 from rich.console import Console
 
+from ratepilot.cli.demo_job import make_transcripts, run_demo
 from ratepilot.run import RunSummary
-from ratepilot.run.demo import make_transcripts, run_demo
 from ratepilot.run.progress import LiveProgress, summary_table
 
 

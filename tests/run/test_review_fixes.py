@@ -16,13 +16,13 @@ from typer.testing import CliRunner
 
 from ratepilot.batch import BatchInputError, BatchRunner
 from ratepilot.cli import app
+from ratepilot.engine.sender import Answer, HttpSender
 from ratepilot.errors import InputError, QuotaExhausted
 from ratepilot.exitcodes import ExitCode
 from ratepilot.limits.types import CostTooLarge
 from ratepilot.requests import InvalidLine, RequestLine
 from ratepilot.results import read_results
 from ratepilot.run import RunOptions, arun_job, choose_mode, run_job
-from ratepilot.run.sender import Answer, HttpSender
 from ratepilot.sim import Simulator
 
 from .conftest import KEY, chat
@@ -129,7 +129,7 @@ async def test_unexpected_task_errors_are_logged_and_leave_the_job_incomplete(
     pilot = Pilot()
     http = HttpSender(pilot, sim.base_url, KEY)
     try:
-        with caplog.at_level(logging.ERROR, logger="ratepilot.run.online"):
+        with caplog.at_level(logging.ERROR, logger="ratepilot.engine.online"):
             summary = await arun_job(options, sender=_Flaky(http), pilot=pilot)
     finally:
         await http.aclose()

@@ -13,13 +13,13 @@ import pytest
 
 from ratepilot.client import Pilot
 from ratepilot.clock import FakeClock
+from ratepilot.engine.sender import Answer, HttpSender
 from ratepilot.protocol.pricing import PriceTable
 from ratepilot.requests import RequestLine
 from ratepilot.retry import RetryPolicy
 from ratepilot.run import ExitCode, RunOptions, run_job
 from ratepilot.run.mode import choose_mode
 from ratepilot.run.router import TierRouter, flex_patience
-from ratepilot.run.sender import Answer, HttpSender
 from ratepilot.sim import Simulator
 
 from .conftest import KEY, chat

@@ -1,7 +1,7 @@
 """The ``--fallback online`` path: stragglers go through the online runner's concurrent engine.
 
 :func:`sdk_fallback` is how one request is answered (a raw post through the same, ideally Pilot-wrapped,
-client). :func:`answer_online` feeds a whole list of stragglers through :class:`ratepilot.run.OnlineRunner` —
+client). :func:`answer_online` feeds a whole list of stragglers through :class:`ratepilot.engine.OnlineRunner` —
 the engine of ``ratepilot run``: many requests in flight at once (its in-flight window follows the learned
 limits), sent when the Pilot's limiter lets them go — instead of one after another. The client is synchronous,
 so each post runs in a worker thread (:class:`FallbackSender`); the Pilot's limiter is shared by those threads.
@@ -10,21 +10,33 @@ so each post runs in a worker thread (:class:`FallbackSender`); the Pilot's limi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..engine.online import OnlineRunner, OnlineStats
+from ..engine.sender import Answer, TransientFailure, sdk_post, unwrap_pilot_error
+from ..engine.window import InFlightWindow
+from ..errors import BudgetExceeded, QuotaExhausted
+from ..requests import RequestLine
+from ..results import ResultWriter
+
 if TYPE_CHECKING:
     from openai import OpenAI
 
-    from ..requests import RequestLine
-    from ..run.online import OnlineStats
-    from ..run.sender import Answer
-    from .runner import OnlineFallback
+__all__ = [
+    "FALLBACK_CONCURRENCY",
+    "FallbackSender",
+    "OnlineFallback",
+    "SdkFallback",
+    "answer_online",
+    "sdk_fallback",
+]
 
-__all__ = ["FALLBACK_CONCURRENCY", "FallbackSender", "SdkFallback", "answer_online", "sdk_fallback"]
+OnlineFallback = Callable[[str, Mapping[str, Any]], tuple[int, str | None, Any]]
+"""``(url, body) -> (status_code, request_id, response_body)``: answers one request through the online API."""
 
 FALLBACK_CONCURRENCY = 64
 """At most this many stragglers in flight (worker threads); the window starts lower and follows the limits."""
@@ -32,14 +44,12 @@ FALLBACK_CONCURRENCY = 64
 
 @dataclass(frozen=True)
 class SdkFallback:
-    """An :data:`~ratepilot.batch.runner.OnlineFallback` posting through ``client`` (see :func:`sdk_fallback`);
+    """An :data:`OnlineFallback` posting through ``client`` (see :func:`sdk_fallback`);
     :meth:`answer` also keeps the response headers, so the online engine's window can follow the limits."""
 
     client: OpenAI
 
     def answer(self, url: str, body: Mapping[str, Any]) -> Answer:
-        from ..run.sender import sdk_post
-
         return sdk_post(self.client, url, dict(body))
 
     def __call__(self, url: str, body: Mapping[str, Any]) -> tuple[int, str | None, Any]:
@@ -48,22 +58,22 @@ class SdkFallback:
 
 
 def sdk_fallback(client: OpenAI) -> OnlineFallback:
-    """An :data:`~ratepilot.batch.runner.OnlineFallback` posting through ``client`` (ideally ``pilot.wrap``-ped,
+    """An :data:`OnlineFallback` posting through ``client`` (ideally ``pilot.wrap``-ped,
     so the stragglers are throttled and retried like any online request).
 
     Any HTTP answer — including a 4xx — becomes a response result; a request that got no answer raises (the
     Pilot's own errors, such as ``QuotaExhausted``, as themselves). The post is the runner's
-    (:func:`ratepilot.run.sender.sdk_post`): one raw-SDK code path for both.
+    (:func:`ratepilot.engine.sender.sdk_post`): one raw-SDK code path for both.
     """
     return SdkFallback(client)
 
 
 class FallbackSender:
-    """A :class:`ratepilot.run.Sender` over a synchronous :data:`OnlineFallback`: each post in a worker thread.
+    """A :class:`ratepilot.engine.Sender` over a synchronous :data:`OnlineFallback`: each post in a worker thread.
 
     Errors: the Pilot's quota and budget errors are raised as themselves (the engine stops on them) and the
     first one is kept in :attr:`stop_error` for the caller to re-raise; any other failure to get an answer is
-    a :class:`~ratepilot.run.sender.TransientFailure` (the request stays unanswered).
+    a :class:`~ratepilot.engine.sender.TransientFailure` (the request stays unanswered).
     """
 
     def __init__(self, fallback: OnlineFallback, *, workers: int = FALLBACK_CONCURRENCY) -> None:
@@ -75,8 +85,6 @@ class FallbackSender:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _post(self, url: str, body: Mapping[str, Any]) -> Answer:
-        from ..run.sender import Answer
-
         answer = getattr(self.fallback, "answer", None)
         if callable(answer):
             found = answer(url, body)
@@ -86,9 +94,6 @@ class FallbackSender:
         return Answer(status, request_id or "", result, {})
 
     async def send(self, request: RequestLine) -> Answer:
-        from ..errors import BudgetExceeded, QuotaExhausted
-        from ..run.sender import TransientFailure, unwrap_pilot_error
-
         loop = asyncio.get_running_loop()
         try:
             answer = await loop.run_in_executor(self._pool, self._post, request.url, request.body)
@@ -105,8 +110,6 @@ class FallbackSender:
             # A result line's error body is always {"error": {...}}, even when the server answered otherwise.
             body = answer.body
             wrapped = {"error": body if isinstance(body, dict) else {"message": str(body)}}
-            from ..run.sender import Answer
-
             answer = Answer(answer.status_code, answer.request_id, wrapped, answer.headers)
         return answer
 
@@ -118,10 +121,6 @@ def answer_online(fallback: OnlineFallback, requests: Iterable[RequestLine], tar
     Raises the Pilot's ``QuotaExhausted`` / ``BudgetExceeded`` after the engine stopped on it (what was
     answered before is in ``target``).
     """
-    from ..results import ResultWriter
-    from ..run.online import OnlineRunner
-    from ..run.window import InFlightWindow
-
     sender = FallbackSender(fallback)
     try:
         with ResultWriter(target) as writer:

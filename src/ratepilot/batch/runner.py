@@ -34,12 +34,16 @@ import openai
 import orjson
 
 from .. import paths
+from ..client import wire
 from ..client.plan import RETRY_HEADER
 from ..clock import Clock, SystemClock
+from ..errors import RatePilotError
 from ..joblock import job_lock
+from ..limits import key_id_for
 from ..poll import _TRANSIENT as TRANSIENT_POLL_ERRORS  # the one classification of a missed poll
 from ..poll import KINDS, PRIORITY_HEADER, GiveUp, Poll, PollSchedule, snapshot
 from ..protocol.pricing import PriceTable
+from ..requests import RequestLine
 from ..results import ForeignResultsError, error_result, fsync_dir, open_results, read_marker
 from ..store import DEFAULT_DB_NAME, JobRecord, LineState, ShardRecord, ShardState, Store
 from .adopt import find_lost, match_lost
@@ -65,6 +69,7 @@ from .machine import (
     parse_token_limit,
     unanswered_outcome,
 )
+from .online import OnlineFallback, answer_online
 from .plan import ShardWriter, exact_token_estimate
 from .prepare import BatchInputError, _record, fingerprint, plan_job
 
@@ -91,8 +96,6 @@ MAX_CREATE_FAULTS = 8
 _EVENT_SLICE = 0.5  # seconds between looks at the other batches' webhook subscriptions while sleeping
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-OnlineFallback = Callable[[str, Mapping[str, Any]], tuple[int, str | None, Any]]
-"""``(url, body) -> (status_code, request_id, response_body)``: answers one request through the online API."""
 
 
 class JobNotFoundError(LookupError):
@@ -946,18 +949,14 @@ class BatchRunner:
         """The job is finished: delete the input files it uploaded (they count against the organization's
         file storage and are never needed again). Best effort: a file that cannot be deleted is recorded in the
         job's events, not an error of a job whose results are all in."""
-        from openai import APIError, NotFoundError
-
-        from ..errors import RatePilotError
-
         for shard in self.store.shards(job):
             if shard.file_id is None:
                 continue
             try:
                 self.client.files.delete(shard.file_id)
-            except NotFoundError:
+            except openai.NotFoundError:
                 pass  # deleted by an earlier run that crashed before the job was marked done (or expired)
-            except (APIError, RatePilotError) as exc:
+            except (openai.APIError, RatePilotError) as exc:
                 self.store.log(job, "input-delete-failed", f"{shard.file_id}: {type(exc).__name__}", shard=shard.shard)
                 continue
             self.store.log(job, "input-deleted", shard.file_id, shard=shard.shard)
@@ -1024,9 +1023,6 @@ class BatchRunner:
         errors stop the job: every following request would meet them too (and a budget must not be crossed).
         The lines answered before the stop are kept; the rest stay waiting for a retry, so a rerun goes on.
         """
-        from ..requests import RequestLine
-        from .online import answer_online
-
         assert self.fallback is not None
         by_no = {s.shard: s for s in shards}
         for old in self.store.shards_with_state(job, LineState.RETRY):
@@ -1119,8 +1115,6 @@ def _cut_off(exc: BaseException) -> bool:
     """A transient failure of a download: the SDK's, or the HTTP library's (httpx2 or httpx) for a body cut off."""
     if isinstance(exc, TRANSIENT_POLL_ERRORS):
         return True
-    from ..client import wire
-
     libs = [sys.modules[name] for name in ("httpx2", "httpx") if name in sys.modules]
     return any(wire.failure_kind(lib, exc) is not None for lib in libs)
 
@@ -1128,8 +1122,6 @@ def _cut_off(exc: BaseException) -> bool:
 def _key_id(client: Any) -> str:
     """The id of the client's API key (never the key): the enqueued-token limit is per organization, and jobs
     and learned limits are kept apart by key. '' when the client has no key to tell."""
-    from ..limits import key_id_for
-
     api_key = getattr(client, "api_key", None)
     return key_id_for(api_key) if isinstance(api_key, str) and api_key else ""
 

@@ -237,9 +237,9 @@ def _run_guarded(fn: Any) -> Any:
 
     The wrapped client raises the Pilot's errors (quota, budget, request too large, retries exhausted);
     the pipeline its own (bad input, job conflicts); the SDK refusals and connection failures. An error
-    :func:`~ratepilot.exitcodes.classify_exit` does not know is a bug and stays a traceback (exit 1).
+    :func:`~ratepilot.cli.exits.classify_exit` does not know is a bug and stays a traceback (exit 1).
     """
-    from ratepilot.exitcodes import classify_exit
+    from ratepilot.cli.exits import classify_exit
 
     try:
         return fn()

@@ -1,6 +1,6 @@
 """`ratepilot demo`: the embedded simulator and a real-looking job, end to end, offline.
 
-By default it runs the main job (:func:`ratepilot.run.demo.run_demo`): classify generated hearing
+By default it runs the main job (:func:`ratepilot.cli.demo_job.run_demo`): classify generated hearing
 transcripts as nomination hearings, online at the edge of the limits and then through the Batch API, with
 the summaries, and ends by writing the online job's report (``ratepilot report``) and printing its path.
 ``--headers-tour`` instead makes a few raw SDK calls and shows the ``x-ratelimit-*`` headers going down and a 429
@@ -43,7 +43,7 @@ def demo(
     if headers_tour:
         _headers_tour(rpm or 4, tpm or 2_000)
         return
-    from ratepilot.run.demo import run_demo
+    from ratepilot.cli.demo_job import run_demo
 
     run_demo(n=n, rpm=rpm or 200, tpm=tpm or 400_000, report_dir=report_dir)
 

@@ -42,8 +42,8 @@ def limits(
     from rich.console import Console
     from rich.table import Table
 
+    from ratepilot.cli.exits import classify_exit
     from ratepilot.client import Pilot
-    from ratepilot.exitcodes import classify_exit
     from ratepilot.protocol.errors import redact_key
     from ratepilot.retry import RetryPolicy
 

@@ -123,8 +123,8 @@ def run_command(
     from rich.console import Console
 
     from ratepilot.cache import CACHE_POLICIES, CachePolicy
+    from ratepilot.cli.exits import classify_exit
     from ratepilot.errors import InputError
-    from ratepilot.exitcodes import classify_exit
     from ratepilot.run import ExitCode, RunOptions, run_job
     from ratepilot.run.progress import LiveProgress, summary_table
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 import pyarrow as pa  # type: ignore[import-untyped]
 
+from ..engine.sender import TransientFailure, sdk_apost
 from ..errors import (
     BudgetExceeded,
     QuotaExhausted,
@@ -35,7 +36,6 @@ from ..errors import (
     _scrub,
 )
 from ..requests import SUPPORTED_URLS, infer_url
-from ..run.sender import TransientFailure, sdk_apost
 from .settings import PilotSettings, RunControl
 
 __all__ = ["FINAL_ERRORS", "REQUEST_COLUMNS", "RESULT_COLUMNS", "RESULT_SCHEMA", "PilotUDF"]

@@ -6,11 +6,11 @@ See :mod:`ratepilot.run.job` for the flow, :mod:`.online` for the runner, :mod:`
 
 from __future__ import annotations
 
+from ..engine.online import OnlineRunner, OnlineStats
+from ..engine.sender import Answer, HttpSender, SdkSender, Sender
+from ..engine.window import InFlightWindow
 from .job import ExitCode, JobScan, RunOptions, RunSummary, arun_job, run_job, scan_requests
 from .mode import ModeChoice, choose_mode
-from .online import OnlineRunner, OnlineStats
-from .sender import Answer, HttpSender, SdkSender, Sender
-from .window import InFlightWindow
 
 __all__ = [
     "Answer",

@@ -28,6 +28,9 @@ from typing import Any
 
 from ..cache import CachePolicy, ResponseCache
 from ..clock import SystemClock
+from ..engine.online import OnlineRunner, OnlineStats
+from ..engine.sender import HttpSender, Sender
+from ..engine.window import InFlightWindow
 from ..errors import InputError
 from ..exitcodes import ExitCode
 from ..joblock import job_lock, lock_path
@@ -37,10 +40,7 @@ from ..protocol.usage import usage_from_body
 from ..requests import InvalidLine, RequestLine, RequestsFileError, read_requests
 from ..results import finished_ids, job_id_for_file, open_results, read_results, result_error_code
 from .mode import BATCH_WINDOW_S, ModeChoice, ModeName, choose_mode
-from .online import OnlineRunner, OnlineStats
 from .router import DEFAULT_FLEX_ANSWER_S, TierName, TierRouter, flex_patience
-from .sender import HttpSender, Sender
-from .window import InFlightWindow
 
 log = logging.getLogger("ratepilot.run")
 

@@ -9,7 +9,7 @@ Lanes (``openai-behaviour.md`` §7; prices in :data:`ratepilot.protocol.pricing.
 * **Batch API**: the Batch price, within 24 h; chosen before the run (``--tier auto`` with a ``--deadline`` of
   24 h or more; :func:`ratepilot.run.mode.choose_mode`), not per request.
 
-:class:`TierRouter` wraps the runner's :class:`~ratepilot.run.sender.Sender`. With a fixed tier it sets that
+:class:`TierRouter` wraps the runner's :class:`~ratepilot.engine.sender.Sender`. With a fixed tier it sets that
 tier on every request. With ``auto`` it decides per request from what it has measured: the job's best completion
 rate over :attr:`TierRouter.RATE_WINDOW_S` seconds, the requests still to do and flex's answer time. A request
 goes to flex while the job, at its best measured pace and with the margin, still ends before the deadline
@@ -29,13 +29,13 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from ..clock import Clock
+from ..engine.sender import Answer, Sender
 from ..errors import RetriesExhausted
 from ..protocol.errors import ErrorClass, classify
 from ..protocol.headers import RateLimitHeaders
 from ..protocol.pricing import PriceTable
 from ..protocol.usage import usage_from_body
 from ..requests import RequestLine
-from .sender import Answer, Sender
 
 __all__ = [
     "DEFAULT_FLEX_ANSWER_S",

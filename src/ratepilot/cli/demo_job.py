@@ -112,11 +112,11 @@ def run_demo(
     from rich.console import Console
     from rich.panel import Panel
 
+    from ..run.job import RunOptions, run_job
+    from ..run.progress import LiveProgress, summary_table
     from ..sim import SimConfig, Simulator
     from ..sim.longrun import configure
     from ..sim.longrun.config import LongrunConfig
-    from .job import RunOptions, run_job
-    from .progress import LiveProgress, summary_table
 
     console = console or Console()
     transcripts = make_transcripts(n)
@@ -229,9 +229,9 @@ def _write_report(console: Any, results: Path) -> Path:
 def _realistic_act(console: Any, work: Path, transcripts: list[tuple[str, bool]], rpm: int, tpm: int) -> dict[str, Any]:
     """The same job, online, against a simulator that enforces like the real API is documented to (``--realistic``:
     the minute enforced per second, refusals charged, some headers and retry-afters missing, a ramp limit)."""
+    from ..run.job import RunOptions, run_job
+    from ..run.progress import summary_table
     from ..sim import SimConfig, Simulator
-    from .job import RunOptions, run_job
-    from .progress import summary_table
 
     config = SimConfig.realistic(rpm=rpm, tpm=tpm, responder="classify", classify_pattern=PATTERN, latency_ms=40)
     requests = work / "hearings-realistic.jsonl"
