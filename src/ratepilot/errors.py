@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .protocol.errors import ErrorInfo
 
 __all__ = [
+    "AuthFailed",
     "BudgetExceeded",
     "InputError",
     "QuotaExhausted",
@@ -27,6 +28,8 @@ __all__ = [
     "RequestTooLarge",
     "RetriesExhausted",
     "StoreUnavailable",
+    "TransientFailure",
+    "unwrap_pilot_error",
 ]
 
 # sk-..., sk-proj-..., sess-... style secrets; a redacted "sk-...abcd" does not match (needs 8+ key chars).
@@ -162,6 +165,26 @@ class InputError(RatePilotError):
             where.append(f"field {field!r}")
         prefix = f"{', '.join(where)}: " if where else ""
         super().__init__(f"{prefix}{message}")
+
+
+class AuthFailed(RatePilotError):
+    """401/403: the key is wrong for every request, not this one. A job stops; nothing is recorded."""
+
+
+class TransientFailure(RatePilotError):
+    """No answer after every retry (connection, timeout, 5xx, 429): not recorded; a rerun asks again."""
+
+
+def unwrap_pilot_error(exc: BaseException) -> RatePilotError | None:
+    """The RatePilotError behind an exception, if any (the SDK may wrap the transport's errors in its own)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, RatePilotError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 class StoreUnavailable(RatePilotError):

@@ -39,6 +39,8 @@ from typing import Any
 
 import orjson
 
+from .errors import RatePilotError
+
 __all__ = [
     "MARKER_SUFFIX",
     "ForeignResultsError",
@@ -127,7 +129,7 @@ class JobMarker:
         )
 
 
-class ForeignResultsError(ValueError):
+class ForeignResultsError(RatePilotError, ValueError):
     """The results file exists and belongs to another job (or was not written by ratepilot)."""
 
 

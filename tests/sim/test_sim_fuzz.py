@@ -18,13 +18,11 @@ from hypothesis import strategies as st
 
 from ratepilot.clock import FakeClock
 from ratepilot.sim import SimConfig, SimState, create_app
+from ratepilot.sim.endpoints import ENDPOINTS, ONLINE_ENDPOINTS
 
 APP = create_app(SimState(SimConfig(rpm=1_000_000, tpm=100_000_000, max_body_bytes=20_000), FakeClock()))
 PATHS = [
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
+    *ENDPOINTS,  # the batch-only ones too: they must answer a clean 404 online
     "/v1/models",
     "/v1/models/gpt-4o-mini",
     "/v1/models/nope",
@@ -51,31 +49,9 @@ messages = st.fixed_dictionaries(
     },
 )
 
-VALID = {
-    "/v1/chat/completions": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
-    "/v1/completions": {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "max_tokens": 5},
-    "/v1/embeddings": {"model": "text-embedding-3-small", "input": "hi", "dimensions": 4},
-    "/v1/responses": {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 5},
-}
-FIELDS = [
-    "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "n",
-    "temperature",
-    "stream",
-    "stream_options",
-    "stop",
-    "input",
-    "prompt",
-    "dimensions",
-    "encoding_format",
-    "instructions",
-    "max_output_tokens",
-    "tools",
-    "background",
-]
+# Every endpoint served online, from the registry: a new endpoint is fuzzed without editing this file.
+VALID = {path: dict(endpoint.example) for path, endpoint in ONLINE_ENDPOINTS.items()}
+FIELDS = sorted({name for endpoint in ENDPOINTS.values() for name in endpoint.rules.checks})
 
 
 @st.composite

@@ -98,11 +98,11 @@ _EVENT_SLICE = 0.5  # seconds between looks at the other batches' webhook subscr
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class JobNotFoundError(LookupError):
+class JobNotFoundError(RatePilotError, LookupError):
     """No job of that name in this state directory."""
 
 
-class JobConflictError(ValueError):
+class JobConflictError(RatePilotError, ValueError):
     """A job of that name exists but was planned from different input."""
 
 

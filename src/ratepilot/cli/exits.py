@@ -9,8 +9,8 @@ from __future__ import annotations
 import openai
 
 from ..batch.runner import JobConflictError, JobNotFoundError
-from ..engine.sender import AuthFailed, unwrap_pilot_error
 from ..errors import (
+    AuthFailed,
     BudgetExceeded,
     InputError,
     QuotaExhausted,
@@ -18,6 +18,7 @@ from ..errors import (
     RetriesExhausted,
     StoreUnavailable,
     _scrub,
+    unwrap_pilot_error,
 )
 from ..exitcodes import ExitCode
 from ..joblock import JobLocked
@@ -52,12 +53,12 @@ def classify_exit(exc: BaseException) -> tuple[ExitCode, str] | None:
         return ExitCode.AUTH, exc.message
     if isinstance(exc, RetriesExhausted) and exc.last_status is None:
         return ExitCode.API_ERROR, f"{exc.message}{_where(exc)}"
+    if isinstance(exc, ForeignResultsError | JobConflictError):
+        return ExitCode.CONFLICT, exc.message
+    if isinstance(exc, JobNotFoundError):
+        return ExitCode.BAD_INPUT, exc.message
     if isinstance(exc, RatePilotError):  # RequestTooLarge, RetriesExhausted, ...: the API would not do the work
         return ExitCode.API_ERROR, exc.message
-    if isinstance(exc, ForeignResultsError | JobConflictError):
-        return ExitCode.CONFLICT, _scrub(str(exc))
-    if isinstance(exc, JobNotFoundError):
-        return ExitCode.BAD_INPUT, _scrub(str(exc))
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return ExitCode.AUTH, _scrub(f"the API key was rejected ({exc.status_code}): {exc.message}")
     if isinstance(exc, openai.APIStatusError):

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import httpx2
 import orjson
 
-from ..errors import RatePilotError
+from ..errors import AuthFailed, RatePilotError, TransientFailure, unwrap_pilot_error
 from ..requests import RequestLine
 
 __all__ = [
@@ -52,28 +52,8 @@ DEFAULT_TIMEOUT_S = 600.0
 FLEX_TIMEOUT_S = 900.0
 
 
-class AuthFailed(RatePilotError):
-    """401/403: the key is wrong for every request, not this one. The job stops; nothing is recorded."""
-
-
-class TransientFailure(RatePilotError):
-    """No answer after every retry (connection, timeout, 5xx, 429): not recorded; a rerun asks again."""
-
-
 class Sender(Protocol):
     async def send(self, request: RequestLine) -> Answer: ...
-
-
-def unwrap_pilot_error(exc: BaseException) -> RatePilotError | None:
-    """The RatePilotError behind an SDK exception, if any (the SDK may wrap transport errors)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, RatePilotError):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
 
 
 def _parse_body(content: bytes) -> Any:

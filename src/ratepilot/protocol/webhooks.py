@@ -19,6 +19,8 @@ import hmac
 import secrets
 from collections.abc import Mapping
 
+from ..errors import RatePilotError
+
 __all__ = [
     "DEFAULT_TOLERANCE",
     "WebhookVerificationError",
@@ -33,7 +35,7 @@ DEFAULT_TOLERANCE = 300.0  # seconds either side of now, as OpenAI and the Stand
 _PREFIX = "whsec_"
 
 
-class WebhookVerificationError(ValueError):
+class WebhookVerificationError(RatePilotError, ValueError):
     """A delivery that must not be acted on; ``reason`` says why in words safe to log (no secret)."""
 
     def __init__(self, reason: str) -> None:

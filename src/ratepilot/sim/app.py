@@ -1,8 +1,8 @@
 """The simulator's ASGI app: a raw ASGI hot path for the model endpoints, Starlette for everything else.
 
-Request pipeline of a model endpoint (chat, completions, embeddings, responses):
+Request pipeline of a model endpoint (one served online by the registry, :mod:`ratepilot.sim.endpoints`):
 
-1. ``sim.longrun.tick(state)`` (lifecycles advance lazily from the clock);
+1. ``state.longrun.advance()`` (lifecycles advance lazily from the clock);
 2. authentication (401, not counted);
 3. body: size limit (413), JSON (400), validation with ``param`` (400), model (404) — these errors still
    cost one request;
@@ -37,9 +37,10 @@ from starlette.responses import Response
 from ..protocol.errors import error_body, model_not_found_error, server_error
 from ..protocol.pricing import served_tier
 from . import longrun
-from .content import Generated, generate
+from .content import Generated
+from .endpoints import ONLINE_ENDPOINTS, Endpoint
 from .state import RequestContext, SimState
-from .validation import ApiError, invalid_json
+from .validation import ApiError, invalid_json, invalid_url
 
 __all__ = ["SimApp", "create_app"]
 
@@ -53,21 +54,11 @@ log = logging.getLogger("ratepilot.sim")
 OPENAI_VERSION = b"2020-10-01"
 _JSON = (b"content-type", b"application/json")
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
-MODEL_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 _PIECES = re.compile(r"\S+\s*|\s+")
 
 
 class _Dropped(Exception):
     """Raised inside a handler to abandon the response mid-body (the "dropped connection" fault)."""
-
-
-_TIERED = frozenset({"/v1/chat/completions", "/v1/responses"})
-"""Endpoints whose requests take a ``service_tier`` (and whose responses say which tier served them)."""
-
-
-def _invalid_url(method: str, path: str, status: int = 404) -> ApiError:
-    what = "Invalid URL" if status == 404 else "Invalid method for URL"
-    return ApiError(status, error_body(f"{what} ({method} {path[:200]})", "invalid_request_error"))
 
 
 def _too_large(size: int, limit: int) -> ApiError:
@@ -106,9 +97,7 @@ class SimApp:
 
     def __init__(self, state: SimState) -> None:
         self.state = state
-        self._post: dict[str, Callable[[Scope, Receive, Send, str], Awaitable[None]]] = {
-            path: self._model_endpoint for path in MODEL_ENDPOINTS
-        }
+        self._online = ONLINE_ENDPOINTS
         self.fallback = Starlette(
             routes=longrun.routes(state),
             exception_handlers={HTTPException: self._http_exception},
@@ -137,7 +126,9 @@ class SimApp:
             await send(message)
 
         try:
-            longrun.tick(state)
+            attached = state.longrun
+            if attached is not None:
+                attached.advance()
             await self._dispatch(scope, receive, send_with_headers)
         except _Dropped:
             pass  # return with the body incomplete: uvicorn closes the connection
@@ -178,9 +169,9 @@ class SimApp:
         path: str = scope["path"]
         method: str = scope["method"]
         if method == "POST":
-            handler = self._post.get(path)
-            if handler is not None:
-                await handler(scope, receive, send, path)
+            endpoint = self._online.get(path)
+            if endpoint is not None:
+                await self._model_endpoint(scope, receive, send, endpoint)
                 return
             if path == "/sim/reset":
                 self.state.reset()
@@ -193,8 +184,8 @@ class SimApp:
             if path == "/sim/stats":
                 await self._send_json(send, 200, self.state.stats())
                 return
-        if path in self._post or path in ("/v1/models", "/sim/stats", "/sim/reset"):
-            await self._send_error(send, _invalid_url(method, path, 405))
+        if path in self._online or path in ("/v1/models", "/sim/stats", "/sim/reset"):
+            await self._send_error(send, invalid_url(method, path, 405))
             return
         fault = self.state.draw_fault() if self.state.config.faults.all_endpoints and path.startswith("/v1/") else None
         if fault in ("500", "503") and method != "POST":
@@ -209,7 +200,7 @@ class SimApp:
 
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
-        error = _invalid_url(request.method, request.url.path, status if status in (404, 405) else 404)
+        error = invalid_url(request.method, request.url.path, status if status in (404, 405) else 404)
         if status not in (404, 405):
             error = ApiError(status, error_body(str(getattr(exc, "detail", "")) or "Error", "invalid_request_error"))
         return self.state.error_response(error)
@@ -282,7 +273,7 @@ class SimApp:
             send, 200, {"id": spec.id, "object": "model", "created": created, "owned_by": spec.owned_by}
         )
 
-    async def _model_endpoint(self, scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
+    async def _model_endpoint(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
         state = self.state
         try:
             ident = state.identify(self._header(scope, b"authorization"))
@@ -304,15 +295,16 @@ class SimApp:
             state.count_request(org, model)
             await self._send_error(send, exc)
             return
-        if endpoint == "/v1/responses" and body.get("background") is True:
-            await self._background(send, org, spec.id, body)
+        path = endpoint.path
+        if endpoint.background and body.get("background") is True:
+            await self._background(send, org, spec.id, endpoint, body)
             return
-        cost = state.admission_cost(endpoint, body)
-        error = state.admit_request(org, spec.id, cost, endpoint)
+        cost = endpoint.admission(path, body)
+        error = state.admit_request(org, spec.id, cost, path)
         if error is not None:
             await self._send_error(send, error)
             return
-        tier = served_tier(body.get("service_tier")) if endpoint in _TIERED else None
+        tier = served_tier(body.get("service_tier")) if endpoint.tiered else None
         if tier == "flex":
             refusal = state.flex_refusal(org, spec.id, cost)
             if refusal is not None:
@@ -323,7 +315,7 @@ class SimApp:
             await self._send_json(send, int(fault), server_error(overloaded=fault == "503"))
             return
         try:
-            generated = generate(state.config, endpoint, body, spec, state.new_id, int(state.clock.wall()))
+            generated = endpoint.respond(state.config, spec, body, state.new_id, int(state.clock.wall()))
         except ApiError as exc:
             state.settle(org, spec.id, cost, 0)  # rejected after admission: its tokens are returned
             await self._send_error(send, exc)
@@ -333,8 +325,8 @@ class SimApp:
         state.complete(org, spec.id, cost, generated.body.get("usage") or {}, generated.total_tokens, tier)
         if fault == "stall":
             await self._stall(receive)
-        if body.get("stream") is True and endpoint in ("/v1/chat/completions", "/v1/completions"):
-            await self._stream(send, endpoint, body, generated, fault == "drop")
+        if endpoint.stream is not None and body.get("stream") is True:
+            await self._stream(send, endpoint.stream == "chat", body, generated, fault == "drop")
             return
         latency = state.config.latency
         ms = 0.0
@@ -354,9 +346,9 @@ class SimApp:
             raise _Dropped
         await send({"type": "http.response.body", "body": data})
 
-    async def _background(self, send: Send, org: str, model: str, body: Any) -> None:
-        hook = self.state.background_response
-        if hook is None:
+    async def _background(self, send: Send, org: str, model: str, endpoint: Endpoint, body: Any) -> None:
+        longrun = self.state.longrun
+        if longrun is None:
             await self._send_error(
                 send,
                 ApiError(
@@ -365,11 +357,11 @@ class SimApp:
                 ),
             )
             return
-        error = self.state.admit_request(org, model, self.state.admission_cost("/v1/responses", body), "/v1/responses")
+        error = self.state.admit_request(org, model, endpoint.admission(endpoint.path, body), endpoint.path)
         if error is not None:
             await self._send_error(send, error)
             return
-        status, out = hook(org, body)
+        status, out = longrun.create_background_response(org, body)
         await self._send_json(send, status, out)
 
     async def _stall(self, receive: Receive) -> None:
@@ -382,10 +374,10 @@ class SimApp:
             return
         raise _Dropped
 
-    async def _stream(self, send: Send, endpoint: str, body: Any, generated: Generated, drop: bool) -> None:
+    async def _stream(self, send: Send, chat: bool, body: Any, generated: Generated, drop: bool) -> None:
+        """SSE chunks: chat-completion chunks (``chat``) or text-completion chunks."""
         state = self.state
         out = generated.body
-        chat = endpoint == "/v1/chat/completions"
         options = body.get("stream_options") or {}
         include_usage = bool(options.get("include_usage"))
         n = len(out["choices"])

@@ -1,5 +1,8 @@
 """What the simulator answers: deterministic responders and the response bodies of each endpoint.
 
+One :data:`Generator` per endpoint (:func:`chat`, :func:`completions`, :func:`embeddings`, :func:`responses`,
+:func:`moderations`); the endpoint registry (:mod:`ratepilot.sim.endpoints`) says which serves which path.
+
 Pure functions of (config, request body): no I/O, no clock (timestamps and ids are passed in). Usage is
 counted with the real tokenizer (:mod:`ratepilot.protocol.tokens`), so the numbers a client sees are the
 numbers the real API would report for the same text.
@@ -31,7 +34,19 @@ from ..protocol.tokens import estimate_prompt_tokens, request_texts
 from .config import ModelSpec, SimConfig
 from .validation import ApiError
 
-__all__ = ["Generated", "embedding_vector", "generate", "prompt_text", "reply_text"]
+__all__ = [
+    "Generated",
+    "Generator",
+    "chat",
+    "completions",
+    "embedding_vector",
+    "embeddings",
+    "moderations",
+    "prompt_text",
+    "reply_text",
+    "responses",
+    "wrong_model_kind",
+]
 
 IdFactory = Callable[[str], str]
 
@@ -51,6 +66,10 @@ class Generated:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+Generator = Callable[[SimConfig, ModelSpec, Mapping[str, Any], IdFactory, int], Generated]
+"""One endpoint's answer: ``(config, model, body, new_id, now) -> Generated``; raises :class:`ApiError`."""
 
 
 def _content_text(content: Any) -> str:
@@ -160,7 +179,7 @@ def _n(body: Mapping[str, Any]) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
 
 
-def _chat(config: SimConfig, spec: ModelSpec, body: Mapping[str, Any], new_id: IdFactory, now: int) -> Generated:
+def chat(config: SimConfig, spec: ModelSpec, body: Mapping[str, Any], new_id: IdFactory, now: int) -> Generated:
     endpoint = "/v1/chat/completions"
     max_out = _limit_of(body, "max_completion_tokens", "max_tokens")
     prompt_tokens = estimate_prompt_tokens(endpoint, body, spec.id)
@@ -189,7 +208,7 @@ def _chat(config: SimConfig, spec: ModelSpec, body: Mapping[str, Any], new_id: I
     return Generated(out, prompt_tokens, tokens * n, text)
 
 
-def _completions(config: SimConfig, spec: ModelSpec, body: Mapping[str, Any], new_id: IdFactory, now: int) -> Generated:
+def completions(config: SimConfig, spec: ModelSpec, body: Mapping[str, Any], new_id: IdFactory, now: int) -> Generated:
     endpoint = "/v1/completions"
     max_out = _limit_of(body, "max_tokens", default=16)
     prompt_tokens = estimate_prompt_tokens(endpoint, body, spec.id)
@@ -213,7 +232,7 @@ def _completions(config: SimConfig, spec: ModelSpec, body: Mapping[str, Any], ne
     return Generated(out, prompt_tokens, tokens * n, text)
 
 
-def _responses(config: SimConfig, spec: ModelSpec, body: Mapping[str, Any], new_id: IdFactory, now: int) -> Generated:
+def responses(config: SimConfig, spec: ModelSpec, body: Mapping[str, Any], new_id: IdFactory, now: int) -> Generated:
     endpoint = "/v1/responses"
     max_out = _limit_of(body, "max_output_tokens")
     prompt_tokens = estimate_prompt_tokens(endpoint, body, spec.id)
@@ -298,14 +317,7 @@ def _embedding_too_long(spec: ModelSpec, n: int) -> ApiError:
     )
 
 
-def _embeddings(spec: ModelSpec, body: Mapping[str, Any]) -> Generated:
-    if spec.kind != "embedding":
-        raise ApiError(
-            400,
-            error_body(
-                f"The model `{spec.id}` does not support embeddings.", "invalid_request_error", "invalid_model", "model"
-            ),
-        )
+def embeddings(config: SimConfig, spec: ModelSpec, body: Mapping[str, Any], new_id: IdFactory, now: int) -> Generated:
     dims = body.get("dimensions")
     if dims is None:
         dims = spec.dimensions
@@ -351,24 +363,54 @@ def _embeddings(spec: ModelSpec, body: Mapping[str, Any]) -> Generated:
     return Generated(out, prompt_tokens, 0)
 
 
-def generate(
-    config: SimConfig, endpoint: str, body: Mapping[str, Any], spec: ModelSpec, new_id: IdFactory, now: int
-) -> Generated:
-    """The response for a validated request to a known model. Raises :class:`ApiError` (e.g. context length)."""
-    if endpoint == "/v1/embeddings":
-        return _embeddings(spec, body)
-    if spec.kind != "chat":
-        raise ApiError(
-            400,
-            error_body(
-                f"The model `{spec.id}` is an embeddings model and is not supported on {endpoint}.",
-                "invalid_request_error",
-                "invalid_model",
-                "model",
-            ),
-        )
-    if endpoint == "/v1/chat/completions":
-        return _chat(config, spec, body, new_id, now)
-    if endpoint == "/v1/completions":
-        return _completions(config, spec, body, new_id, now)
-    return _responses(config, spec, body, new_id, now)
+_MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
+
+def _moderation_result(input_types: list[str]) -> dict[str, Any]:
+    return {
+        "flagged": False,
+        "categories": dict.fromkeys(_MODERATION_CATEGORIES, False),
+        "category_scores": dict.fromkeys(_MODERATION_CATEGORIES, 0.0),
+        "category_applied_input_types": {c: list(input_types) for c in _MODERATION_CATEGORIES},
+    }
+
+
+def moderations(config: SimConfig, spec: ModelSpec, body: Mapping[str, Any], new_id: IdFactory, now: int) -> Generated:
+    """A moderation that flags nothing: the simulator is about limits and lifecycles, not content policy.
+
+    One result per input string; one for a list of multi-modal parts (as the real API answers). The real
+    response carries no ``usage`` (moderations are free), so nothing is billed; the prompt tokens are still
+    counted for settling the token buckets."""
+    raw = body.get("input")
+    if isinstance(raw, list) and any(isinstance(item, Mapping) for item in raw):
+        kinds = {"text" if isinstance(p, str) or p.get("type") == "text" else "image" for p in raw}
+        results = [_moderation_result(sorted(kinds))]
+    else:
+        results = [_moderation_result(["text"]) for _ in (raw if isinstance(raw, list) else [raw])]
+    out = {"id": new_id("modr-"), "model": spec.id, "results": results}
+    return Generated(out, estimate_prompt_tokens("/v1/moderations", body, spec.id), 0)
+
+
+def wrong_model_kind(spec: ModelSpec, kind: str, endpoint: str) -> ApiError:
+    """The 400 for a model of the wrong kind (an embeddings model on chat, a chat model on embeddings)."""
+    if kind == "embedding":
+        message = f"The model `{spec.id}` does not support embeddings."
+    elif spec.kind == "embedding":
+        message = f"The model `{spec.id}` is an embeddings model and is not supported on {endpoint}."
+    else:
+        message = f"The model `{spec.id}` is not supported on {endpoint}."
+    return ApiError(400, error_body(message, "invalid_request_error", "invalid_model", "model"))

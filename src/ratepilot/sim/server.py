@@ -219,11 +219,9 @@ class Simulator:
         return self
 
     def stop(self) -> None:
-        from . import longrun
-
-        shutdown = getattr(longrun, "shutdown", None)
-        if shutdown is not None:
-            shutdown(self.state)  # e.g. the webhook sender's thread
+        longrun = self.state.longrun
+        if longrun is not None:
+            longrun.close()  # e.g. the webhook sender's thread
         if self._background is not None:
             self._background.stop()
             self._background = None

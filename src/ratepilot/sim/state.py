@@ -17,35 +17,38 @@ Public surface (stable; used by ``sim.longrun``):
     spent). The rate-limit headers of the bucket charged are added to the response of the current request
     automatically.
 ``state.execute(endpoint, body, org, *, batch=False, bill=True) -> (status, body_dict)``
-    Validation + responder + usage, WITHOUT rate limiting (batch lines use it). Bills the org (at the batch
-    price with ``batch=True``) unless ``bill=False``.
+    Validation + responder + usage, WITHOUT rate limiting (batch lines use it), for any path of the endpoint
+    registry (:mod:`ratepilot.sim.endpoints`); never raises (an unknown path is a 404 body, a body without a
+    model a 400). Bills the org (at the batch price with ``batch=True``) unless ``bill=False``.
 ``state.bill(org, model, usage, batch=False) -> float``
     Add a usage dict (``prompt_tokens``/``completion_tokens`` or ``input_tokens``/``output_tokens``) to the
     org's usage and billed cost; returns the USD billed.
 ``state.settle(org, model, charged, actual)`` / ``state.complete(org, model, charged, usage, actual)``
     Correct the token buckets to the actual usage (``complete`` also bills); see the README.
 ``state.stats()`` / ``state.reset()``
-    The ``GET /sim/stats`` dict; ``reset`` clears buckets, usage, credit and stats (and calls
-    ``state.reset_hooks``).
+    The ``GET /sim/stats`` dict; ``reset`` clears buckets, usage, credit and stats (and the long-running
+    objects).
 ``state.new_id(prefix)``
     A fresh id (``chatcmpl-…``, ``req_…``); reproducible with ``SimConfig(deterministic_ids=True)``.
-``state.background_response``
-    Hook for ``POST /v1/responses`` with ``background: true``: ``(org, body) -> (status, dict)``; the
-    long-running-objects module sets it. ``None``: such requests get a 400.
+``state.longrun``
+    The long-running objects attached to this state (:class:`LongRunning`, set by ``sim.longrun``), or
+    ``None``. The core calls only the protocol's methods and never imports ``sim.longrun``: without it,
+    ``background: true`` gets a 400 and ``/sim/stats`` has no ``longrun`` section.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
+import logging
 import math
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -58,21 +61,50 @@ from ..protocol.errors import (
     rate_limit_error,
     redact_key,
     request_too_large_error,
+    server_error,
     slow_down_error,
 )
-from ..protocol.tokens import admission_cost
 from .config import Limits, ModelSpec, SimConfig
-from .content import generate
+from .endpoints import ENDPOINTS, Endpoint
 from .enforcement import Enforcer, PoolBuckets
-from .validation import ApiError, validate_body
+from .validation import ApiError, invalid_url
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-__all__ = ["Identity", "RequestContext", "SimState", "current_request"]
+__all__ = ["Identity", "LongRunning", "RequestContext", "SimState", "current_request"]
+
+log = logging.getLogger("ratepilot.sim")
 
 ORG_WIDE_POOL = "*"
+
+
+class LongRunning(Protocol):
+    """What the core asks of the long-running objects attached to it (``sim.longrun``'s store).
+
+    The core calls these and nothing else; the long-running side uses the state's public methods (above).
+    """
+
+    def advance(self) -> None:
+        """Bring every lifecycle to the clock's now (called before every request; cheap when idle)."""
+        ...
+
+    def create_background_response(self, org: str, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``POST /v1/responses`` with ``background: true``, already validated and charged."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """The ``longrun`` section of ``/sim/stats``."""
+        ...
+
+    def reset(self) -> None:
+        """Drop every long-running object (``POST /sim/reset``)."""
+        ...
+
+    def close(self) -> None:
+        """Stop any thread of its own (the simulator is stopping, or another store replaces this one)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +193,7 @@ class SimState:
         # The same resolution ideal_admissions uses (SimConfig.pool_limits), precomputed for the hot path.
         self._pools: dict[str, tuple[str, Limits]] = {m: self.config.pool_limits(m) for m in self._models}
         self._identities: dict[str, Identity] = {}
-        self.reset_hooks: list[Callable[[], None]] = []
-        self.background_response: Callable[[str, Mapping[str, Any]], tuple[int, dict[str, Any]]] | None = None
-        self.extras: dict[str, Any] = {}  # free space for extensions (e.g. sim.longrun's stores)
+        self.longrun: LongRunning | None = None
 
     # -- identity -----------------------------------------------------------------------------------------
 
@@ -323,9 +353,9 @@ class SimState:
         # No lock: Random.getrandbits is a single C call, atomic under the GIL.
         return f"{prefix}{self._id_rng.getrandbits(96):024x}"
 
-    def validated_model(self, endpoint: str, body: Any) -> ModelSpec:
+    def validated_model(self, endpoint: Endpoint, body: Any) -> ModelSpec:
         """Validate ``body`` for ``endpoint`` and return its model; raises 400/404 :class:`ApiError`."""
-        validate_body(endpoint, body)
+        endpoint.rules.check(body)  # every endpoint's rules require a non-empty string model
         spec = self._models.get(body["model"])
         if spec is None:
             raise ApiError(404, model_not_found_error(body["model"]))
@@ -335,17 +365,23 @@ class SimState:
         self, endpoint: str, body: Any, org: str, *, batch: bool = False, bill: bool = True
     ) -> tuple[int, dict[str, Any]]:
         """The responder pipeline without rate limiting: ``(status, body)`` for any input, never raises."""
+        found = ENDPOINTS.get(endpoint)
+        if found is None:
+            unknown = invalid_url("POST", endpoint)
+            return unknown.status, unknown.body
         try:
-            spec = self.validated_model(endpoint, body)
-            generated = generate(self.config, endpoint, body, spec, self.new_id, int(self.clock.wall()))
+            spec = self.validated_model(found, body)
+            generated = found.respond(self.config, spec, body, self.new_id, int(self.clock.wall()))
         except ApiError as exc:
             return exc.status, exc.body
+        except Exception:
+            # A simulator bug: one line's 500 (as the app answers one request), not a lost batch.
+            log.exception("simulator internal error executing %s", endpoint)
+            self.note_fault("internal_error")
+            return 500, server_error()
         if bill:
             self.bill(org, spec.id, generated.body.get("usage") or {}, batch=batch)
         return 200, generated.body
-
-    def admission_cost(self, endpoint: str, body: Mapping[str, Any]) -> int:
-        return admission_cost(endpoint, body)
 
     def complete(
         self,
@@ -461,11 +497,9 @@ class SimState:
     def stats(self) -> dict[str, Any]:
         with self.lock:
             out = self._stats.as_dict()
-        from . import longrun  # the long-running objects add their own counts
-
-        longrun_stats = getattr(longrun, "stats", None)
-        if longrun_stats is not None:
-            out["longrun"] = longrun_stats(self)
+        longrun = self.longrun
+        if longrun is not None:
+            out["longrun"] = longrun.stats()
         return out
 
     def reset(self) -> None:
@@ -474,8 +508,9 @@ class SimState:
             self._stats = _Stats()
             self._identities.clear()
             self._fault_rng = random.Random(self.config.seed)
-        for hook in list(self.reset_hooks):
-            hook()
+        longrun = self.longrun
+        if longrun is not None:
+            longrun.reset()  # outside the lock: it may wait for its webhook thread, which may be billing
 
     # -- request context ---------------------------------------------------------------------------------
 

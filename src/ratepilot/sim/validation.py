@@ -1,5 +1,8 @@
 """Request-body validation with the API's 400 wording: every error names the offending ``param``.
 
+One :class:`BodyRules` per endpoint (``CHAT``, ``EMBEDDINGS``, ...); the endpoint registry
+(:mod:`ratepilot.sim.endpoints`) says which endpoint uses which.
+
 Messages follow the real API's shapes (``Missing required parameter: 'model'.``, ``Invalid type for
 'messages': expected an array, but got a string instead.``). Unknown top-level fields are accepted (the
 real API rejects some, but SDK ``extra_body`` users rely on leniency and the simulator is not a linter).
@@ -9,11 +12,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..protocol.errors import error_body
 
-__all__ = ["ApiError", "invalid_json", "validate_body"]
+__all__ = [
+    "CHAT",
+    "COMPLETIONS",
+    "EMBEDDINGS",
+    "MODERATIONS",
+    "RESPONSES",
+    "ApiError",
+    "BodyRules",
+    "invalid_json",
+    "invalid_url",
+]
 
 
 class ApiError(Exception):
@@ -37,6 +51,12 @@ def invalid_json() -> ApiError:
             "invalid_request_error",
         ),
     )
+
+
+def invalid_url(method: str, path: str, status: int = 404) -> ApiError:
+    """The real API's answer to an unknown route (404) or a known route with the wrong method (405)."""
+    what = "Invalid URL" if status == 404 else "Invalid method for URL"
+    return ApiError(status, error_body(f"{what} ({method} {path[:200]})", "invalid_request_error"))
 
 
 def _got(value: Any) -> str:
@@ -369,89 +389,130 @@ def _model_check(body: Mapping[str, Any], _name: str) -> None:
     _model(body)
 
 
-# Per endpoint: the required fields, and a check per known field. Only the fields a body actually has are
-# checked (in the body's order), which keeps validation cheap on the hot path; unknown fields are accepted.
-_ENDPOINTS: dict[str, tuple[tuple[str, ...], dict[str, Check]]] = {
-    "/v1/chat/completions": (
-        ("model", "messages"),
-        {
-            "model": _model_check,
-            "messages": _whole(_messages),
-            "service_tier": _service_tier,
-            "max_tokens": _int(1),
-            "max_completion_tokens": _int(1),
-            **_SAMPLING,
-            "tools": _object_list,
-            "response_format": _object_param,
-            "metadata": _object_param,
-            "logprobs": _bool_param,
-            "parallel_tool_calls": _bool_param,
-        },
-    ),
-    "/v1/embeddings": (
-        ("model", "input"),
-        {
-            "model": _model_check,
-            "input": lambda body, name: _text_or_tokens(body, name, required=True, max_items=2048),
-            "dimensions": _int(1),
-            "encoding_format": _encoding_format,
-            "user": _str_param,
-            "tools": _object_list,  # not an embeddings field, but the token estimate reads it on every endpoint
-        },
-    ),
-    "/v1/completions": (
-        ("model", "prompt"),
-        {
-            "model": _model_check,
-            "prompt": lambda body, name: _text_or_tokens(body, name, required=True, max_items=2048),
-            "max_tokens": _int(0),
-            "best_of": _int(1, 20),
-            "suffix": _str_param,
-            "echo": _bool_param,
-            **_SAMPLING,
-            "tools": _object_list,  # see embeddings
-        },
-    ),
-    "/v1/responses": (
-        ("model", "input"),
-        {
-            "model": _model_check,
-            "input": _whole(_responses_input),
-            "instructions": _str_param,
-            "max_output_tokens": _int(1),
-            "temperature": _num(0, 2),
-            "top_p": _num(0, 1),
-            "stream": _responses_stream,
-            "background": _bool_param,
-            "service_tier": _service_tier,
-            "store": _bool_param,
-            "tools": _object_list,
-            "metadata": _object_param,
-            "previous_response_id": _str_param,
-        },
-    ),
-}
-
-
-def validate_body(endpoint: str, body: Any) -> None:
-    """Raise :class:`ApiError` (400, with ``param``) if ``body`` is not a valid request for ``endpoint``."""
-    if not isinstance(body, Mapping):
-        raise ApiError(
-            400,
-            error_body(
-                f"Invalid type for request body: expected an object, but got {_got(body)} instead.",
-                "invalid_request_error",
-                "invalid_type",
-            ),
-        )
-    spec = _ENDPOINTS.get(endpoint)
-    if spec is None:
+def _moderation_input(body: Mapping[str, Any]) -> None:
+    """A string, an array of strings, or an array of multi-modal parts (``{"type": "text" | "image_url", ...}``)."""
+    value = body["input"]
+    if isinstance(value, str):
         return
-    required, checks = spec
-    for name in required:
-        if body.get(name) is None:
-            raise _missing(name)
-    for name in body:
-        check = checks.get(name)
-        if check is not None:
-            check(body, name)
+    if not isinstance(value, list):
+        raise _type_error("input", "a string or an array", value)
+    if not value:
+        raise _bad(
+            "input",
+            "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            "empty_array",
+        )
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            continue
+        if not isinstance(item, Mapping):
+            raise _type_error(f"input[{i}]", "a string or an object", item)
+        if not isinstance(item.get("type"), str):
+            raise _missing(f"input[{i}].type")
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRules:
+    """How one endpoint's request body is validated: its required fields, and a check per known field.
+
+    Only the fields a body actually has are checked (in the body's order), which keeps validation cheap on the
+    hot path; unknown fields are accepted. Every endpoint's rules require ``model`` first: the simulator
+    routes every request by its model, so a body without one must be a 400 here, never a ``KeyError`` later.
+    """
+
+    required: tuple[str, ...]
+    checks: Mapping[str, Check]
+
+    def check(self, body: Any) -> None:
+        """Raise :class:`ApiError` (400, with ``param``) if ``body`` is not a valid request."""
+        if not isinstance(body, Mapping):
+            raise ApiError(
+                400,
+                error_body(
+                    f"Invalid type for request body: expected an object, but got {_got(body)} instead.",
+                    "invalid_request_error",
+                    "invalid_type",
+                ),
+            )
+        for name in self.required:
+            if body.get(name) is None:
+                raise _missing(name)
+        checks = self.checks
+        for name in body:
+            check = checks.get(name)
+            if check is not None:
+                check(body, name)
+
+
+CHAT = BodyRules(
+    ("model", "messages"),
+    {
+        "model": _model_check,
+        "messages": _whole(_messages),
+        "service_tier": _service_tier,
+        "max_tokens": _int(1),
+        "max_completion_tokens": _int(1),
+        **_SAMPLING,
+        "tools": _object_list,
+        "response_format": _object_param,
+        "metadata": _object_param,
+        "logprobs": _bool_param,
+        "parallel_tool_calls": _bool_param,
+    },
+)
+
+EMBEDDINGS = BodyRules(
+    ("model", "input"),
+    {
+        "model": _model_check,
+        "input": lambda body, name: _text_or_tokens(body, name, required=True, max_items=2048),
+        "dimensions": _int(1),
+        "encoding_format": _encoding_format,
+        "user": _str_param,
+        "tools": _object_list,  # not an embeddings field, but the token estimate reads it on every endpoint
+    },
+)
+
+COMPLETIONS = BodyRules(
+    ("model", "prompt"),
+    {
+        "model": _model_check,
+        "prompt": lambda body, name: _text_or_tokens(body, name, required=True, max_items=2048),
+        "max_tokens": _int(0),
+        "best_of": _int(1, 20),
+        "suffix": _str_param,
+        "echo": _bool_param,
+        **_SAMPLING,
+        "tools": _object_list,  # see EMBEDDINGS
+    },
+)
+
+RESPONSES = BodyRules(
+    ("model", "input"),
+    {
+        "model": _model_check,
+        "input": _whole(_responses_input),
+        "instructions": _str_param,
+        "max_output_tokens": _int(1),
+        "temperature": _num(0, 2),
+        "top_p": _num(0, 1),
+        "stream": _responses_stream,
+        "background": _bool_param,
+        "service_tier": _service_tier,
+        "store": _bool_param,
+        "tools": _object_list,
+        "metadata": _object_param,
+        "previous_response_id": _str_param,
+    },
+)
+
+# The real API defaults a moderation's model to omni-moderation-latest; the simulator asks for one, as a batch
+# input file must name its model anyway (and the simulator serves moderations only in batches).
+MODERATIONS = BodyRules(
+    ("model", "input"),
+    {
+        "model": _model_check,
+        "input": _whole(_moderation_input),
+        "tools": _object_list,  # see EMBEDDINGS
+    },
+)

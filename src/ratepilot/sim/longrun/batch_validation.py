@@ -9,13 +9,13 @@ real service's exact wording is unpublished, so messages are modelled on its syn
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from ...protocol.tokens import estimate_prompt_tokens
+from ..endpoints import ENDPOINTS, count_embedding_inputs
 
 __all__ = [
     "MAX_REPORTED_ERRORS",
@@ -54,14 +54,6 @@ class BatchValidation:
 def batch_error(code: str, message: str, line: int | None = None, param: str | None = None) -> dict[str, Any]:
     """One entry of a batch's ``errors.data``."""
     return {"code": code, "line": line, "message": message, "param": param}
-
-
-def count_embedding_inputs(body: Mapping[str, Any]) -> int:
-    """Inputs in one embeddings request: a string or a token array is one, a list of them is its length."""
-    value = body.get("input")
-    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
-        return len(value)
-    return 1
 
 
 def _line_error(number: int, raw: bytes, endpoint: str) -> tuple[dict[str, Any] | None, BatchLine | None]:
@@ -205,8 +197,10 @@ def validate_batch_input(
     if errors:
         return BatchValidation(errors=tuple(errors))
 
-    if "embeddings" in endpoint:
-        inputs = sum(count_embedding_inputs(line.body) for line in lines)
+    registered = ENDPOINTS.get(endpoint)
+    count_inputs = registered.batch_inputs if registered is not None else None
+    if count_inputs is not None:
+        inputs = sum(count_inputs(line.body) for line in lines)
         if inputs > max_embedding_inputs:
             return BatchValidation(
                 errors=(

@@ -7,13 +7,12 @@ from typing import Any
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..endpoints import BATCH_ENDPOINTS
 from .batch_validation import validate_batch_input
 from .http_common import Call, StoreGetter, api_error, guarded, json_response, not_found, read_json
 from .pagination import PageError, paginate
 
 __all__ = ["BATCH_ENDPOINTS", "batch_routes", "metadata_error"]
-
-BATCH_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations")
 
 
 def metadata_error(metadata: Any) -> Response | None:

@@ -92,7 +92,7 @@ def guarded(store_of: StoreGetter, endpoint: str, handler: Handler) -> Callable[
             return org
         refused = state.charge(org, None, 0, endpoint)
         if refused is not None:
-            return refused  # type: ignore[no-any-return]
+            return refused
         try:
             return await handler(Call(store, org, request))
         except BadRequest as exc:

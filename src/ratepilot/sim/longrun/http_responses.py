@@ -1,28 +1,14 @@
-"""Background responses: the create hook ``POST /v1/responses`` calls with ``background: true``, and
-``GET /v1/responses/{id}``, ``POST /v1/responses/{id}/cancel``."""
+"""Background responses: ``GET /v1/responses/{id}``, ``POST /v1/responses/{id}/cancel`` (the create is
+``POST /v1/responses`` with ``background: true``, which the app hands to ``LongrunStore``)."""
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
 
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .http_common import Call, StoreGetter, api_error, guarded, json_response, not_found
-from .store import LongrunStore
 
-__all__ = ["create_background_response", "response_routes"]
-
-
-def create_background_response(store: LongrunStore, org: str, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Queue a background response (the SIM's ``POST /v1/responses`` already authenticated, validated and
-    charged it). Returns ``(200, the queued response object)``."""
-    with store.lock:
-        item = store.responses.create(org, dict(body), store.now(), store.config)
-        obj = item.to_object(store.stamp)
-    store.wake()
-    return 200, obj
+__all__ = ["response_routes"]
 
 
 def no_such_response(response_id: str) -> Response:

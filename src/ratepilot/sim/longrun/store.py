@@ -1,18 +1,21 @@
 """Everything long-running that one simulator holds, and the one place that talks to the simulator's state.
 
-:class:`LongrunStore` is attached to a simulator state (one per state, created on first use). It owns the
-files, batches, background responses and Assistants objects, the webhook outbox and sender, and implements
-the small "host" protocols the sans-IO lifecycles need (execute a request, bill usage, store a file, emit an
-event), by calling the state's documented interface: ``clock``, ``execute``, ``bill``.
+:class:`LongrunStore` is attached to a simulator state as ``state.longrun`` (one per state, created on first
+use): the core calls it through the :class:`~ratepilot.sim.state.LongRunning` protocol (advance before each
+request, background responses, stats, reset, close). It owns the files, batches, background responses and
+Assistants objects, the webhook outbox and sender, and implements the small "host" protocols the sans-IO
+lifecycles need (execute a request, bill usage, store a file, emit an event), by calling the state's
+documented interface: ``clock``, ``execute``.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from ...clock import Clock
+from ..state import SimState
 from .assistants import AssistantsBook
 from .background import BackgroundBook
 from .batches import BatchBook
@@ -22,19 +25,11 @@ from .webhooks import WebhookOutbox, WebhookSender
 
 __all__ = ["LongrunStore", "config_from_state", "configure", "store_for"]
 
-_STORES: weakref.WeakKeyDictionary[Any, LongrunStore] = weakref.WeakKeyDictionary()
-_STORES_LOCK = threading.Lock()
 
-
-def config_from_state(state: Any) -> LongrunConfig:
-    """The long-running config a state carries: ``state.config.longrun`` or ``state.config.extra["longrun"]``
-    (a :class:`LongrunConfig` or a mapping of its fields); defaults otherwise."""
-    config = getattr(state, "config", None)
-    raw: Any = getattr(config, "longrun", None)
-    if raw is None:
-        extra = getattr(config, "extra", None)
-        if isinstance(extra, Mapping):
-            raw = extra.get("longrun")
+def config_from_state(state: SimState) -> LongrunConfig:
+    """The long-running config a state carries: ``state.config.longrun`` (a :class:`LongrunConfig` or a mapping
+    of its fields); defaults otherwise."""
+    raw: Any = state.config.longrun
     if isinstance(raw, LongrunConfig):
         return raw
     if isinstance(raw, Mapping):
@@ -42,44 +37,40 @@ def config_from_state(state: Any) -> LongrunConfig:
     return LongrunConfig()
 
 
-def store_for(state: Any) -> LongrunStore:
-    """The state's store, created on first use from :func:`config_from_state`."""
-    # Fast path (tick runs before every request): the store cached in the state's free-form ``extras``.
-    extras = getattr(state, "extras", None)
-    if isinstance(extras, dict):
-        cached = extras.get("longrun")
-        if isinstance(cached, LongrunStore):
-            return cached
-    with _STORES_LOCK:
-        store = _STORES.get(state)
-        if store is None:
-            store = _STORES[state] = LongrunStore(state, config_from_state(state))
-            _cache(state, store)
+def store_for(state: SimState) -> LongrunStore:
+    """The state's store (``state.longrun``), created on first use from :func:`config_from_state`."""
+    found = state.longrun
+    if isinstance(found, LongrunStore):
+        return found
+    with state.lock:
+        found = state.longrun
+        if isinstance(found, LongrunStore):
+            return found
+        store = LongrunStore(state, config_from_state(state))
+        state.longrun = store
         return store
 
 
-def _cache(state: Any, store: LongrunStore) -> None:
-    extras = getattr(state, "extras", None)
-    if isinstance(extras, dict):
-        extras["longrun"] = store
-
-
-def configure(state: Any, config: LongrunConfig) -> LongrunStore:
+def configure(state: SimState, config: LongrunConfig) -> LongrunStore:
     """Attach ``config`` to ``state`` (replacing any long-running objects it had)."""
-    with _STORES_LOCK:
-        old = _STORES.get(state)
-        if old is not None:
-            old.close()
-        store = _STORES[state] = LongrunStore(state, config)
-        _cache(state, store)
-        return store
+    store = LongrunStore(state, config)
+    with state.lock:
+        old, state.longrun = state.longrun, store
+    if old is not None:
+        old.close()  # outside the lock: it waits for the webhook thread, which may be billing through the state
+    return store
 
 
 class LongrunStore:
-    def __init__(self, state: Any, config: LongrunConfig) -> None:
+    def __init__(self, state: SimState, config: LongrunConfig) -> None:
         self.state = state
         self.config = config
         self.lock = threading.RLock()
+        self._fresh()
+
+    def _fresh(self) -> None:
+        """Empty books and outbox (at creation, and on ``reset``)."""
+        config = self.config
         self._wall_offset: float | None = None
         self.files = FileStore()
         self.batches = BatchBook()
@@ -96,15 +87,21 @@ class LongrunStore:
                 self.outbox,
                 config.webhook_url,
                 config.webhook_secret,
-                state.clock,
+                self.state.clock,
                 timeout=config.webhook_timeout_seconds,
                 on_idle_tick=self._background_tick,
             )
 
+    def reset(self) -> None:
+        """Drop every object, as a new store with the same configuration would have none."""
+        self.close()  # outside the lock: the webhook thread may be waiting for it
+        with self.lock:
+            self._fresh()
+
     # -- time ------------------------------------------------------------------------------------------------
 
     @property
-    def clock(self) -> Any:
+    def clock(self) -> Clock:
         return self.state.clock
 
     def now(self) -> float:
@@ -120,7 +117,7 @@ class LongrunStore:
         return int(t + self._wall_offset)
 
     def advance(self) -> None:
-        """Bring every lifecycle to the clock's now (called by ``tick`` before each request)."""
+        """Bring every lifecycle to the clock's now (the app calls it before each request)."""
         if not (self.batches.pending or self.responses.pending or self.assistants.pending):
             return  # the common case on the hot path: nothing long-running is under way
         with self.lock:
@@ -158,14 +155,22 @@ class LongrunStore:
         if self.sender is not None:
             self.sender.stop()
 
+    def create_background_response(self, org: str, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Queue a background response (the app already authenticated, validated and charged it): ``(200, the
+        queued response object)``."""
+        with self.lock:
+            item = self.responses.create(org, dict(body), self.now(), self.config)
+            obj = item.to_object(self.stamp)
+        self.wake()
+        return 200, obj
+
     # -- host protocols (BatchHost, BackgroundHost, AssistantsHost) ------------------------------------------
 
     def execute(
         self, endpoint: str, body: dict[str, Any], org: str, *, batch: bool = False
     ) -> tuple[int, dict[str, Any]]:
         """``state.execute``: the sync responders without rate limiting; bills successes (50% for batch lines)."""
-        status, result = self.state.execute(endpoint, body, org, batch=batch)
-        return int(status), dict(result)
+        return self.state.execute(endpoint, body, org, batch=batch)
 
     def add_file(
         self, org: str, filename: str, purpose: str, content: bytes, at: float, expires: float | None = None
