@@ -10,12 +10,17 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
+import ratepilot.client.core as core_module
 import ratepilot.client.exchange as exchange_module
 import ratepilot.client.pilot as pilot_module
 import ratepilot.client.plan as plan_module
 import ratepilot.protocol.tokens as tokens_module
 from ratepilot.client import Pilot
+from ratepilot.client.core import ClientCore
+from ratepilot.client.ledger import UsageLedger
 from ratepilot.clock import FakeClock
+from ratepilot.protocol.pricing import PriceTable
+from ratepilot.retry import RetryPolicy
 from ratepilot.sim import Simulator
 
 MSG = [{"role": "user", "content": "hello there"}]
@@ -58,15 +63,16 @@ def test_bodies_parsed_once_key_hashed_once_no_tokenizer_for_the_budget(
 
 
 def test_accounted_ids_are_bounded(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pilot_module, "ACCOUNTED_IDS_KEPT", 3, raising=False)
-    pilot = Pilot(clock=clock)
+    monkeypatch.setattr(core_module, "ACCOUNTED_IDS_KEPT", 3)
+    # The client core, on its own: no Pilot, no transport.
+    core = ClientCore(limiter=None, retry=RetryPolicy(), ledger=UsageLedger(PriceTable()), budget=None, clock=clock)
 
     def finished_run(i: int) -> dict[str, Any]:
         usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
         return {"object": "thread.run", "id": f"run_{i}", "status": "completed", "model": "gpt-4o-mini", "usage": usage}
 
     for i in range(10):
-        pilot._account_object(finished_run(i))
-        pilot._account_object(finished_run(i))  # polled again: recorded once
-    assert len(pilot._accounted) == 3
-    assert pilot.usage().models["gpt-4o-mini"].prompt_tokens == 10 * 10
+        core.account_object(finished_run(i))
+        core.account_object(finished_run(i))  # polled again: recorded once
+    assert len(core._accounted) == 3
+    assert core.ledger.snapshot().models["gpt-4o-mini"].prompt_tokens == 10 * 10

@@ -37,7 +37,7 @@ from .budget import Reservation
 from .plan import RequestPlan, Usage, parse_json
 
 if TYPE_CHECKING:
-    from .pilot import Pilot
+    from .core import ClientCore
 
 __all__ = ["ATTEMPTS_HEADER", "WAITED_HEADER", "Deliver", "Exchange", "Fail", "Reraise", "Step", "Wait"]
 
@@ -90,7 +90,7 @@ class Exchange:
 
     def __init__(
         self,
-        pilot: Pilot,
+        core: ClientCore,
         plan: RequestPlan,
         scope: Scope,
         priority: Priority,
@@ -99,7 +99,7 @@ class Exchange:
         lib: Any,
         retry_faults: bool = True,
     ) -> None:
-        self.pilot = pilot
+        self.core = core
         self.plan = plan
         self.scope = scope
         self.retry_faults = retry_faults  # False: sent at most once, whatever fault (see RETRY_HEADER)
@@ -128,7 +128,7 @@ class Exchange:
     def admission(self) -> Iterator[None]:
         """Around ``limiter.acquire``/``aacquire``: counts the wait; a cost the server can never admit raises
         :class:`~ratepilot.errors.RequestTooLarge` (the limiter knows the server's limit once it has seen it)."""
-        clock = self.pilot.clock
+        clock = self.core.clock
         t0 = clock.now()
         self.grant, self.sent, self.body = None, False, None
         try:
@@ -141,7 +141,7 @@ class Exchange:
             self.refusal_waited += waited
 
     def _too_large(self) -> RequestTooLarge:
-        view = self.pilot._limiter_view(self.scope)
+        view = self.core.limiter_view(self.scope)
         limits = [
             v.server_limit
             for name in _TOKEN_DIMENSIONS
@@ -169,12 +169,12 @@ class Exchange:
 
     def sending(self, grant: Grant) -> None:
         """``grant`` was acquired and the request is about to be handed to the inner transport."""
-        self.grant, self.sent, self.sent_at = grant, True, self.pilot.clock.now()
+        self.grant, self.sent, self.sent_at = grant, True, self.core.clock.now()
         self.attempt += 1
-        self.pilot.ledger.count(requests=1, retries=1 if self.attempt > 1 else 0)
+        self.core.ledger.count(requests=1, retries=1 if self.attempt > 1 else 0)
 
     def waited(self, seconds: float, *, retry: bool = False) -> None:
-        self.pilot.ledger.waited(seconds)
+        self.core.ledger.waited(seconds)
         self.total_waited += max(0.0, seconds)
         if retry and self._refused:
             self.refusal_waited += seconds
@@ -199,8 +199,8 @@ class Exchange:
         """An HTTP response (``raw``: its body when :meth:`wants_body` said to read it). Returns the step and the
         response to deliver (rebuilt around ``raw``, or with a settling stream)."""
         lib = self.lib
-        if self.host not in self.pilot.answered_hosts:
-            self.pilot.answered_hosts.add(self.host)  # this server answers: later connection failures are transient
+        if self.host not in self.core.answered_hosts:
+            self.core.answered_hosts.add(self.host)  # this server answers: later connection failures are transient
         if raw is not None:
             self.body = parse_json(wire.decoded(lib, response.headers, raw) or b"")
             response = wire.rebuilt(lib, response, request, raw)
@@ -221,18 +221,18 @@ class Exchange:
             usage = usage_from_body(self.body)
             if usage is None and self.plan.background:
                 # A background response is billed when it completes: the poll that first sees it completed
-                # records its usage (Pilot._account_object). Until then keep the admission charge.
+                # records its usage (ClientCore.account_object). Until then keep the admission charge.
                 self._settle(grant, None)
                 self._close_budget(0.0)
             else:
                 self._finish(usage)
                 if self.plan.path.rstrip("/").endswith("/responses"):
-                    self.pilot._mark_accounted(self.body)  # a later GET of this response must not count it again
+                    self.core.mark_accounted(self.body)  # a later GET of this response must not count it again
         elif not self.plan.generation:
             self._settle(grant, 0)
             self._close_budget(0.0)
             if self.body is not None:
-                self.pilot._account_object(self.body)
+                self.core.account_object(self.body)
         # Settle first, then observe: the server's headers already include this request's actual usage (it
         # settles before answering), so a pending refund must not hide other clients' traffic. Against a
         # server that reports at admission this order errs the safe way (a refund looks like foreign use).
@@ -251,10 +251,10 @@ class Exchange:
         self._refused = refused
         if refused:
             self.refusals += 1
-            self.pilot.ledger.count(rate_limited=1)
+            self.core.ledger.count(rate_limited=1)
         else:
-            self.pilot.ledger.count(errors=1)
-        decision = self.pilot.retry.decide(
+            self.core.ledger.count(errors=1)
+        decision = self.core.retry.decide(
             RetryState(
                 self.attempt,
                 FailureKind.RESPONSE,
@@ -288,7 +288,7 @@ class Exchange:
         The refusal is evidence of a window shorter than the minute only where the headers cannot explain it:
         the refusing dimension's headers showed room for this request, or were missing.
         """
-        limiter = self.pilot.limiter
+        limiter = self.core.limiter
         slow_down = info.code == "slow_down"
         evidence = None if slow_down else refusal_evidence(info.message, info.type, headers, self.cost.tokens)
         refused = getattr(limiter, "refused", None)
@@ -305,20 +305,20 @@ class Exchange:
             return Reraise()
         # The request may have reached the server (a read timeout): keep its reservation as charged.
         self._settle(self._grant(), None, headers_follow=False)
-        self.pilot.ledger.count(errors=1)
+        self.core.ledger.count(errors=1)
         if kind is FailureKind.TIMEOUT:
             # Time spent waiting for an answer that never came is spent like a backoff: the retry policy's
             # max_total_wait counts it, so a server that never answers cannot hold a request for attempts x timeout.
-            self.retry_waited += max(0.0, self.pilot.clock.now() - self.sent_at)
+            self.retry_waited += max(0.0, self.core.clock.now() - self.sent_at)
         self._refused = False
-        decision = self.pilot.retry.decide(
+        decision = self.core.retry.decide(
             RetryState(
                 self.attempt,
                 kind,
                 self.retry_waited,
                 refusals=self.refusals,
                 refusal_waited=self.refusal_waited,
-                answered_before=self.host in self.pilot.answered_hosts,
+                answered_before=self.host in self.core.answered_hosts,
                 retry_faults=self.retry_faults,
             )
         )
@@ -352,7 +352,7 @@ class Exchange:
             if self.sent:
                 self._settle(grant, None, headers_follow=False)
             else:
-                self._guarded("cancel", self.pilot.limiter.cancel, grant)
+                self._guarded("cancel", self.core.limiter.cancel, grant)
         self._close_budget(self.worst_case_usd if self.sent else 0.0)
 
     # -- settling -------------------------------------------------------------------------------------------------
@@ -363,7 +363,7 @@ class Exchange:
             # Abandoned: what the server generated (and bills) is unknown. Keep the admission charge in the
             # limiter and charge the budget the worst case, as for a stream that reports no usage.
             self._settle(self._grant(), None)
-            self.pilot.ledger.record_unmetered(self.plan.model or "")
+            self.core.ledger.record_unmetered(self.plan.model or "")
             log.info("ratepilot: a streamed %s call was closed before its end; settled at its estimate", self.plan.path)
             self._close_budget(self.worst_case_usd)
             return
@@ -377,7 +377,7 @@ class Exchange:
             # A stream without stream_options.include_usage reports no usage: keep the admission charge in the
             # limiter, and charge the budget its worst case, since the true cost cannot be known.
             self._settle(grant, None)
-            self.pilot.ledger.record_unmetered(model)
+            self.core.ledger.record_unmetered(model)
             log.warning(
                 "ratepilot: no usage reported for a %s call to %s; the ledger cannot price it "
                 "(pass stream_options={'include_usage': True} to streamed calls)",
@@ -386,10 +386,10 @@ class Exchange:
             )
             self._close_budget(self.worst_case_usd)
             return
-        self._settle(grant, usage.total if self.pilot.settle_to_usage else None)
+        self._settle(grant, usage.total if self.core.settle_to_usage else None)
         # Billed by the tier that served it, as the response says (flex at the Batch price), not the one asked.
         tier = self.body.get("service_tier") if isinstance(self.body, dict) else None
-        cost = self.pilot.ledger.record(model, usage, tier=tier if isinstance(tier, str) else None)
+        cost = self.core.ledger.record(model, usage, tier=tier if isinstance(tier, str) else None)
         self._close_budget(cost)
 
     def _grant(self) -> Grant:
@@ -399,17 +399,15 @@ class Exchange:
     def _observe(self, headers: Mapping[str, str], *, answered: bool = False) -> None:
         parsed = RateLimitHeaders.parse(headers)
         if not parsed.empty:
-            self.pilot._remember(self.scope, parsed)
+            self.core.remember(self.scope, parsed)
         # The keyword only when it says something: a limiter written to the older interface keeps working.
         extra = {"answered": True} if answered else {}
-        self._guarded(
-            "observe", self.pilot.limiter.observe, self.scope, parsed, self.sent_at, grant=self.grant, **extra
-        )
+        self._guarded("observe", self.core.limiter.observe, self.scope, parsed, self.sent_at, grant=self.grant, **extra)
 
     def _settle(self, grant: Grant, actual_tokens: int | None, *, headers_follow: bool = True) -> None:
         # The keyword only when it says something: a limiter written to the older interface keeps working.
         extra = {} if headers_follow else {"headers_follow": False}
-        self._guarded("settle", self.pilot.limiter.settle, grant, actual_tokens, **extra)
+        self._guarded("settle", self.core.limiter.settle, grant, actual_tokens, **extra)
 
     def _guarded(self, what: str, call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         """A limiter-store call after sending: its failure must not fail a response the server already gave."""
@@ -429,7 +427,7 @@ class Exchange:
         if self._closed:
             return
         self._closed = True
-        budget = self.pilot.budget
+        budget = self.core.budget
         if budget is None:
             return
         if self.reservation is None and actual_usd <= 0:

@@ -12,8 +12,6 @@ import copy
 import functools
 import logging
 import sys
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,13 +20,13 @@ import httpx2
 
 from ..clock import Clock, SystemClock
 from ..limits.types import DimensionView, Priority, Scope, key_id_for
-from ..protocol.headers import DimensionState, RateLimitHeaders
+from ..protocol.headers import DimensionState
 from ..protocol.pricing import PriceTable
 from ..protocol.tokens import TOKEN_ESTIMATES
-from ..protocol.usage import usage_from_body
 from ..retry import RetryPolicy
 from . import display
 from .budget import Budget, BudgetAlert
+from .core import ClientCore
 from .exchange import Exchange
 from .ledger import UsageLedger, UsageReport
 from .passthrough import PassThroughLimiter
@@ -43,9 +41,6 @@ ClientT = TypeVar("ClientT")
 
 ANONYMOUS_KEY_ID = "anonymous"
 
-_FINISHED = frozenset({"completed", "incomplete", "failed", "cancelled", "expired"})
-_BILLED_OBJECTS = frozenset({"thread.run", "batch", "response"})
-ACCOUNTED_IDS_KEPT = 10_000
 """How many finished run / batch / response ids the pilot remembers, so a poll does not record their usage
 twice. Polls of one object come close together; the oldest ids are forgotten first."""
 
@@ -200,27 +195,62 @@ class Pilot:
     ) -> None:
         if token_estimate not in TOKEN_ESTIMATES:
             raise ValueError(f"token_estimate must be one of {', '.join(TOKEN_ESTIMATES)}, got {token_estimate!r}")
-        self.clock: Clock = clock or SystemClock()
-        self.retry = retry or RetryPolicy()
+        clock = clock or SystemClock()
         self.prices = prices or PriceTable()
-        self.ledger = UsageLedger(self.prices)
-        self.budget = (
-            Budget(budget_usd, on_alert=on_budget_alert, spent_usd=budget_spent_usd) if budget_usd is not None else None
+        # What every exchange works with (the Pilot only assembles it, and plans each request: _begin).
+        self.core = ClientCore(
+            limiter=limiter if limiter is not None else _make_limiter(store, clock, ceiling, safety_margin),
+            retry=retry or RetryPolicy(),
+            ledger=UsageLedger(self.prices),
+            budget=Budget(budget_usd, on_alert=on_budget_alert, spent_usd=budget_spent_usd)
+            if budget_usd is not None
+            else None,
+            clock=clock,
+            settle_to_usage=settle_to_usage,
         )
-        self.limiter: Any = limiter if limiter is not None else _make_limiter(store, self.clock, ceiling, safety_margin)
         self.assume_output_tokens = assume_output_tokens
         self.pools: dict[str, str] = dict(pools or {})
-        self.settle_to_usage = settle_to_usage
         self.token_estimate = token_estimate
-        self._lock = threading.Lock()
-        # Hosts that have answered over HTTP at least once: before that, a connection failure (nothing listening,
-        # DNS, TLS) is most likely a wrong base URL, and is given up on quickly (RetryPolicy.connect_attempts).
-        self.answered_hosts: set[str] = set()
-        self._headers: dict[Scope, tuple[RateLimitHeaders, float]] = {}
-        # run / batch / response ids whose usage is already in the ledger (bounded: least recently seen go)
-        self._accounted: OrderedDict[str, None] = OrderedDict()
         # sha256 of the key once per key, not once per request (kept in memory only, like the SDK keeps it)
         self._key_id = functools.lru_cache(maxsize=64)(key_id_for)
+
+    # -- the core's parts, as attributes of the Pilot (settable: a Ray actor swaps in a shared budget) ------------
+
+    @property
+    def clock(self) -> Clock:
+        return self.core.clock
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self.core.retry
+
+    @retry.setter
+    def retry(self, policy: RetryPolicy) -> None:
+        self.core.retry = policy
+
+    @property
+    def ledger(self) -> UsageLedger:
+        return self.core.ledger
+
+    @property
+    def budget(self) -> Budget | None:
+        return self.core.budget
+
+    @budget.setter
+    def budget(self, budget: Budget | None) -> None:
+        self.core.budget = budget
+
+    @property
+    def limiter(self) -> Any:
+        return self.core.limiter
+
+    @property
+    def settle_to_usage(self) -> bool:
+        return self.core.settle_to_usage
+
+    @property
+    def answered_hosts(self) -> set[str]:
+        return self.core.answered_hosts
 
     # -- public -----------------------------------------------------------------------------------------------
 
@@ -251,16 +281,11 @@ class Pilot:
             key_id = self._key_id(api_key)
         model = self.pools.get(model, model)
         now = self.clock.now()
-        with self._lock:
-            candidates = [
-                (seen, scope, h)
-                for scope, (h, seen) in self._headers.items()
-                if scope.model == model and (key_id is None or scope.key_id == key_id)
-            ]
-        if not candidates:
+        latest = self.core.latest_headers(model, key_id)
+        if latest is None:
             scope = Scope(key_id or ANONYMOUS_KEY_ID, model)
-            return LimitState(model, scope.key_id, None, {}, self._limiter_view(scope))
-        seen, scope, headers = max(candidates, key=lambda c: c[0])
+            return LimitState(model, scope.key_id, None, {}, self.core.limiter_view(scope))
+        seen, scope, headers = latest
         elapsed = now - seen
         server = {
             name: _refilled(dim, elapsed)
@@ -271,7 +296,7 @@ class Pilot:
             )
             if dim is not None
         }
-        return LimitState(model, scope.key_id, elapsed, server, self._limiter_view(scope))
+        return LimitState(model, scope.key_id, elapsed, server, self.core.limiter_view(scope))
 
     def close(self) -> None:
         closer = getattr(self.limiter, "close", None)
@@ -306,7 +331,7 @@ class Pilot:
         if self.budget is not None and plan.generation:
             worst = self._worst_case_usd(plan)
             reservation = self.budget.reserve(worst, plan.model)
-        return Exchange(self, plan, scope, priority, reservation, worst, lib, retry_faults)
+        return Exchange(self.core, plan, scope, priority, reservation, worst, lib, retry_faults)
 
     def _worst_case_usd(self, plan: RequestPlan) -> float:
         """The prompt as the admission cost estimated it (no tokenizer pass per request) + the maximum output."""
@@ -315,53 +340,6 @@ class Pilot:
         if "embeddings" in plan.path:
             output = 0
         return self.prices.cost(plan.model, prompt_estimate(plan), output)
-
-    def _remember(self, scope: Scope, headers: RateLimitHeaders) -> None:
-        with self._lock:
-            self._headers[scope] = (headers, self.clock.now())
-
-    def _limiter_view(self, scope: Scope) -> dict[str, DimensionView]:
-        try:
-            view = self.limiter.state(scope)
-        except Exception:
-            return {}
-        return dict(view) if isinstance(view, Mapping) else {}
-
-    def _mark_accounted(self, obj: Any) -> None:
-        """``obj`` (a parsed response body) is in the ledger already; a later poll must not record it again."""
-        oid = obj.get("id") if isinstance(obj, Mapping) else None
-        if isinstance(oid, str):
-            with self._lock:
-                self._remember_accounted(oid)
-
-    def _remember_accounted(self, oid: str) -> bool:
-        """Under ``self._lock``: remember ``oid``; False when it was already remembered."""
-        if oid in self._accounted:
-            self._accounted.move_to_end(oid)
-            return False
-        self._accounted[oid] = None
-        if len(self._accounted) > ACCOUNTED_IDS_KEPT:
-            self._accounted.popitem(last=False)
-        return True
-
-    def _account_object(self, obj: Any) -> None:
-        """Record the usage of a finished Assistants run, Batch (at the batch price) or background response
-        (``obj``: a parsed poll body), the first time a poll shows it finished. Each object is recorded once,
-        however often it is polled."""
-        if not isinstance(obj, Mapping) or obj.get("status") not in _FINISHED:
-            return
-        kind, oid, model = obj.get("object"), obj.get("id"), obj.get("model")
-        if kind not in _BILLED_OBJECTS or not isinstance(oid, str) or not isinstance(model, str):
-            return
-        usage = usage_from_body(obj)
-        if usage is None or usage.total == 0:
-            return
-        with self._lock:
-            if not self._remember_accounted(oid):
-                return
-        cost = self.ledger.record(model, usage, batch=kind == "batch")
-        if self.budget is not None:
-            self.budget.commit(None, cost)
 
     def _wrap_http_client(self, http: Any) -> Any:
         """A new HTTP client like ``http`` whose transports are wrapped by this pilot."""
