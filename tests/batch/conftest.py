@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import openai
 import orjson
 import pytest
 from openai import OpenAI
@@ -17,6 +19,7 @@ from ratepilot.cli import app
 from ratepilot.clock import FakeClock
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
+from ratepilot.store import ShardRecord, ShardState
 
 API_KEY = "sk-test-batch-0000"
 
@@ -41,6 +44,31 @@ def write_jsonl(path: Path, lines: list[Any]) -> Path:
 def read_results(path: Path) -> list[dict[str, Any]]:
     with open(path, "rb") as fh:
         return [orjson.loads(raw) for raw in fh]
+
+
+def server_batches(sim: Simulator) -> list[dict[str, Any]]:
+    """Every batch the simulator holds, whichever job created it."""
+    with OpenAI(base_url=sim.base_url, api_key=API_KEY, max_retries=0) as client:
+        return [b.model_dump() for b in client.batches.list(limit=100)]
+
+
+def endpoint_calls(sim: Simulator, endpoint: str) -> int:
+    return int(sim.stats()["requests"]["by_endpoint"].get(endpoint, 0))
+
+
+def shard_record(**kw: Any) -> ShardRecord:
+    """A submitted shard of 100 requests (job 1, shard 0, model "m"); ``kw`` overrides any field."""
+    base: dict[str, Any] = dict(job=1, shard=0, model="m", url="/v1/chat/completions", round=0, path="p")
+    base.update(n_requests=100, n_bytes=1, est_tokens=1, state=ShardState.SUBMITTED.value, total=100)
+    base.update(kw)
+    return ShardRecord(**base)
+
+
+def connection_error(cause: BaseException) -> openai.APIConnectionError:
+    """What the SDK raises when the Pilot's transport raised ``cause`` inside the HTTP call."""
+    exc = openai.APIConnectionError(request=httpx2.Request("POST", "http://127.0.0.1/v1/files"))
+    exc.__cause__ = cause
+    return exc
 
 
 @pytest.fixture

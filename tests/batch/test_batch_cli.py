@@ -1,12 +1,14 @@
 """The `ratepilot batch` commands end to end against a real-clock simulator (time scale 500: seconds of API
-time pass in milliseconds), run in-process with typer's CliRunner."""
+time pass in milliseconds), run in-process with typer's CliRunner: options checked before anything is sent, the
+Pilot's errors as exit codes (no traceback, no key), hints, tables and help that fits 80 columns."""
 
 from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openai import OpenAI
@@ -14,19 +16,28 @@ from typer.testing import CliRunner
 
 from ratepilot.batch import BatchRunner
 from ratepilot.cli import app
+from ratepilot.errors import BudgetExceeded, QuotaExhausted, RequestTooLarge, RetriesExhausted
 from ratepilot.exitcodes import ExitCode
 from ratepilot.protocol.webhooks import new_secret
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
 from ratepilot.store import DEFAULT_DB_NAME, Store
 
-from .conftest import API_KEY, chat_line, invoke_batch_cli, read_results, write_jsonl
+from .conftest import API_KEY, chat_line, connection_error, invoke_batch_cli, read_results, write_jsonl
+
+LONG_KEY = "sk-" + "test-batch-review-0123456789abcdef"  # key-shaped at run time: must never be printed
 
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Simulator]:
     with Simulator(SimConfig(latency_ms=0)) as s:
         configure(s.state, LongrunConfig(time_scale=500.0, batch_lines_per_second=100.0, seed=4))
+        yield s
+
+
+@pytest.fixture(scope="module")
+def cli_sim() -> Iterator[Simulator]:
+    with Simulator(SimConfig(latency_ms=0)) as s:
         yield s
 
 
@@ -179,6 +190,21 @@ def test_webhook_options_are_checked_before_anything_is_sent(sim: Simulator, tmp
     assert "--webhook-port" in help_text and "--webhook-secret" in help_text and "OPENAI_WEBHOOK_SECRET" in help_text
 
 
+def test_webhook_host_needs_a_port_and_wait_checks_the_job_first(tmp_path: Path) -> None:
+    with Simulator(SimConfig(latency_ms=0)) as sim:
+        requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(0)])
+        code, out = invoke_batch_cli(sim, tmp_path / "s", "submit", str(requests), "--webhook-host", "0.0.0.0")
+        assert code == 2 and "--webhook-host" in out and "only with --webhook-port" in out  # a usage error
+        code, out = invoke_batch_cli(
+            sim, tmp_path / "s", "wait", "nope", "--webhook-port", "0", "--webhook-secret", new_secret()
+        )
+        assert code == ExitCode.BAD_INPUT and "no batch job named 'nope'" in out
+        assert "receiving webhooks" not in out  # no port was taken for a job that does not exist
+        assert sim.stats()["requests"]["total"] == 0
+    help_text = CliRunner().invoke(app, ["batch", "submit", "--help"], env={"COLUMNS": "200"}).output
+    assert "Only with --wait" in " ".join(help_text.replace("│", " ").split())
+
+
 def test_keep_files_flag(tmp_path: Path) -> None:
     requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(4)])
     with Simulator(SimConfig(latency_ms=0)) as sim:
@@ -213,3 +239,94 @@ def test_a_job_another_process_owns_exits_5_and_uploads_nothing(
     code, _ = invoke_batch_cli(sim, state, "submit", str(requests), "--name", "owned", "--poll-interval", "0.01")
     assert code == 0  # the owner gone, the job is ours
     assert sim.stats()["requests"]["by_endpoint"].get("/v1/files", 0) > uploads
+
+
+_PILOT_ERRORS: dict[str, tuple[Callable[[], BaseException], ExitCode]] = {
+    "quota": (lambda: QuotaExhausted("insufficient_quota", model="gpt-4o-mini"), ExitCode.QUOTA),
+    "budget": (
+        lambda: BudgetExceeded(budget_usd=0.01, spent_usd=0.01, worst_case_usd=0.002, model="gpt-4o-mini"),
+        ExitCode.BUDGET,
+    ),
+    "too_large": (lambda: RequestTooLarge(model="gpt-4o-mini", limit=100, requested=1000), ExitCode.API_ERROR),
+    "retries": (
+        lambda: RetriesExhausted(
+            attempts=5, reason="max attempts", last_status=503, last_message=f"overloaded for {LONG_KEY}"
+        ),
+        ExitCode.API_ERROR,
+    ),
+    "wrapped_quota": (lambda: connection_error(QuotaExhausted("insufficient_quota")), ExitCode.QUOTA),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_PILOT_ERRORS))
+def test_batch_cli_maps_pilot_errors_to_exit_codes(
+    kind: str, cli_sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make, expected = _PILOT_ERRORS[kind]
+
+    def submit(self: BatchRunner, requests: Any, *, name: str | None = None) -> Any:
+        raise make()
+
+    monkeypatch.setattr(BatchRunner, "submit", submit)
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(0)])
+    env = {"OPENAI_API_KEY": LONG_KEY, "OPENAI_BASE_URL": cli_sim.base_url, "RATEPILOT_HOME": str(tmp_path / "s")}
+    result = CliRunner().invoke(app, ["batch", "submit", str(requests), "--name", "e"], env=env)
+    assert result.exit_code == expected, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output and LONG_KEY not in result.output
+    assert result.output.startswith("error: ")
+
+
+def test_cli_token_limit_option(tmp_path: Path, fake_sim: Simulator) -> None:
+    state = tmp_path / "state"
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i, words=20) for i in range(8)])
+    code, out = invoke_batch_cli(
+        fake_sim, state, "submit", str(requests), "--name", "t", "--max-requests", "4",
+        "--token-limit", "gpt-4o-mini=250", "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    shards = json.loads(out.strip().splitlines()[0])["shards"]
+    # Planned under the limit, and only one shard at a time fits it: the others wait, uploaded.
+    assert all(s["est_tokens"] <= 250 for s in shards) and len(shards) >= 2
+    assert [s["state"] for s in shards] == ["submitted"] + ["uploaded"] * (len(shards) - 1)
+    code, out = invoke_batch_cli(fake_sim, state, "submit", str(requests), "--token-limit", "gpt-4o-mini")
+    assert code == ExitCode.BAD_INPUT and "MODEL=TOKENS" in out
+
+
+def test_submit_hints_and_output_only_with_wait(tmp_path: Path, fake_sim: Simulator) -> None:
+    state = tmp_path / "state"
+    requests = write_jsonl(tmp_path / "r.jsonl", [chat_line(i) for i in range(2)])
+    code, out = invoke_batch_cli(fake_sim, state, "submit", str(requests), "-o", str(tmp_path / "o.jsonl"))
+    assert code == ExitCode.BAD_INPUT and "--wait" in out
+    code, out = invoke_batch_cli(fake_sim, state, "submit", str(requests), "--name", "h")
+    assert code == 0 and "submitted job: h" in out and "ratepilot batch wait h -o FILE" in out
+    code, out = invoke_batch_cli(fake_sim, state, "cancel", "h", "--no-wait")
+    assert code == 0 and f"ratepilot batch submit {requests.resolve()} --name h" in out
+    assert "ratepilot batch collect h -o FILE" in out
+
+
+def test_list_jobs_prints_a_header(tmp_path: Path, fake_sim: Simulator) -> None:
+    state = tmp_path / "state"
+    invoke_batch_cli(fake_sim, state, "submit", str(write_jsonl(tmp_path / "r.jsonl", [chat_line(0)])), "--name", "j")
+    code, out = invoke_batch_cli(fake_sim, state, "list", "--jobs")
+    assert code == 0 and "local batch jobs" in out
+    header = next(line for line in out.splitlines() if "name" in line)
+    assert all(col in header for col in ("name", "state", "requests", "input"))
+
+
+def test_money_keeps_three_significant_digits_for_small_jobs() -> None:
+    from ratepilot.cli.batch import _money
+
+    assert _money(0.000123456) == "0.000123"
+    assert _money(0.00999) == "0.00999"
+    assert _money(0.0000012) == "0.00000120"
+    assert _money(1.23456) == "1.2346"
+    assert _money(0.0) == "0.00"
+
+
+@pytest.mark.parametrize("command", ["submit", "status", "wait", "collect", "cancel", "list", "forget"])
+def test_help_fits_eighty_columns(command: str) -> None:
+    result = CliRunner().invoke(app, ["batch", command, "--help"], env={"COLUMNS": "80", "TERM": "dumb"})
+    assert result.exit_code == 0
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert "…" not in result.output  # no help text cut short

@@ -4,6 +4,9 @@ The CLI runs in a separate process against a simulator started here (real clock,
 a few hundredths of a second): a child forked from a pre-imported helper process (``zygote.py``), so each run
 skips the seconds of importing the SDK. ``RATEPILOT_BATCH_CRASH_AT`` makes the process SIGKILL itself at one exact step.
 Each run crashes at the next step, so every rerun must first reconcile what the previous one left behind.
+
+A crash of the machine, not only of the process: every rename (the materialized input, the downloads, the results
+file) is made durable by fsyncing its directory.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ import json
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openai import OpenAI
 
+from ratepilot.batch import BatchRunner
 from ratepilot.batch.crash import CRASH_ENV, CRASH_POINTS
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
@@ -140,3 +146,39 @@ def test_kill_9_at_every_step_then_rerun(zygote: Zygote, sim: Simulator, tmp_pat
     assert code == 0, output[-2000:]
     with OpenAI(base_url=sim.base_url, api_key=API_KEY, max_retries=0) as client:
         assert len(list(client.batches.list(limit=100))) == len(batches)
+
+
+def _fsynced_directories(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Every directory fsynced from now on, as (device, inode), whichever module asks for the fsync."""
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: Any) -> None:
+        info = os.fstat(fd if isinstance(fd, int) else fd.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            synced.append((info.st_dev, info.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def _identity(directory: Path) -> tuple[int, int]:
+    info = directory.stat()
+    return (info.st_dev, info.st_ino)
+
+
+def test_renames_are_made_durable(
+    tmp_path: Path, fake_sim: Simulator, make_runner: Callable[..., BatchRunner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced = _fsynced_directories(monkeypatch)
+    runner = make_runner()
+    name = runner.submit(iter([chat_line(i) for i in range(3)]), name="dur").name  # materialized input
+    inputs = runner.state_dir / "batches" / "_inputs"
+    assert _identity(inputs) in synced
+    runner.wait(name)
+    out = tmp_path / "out" / "results.jsonl"
+    out.parent.mkdir()
+    runner.collect(name, out)
+    assert _identity(out.parent) in synced  # the results file
+    assert _identity(runner.state_dir / "batches" / name) in synced  # the downloads

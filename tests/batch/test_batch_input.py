@@ -1,9 +1,12 @@
-"""Bad input files get clear errors naming line and field, exit code 2, and nothing is uploaded."""
+"""Bad input files get clear errors naming line and field, exit code 2, and nothing is uploaded; the report of
+duplicate custom_ids is the first duplicates in line order."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -13,9 +16,11 @@ from typer.testing import CliRunner
 import ratepilot.batch.prepare as prepare_mod
 from ratepilot.batch import BatchConfig, BatchInputError, BatchRunner
 from ratepilot.cli import app
+from ratepilot.exitcodes import ExitCode
 from ratepilot.sim import SimConfig, Simulator
+from ratepilot.store import JobRecord, Store
 
-from .conftest import API_KEY, chat_line, write_jsonl
+from .conftest import API_KEY, chat_line, invoke_batch_cli, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +173,48 @@ def test_error_report_is_the_files_first_errors_in_order(tmp_path: Path, monkeyp
         assert [e.line_no for e in err.value.errors] == list(range(2, 42, 2))  # every second line, in order
         assert "40 more" in str(err.value)
     assert reports[0] == reports[1]
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ({"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {"model": "text-embedding-3-small"}},
+         "body.input"),
+        ({"custom_id": "e", "method": "POST", "url": "/v1/embeddings",
+          "body": {"model": "text-embedding-3-small", "input": 3}}, "body.input"),
+        ({"custom_id": "c", "method": "POST", "url": "/v1/completions", "body": {"model": "gpt-3.5-turbo-instruct"}},
+         "body.prompt"),
+        ({"custom_id": "c", "method": "POST", "url": "/v1/completions",
+          "body": {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "max_tokens": -1}}, "body.max_tokens"),
+    ],
+)  # fmt: skip
+def test_body_errors_of_embeddings_and_completions(
+    line: dict[str, Any], field: str, tmp_path: Path, fake_sim: Simulator
+) -> None:
+    good = {**line, "custom_id": "ok"}
+    good["body"] = {"model": line["body"]["model"], ("prompt" if "completions" in line["url"] else "input"): "x"}
+    requests = write_jsonl(tmp_path / "r.jsonl", [good, line])
+    code, out = invoke_batch_cli(fake_sim, tmp_path / "state", "submit", str(requests))
+    assert code == ExitCode.BAD_INPUT and "line 2" in out and field in out, out
+    assert fake_sim.stats()["requests"]["by_endpoint"].get("/v1/files", 0) == 0  # nothing uploaded
+
+
+def _duplicates_by_grouping(ids: list[str]) -> tuple[list[tuple[str, int, int]], int]:
+    """The report as the previous query made it (every duplicate in memory), to compare with."""
+    lines: dict[str, list[int]] = {}
+    for idx, cid in enumerate(ids, 1):
+        lines.setdefault(cid, []).append(idx)
+    found = sorted(((cid, idxs[0], idx) for cid, idxs in lines.items() for idx in idxs[1:]), key=lambda d: d[2])
+    return found[:20], sum(len(idxs) - 1 for idxs in lines.values())
+
+
+def test_duplicate_report_is_the_first_duplicates_in_line_order(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    ids = [f"id-{rng.randrange(300)}" for _ in range(1000)]  # many duplicates, some ids three times or more
+    with Store(tmp_path / "db.sqlite3") as store:
+        job = store.create_job(JobRecord(name="dups", input_path="x", fingerprint="f", nonce="n"))
+        with store.bulk():
+            store.add_lines(job, [(idx, cid, 0) for idx, cid in enumerate(ids, 1)])
+            found = store.index_lines(job, report=20)
+    assert found == _duplicates_by_grouping(ids)
+    assert found[1] == 1000 - len(set(ids))

@@ -24,6 +24,8 @@ from ratepilot.batch.machine import (
 )
 from ratepilot.store import LineState, ShardRecord, ShardState
 
+from .conftest import shard_record
+
 
 def shard(n: int, state: ShardState, model: str = "m", tokens: int = 100) -> ShardRecord:
     return ShardRecord(
@@ -78,6 +80,25 @@ def test_enqueued_token_budget_defers_creates_until_capacity_frees() -> None:
 def test_a_lone_shard_is_always_admitted() -> None:
     s = shard(0, ShardState.UPLOADED, tokens=5000)
     assert admits([s], s, 1000)
+
+
+def test_machine_waits_for_capacity_other_jobs_hold() -> None:
+    from ratepilot.batch.machine import AwaitCapacity, Create, Refresh, next_action
+
+    def shard(n: int, state: ShardState, model: str = "m") -> ShardRecord:
+        return shard_record(shard=n, model=model, est_tokens=60, state=state.value)
+
+    def decide(shards: list[ShardRecord], others: int) -> Any:
+        return next_action(
+            shards, token_limit=lambda _m: 100, retry_waiting=False, others_pending=lambda m: others if m == "m" else 0
+        )
+
+    uploaded = [shard(0, ShardState.UPLOADED)]
+    assert decide(uploaded, others=0) == Create(0)
+    assert decide(uploaded, others=40) == Create(0)  # 40 + 60 <= 100
+    assert decide(uploaded, others=41) == AwaitCapacity(("m",))  # nothing of ours runs: watch the others
+    assert decide([*uploaded, shard(1, ShardState.SUBMITTED)], others=0) == Refresh((1,))
+    assert decide([shard(0, ShardState.UPLOADED, model="x")], others=1000) == Create(0)  # another model's
 
 
 def test_retry_round_only_when_everything_is_collected() -> None:

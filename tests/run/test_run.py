@@ -1,19 +1,24 @@
-"""The online runner against the real simulator, through the real SDK and the Pilot."""
+"""The online runner against the real simulator, through the real SDK and the Pilot: errors that must not vanish
+(an unexpected one is logged and leaves the job incomplete) and a key that must not show."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ratepilot.requests import RequestsFileError
+from ratepilot.engine.sender import Answer, HttpSender
+from ratepilot.limits.types import CostTooLarge
+from ratepilot.requests import RequestLine, RequestsFileError
 from ratepilot.results import ForeignResultsError, read_results
-from ratepilot.run import ExitCode, RunOptions, run_job
+from ratepilot.run import ExitCode, RunOptions, arun_job, run_job
 from ratepilot.sim import Simulator
 
-from .conftest import KEY
+from .conftest import KEY, SECRET
 
 
 def _opts(req: Path, out: Path, sim: Simulator, **kw: object) -> RunOptions:
@@ -184,6 +189,50 @@ def test_errors_next_to_successes_are_recorded_and_the_job_runs_to_its_end(
     assert summary.done == 15 and summary.succeeded == 10 and summary.http_errors == 5
     assert [line["custom_id"] for line in read_results(out)] == [f"line-{i}" for i in range(1, 16)]  # in order
     assert summary.exit_code == ExitCode.HTTP_ERRORS
+
+
+class _Flaky:
+    """A real HttpSender (Pilot transport, simulator) except for two requests that fail unexpectedly."""
+
+    def __init__(self, http: HttpSender) -> None:
+        self.http = http
+
+    async def send(self, request: RequestLine) -> Answer:
+        if request.custom_id == "req-3":
+            raise CostTooLarge(f"cost 10**9 tokens exceeds every limit (key {SECRET})")
+        if request.custom_id == "req-7":
+            raise ValueError("a bug")
+        return await self.http.send(request)
+
+
+async def test_unexpected_task_errors_are_logged_and_leave_the_job_incomplete(
+    make_sim: Callable[..., Simulator],
+    requests_file: Callable[..., Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from ratepilot.client import Pilot
+
+    sim = make_sim()
+    req = requests_file(10)
+    out = tmp_path / "out.jsonl"
+    options = RunOptions(req, out, base_url=sim.base_url, api_key=KEY, cache=False)
+    pilot = Pilot()
+    http = HttpSender(pilot, sim.base_url, KEY)
+    try:
+        with caplog.at_level(logging.ERROR, logger="ratepilot.engine.online"):
+            summary = await arun_job(options, sender=_Flaky(http), pilot=pilot)
+    finally:
+        await http.aclose()
+        pilot.close()
+    assert summary.exit_code == ExitCode.INCOMPLETE and summary.unfinished == 2 and summary.done == 8
+    assert "CostTooLarge" in summary.message and "2 of them failed with an unexpected error" in summary.message
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "req-3" in logged and "req-7" in logged and "ValueError: a bug" in logged
+    assert SECRET not in logged and SECRET not in summary.message
+    resumed = await arun_job(options)  # the two are asked again
+    assert resumed.exit_code == ExitCode.OK and resumed.done == 10
+    assert len(list(read_results(out))) == 10
 
 
 def test_realistic_enforcement_answers_every_request_with_few_refusals(
@@ -398,3 +447,14 @@ def test_a_server_that_never_answers_stops_the_run_after_its_timeouts(
         silent.close()
     assert summary.exit_code == ExitCode.API_ERROR and summary.stop == "unreachable"
     assert f"cannot reach {base_url}" in summary.message and summary.done == 0
+
+
+def test_the_api_key_is_in_no_repr(make_sim: Callable[..., Simulator], requests_file: Callable[..., Path]) -> None:
+    sim = make_sim()
+    req = requests_file(2)
+    options = RunOptions(req, req.with_name("out.jsonl"), base_url=sim.base_url, api_key=SECRET)
+    assert SECRET not in repr(options) and SECRET not in str(options)
+    summary = run_job(options)
+    assert summary.exit_code == ExitCode.OK
+    for text in (repr(summary), str(summary), json.dumps(summary.to_dict())):
+        assert SECRET not in text

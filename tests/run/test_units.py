@@ -1,19 +1,12 @@
-"""Pure pieces: the --mode auto rule, the in-flight window, the response cache, the CLI's exit codes."""
+"""Pure pieces: the --mode auto rule, the in-flight window, the response cache."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from typer.testing import CliRunner
-
 from ratepilot.cache import CacheEntry, ResponseCache, cache_key
-from ratepilot.cli import app
 from ratepilot.protocol.headers import DimensionState, RateLimitHeaders
-from ratepilot.run import ExitCode, InFlightWindow, choose_mode
-from ratepilot.sim import Simulator
-
-from .conftest import KEY
+from ratepilot.run import InFlightWindow, choose_mode
 
 
 def test_auto_mode_rule() -> None:
@@ -62,30 +55,3 @@ def test_cache_keys_ignore_key_order_and_separate_servers(tmp_path: Path) -> Non
         cache.put_many([CacheEntry(a, "e", "m", "req_1", b'{"x": 1}', 0.25)])
         hit = cache.get(a)
         assert hit is not None and hit.body == b'{"x": 1}' and hit.cost_usd == 0.25 and len(cache) == 1
-
-
-def test_cli_exit_codes(make_sim: Callable[..., Simulator], requests_file: Callable[..., Path], tmp_path: Path) -> None:
-    sim = make_sim()
-    runner = CliRunner()
-    good = requests_file(3)
-    bad = requests_file(2, name="bad.jsonl", extra=["{oops"])
-    out = tmp_path / "out.jsonl"
-    base = ["run", "--base-url", sim.base_url, "--api-key", KEY, "-o"]
-
-    result = runner.invoke(app, [*base, str(out), str(bad)])
-    assert result.exit_code == ExitCode.BAD_INPUT and "line 3" in result.output and "nothing was sent" in result.output
-    assert sim.stats()["requests"]["total"] == 0
-
-    result = runner.invoke(app, [*base, str(out), str(good), "--json"])
-    assert result.exit_code == ExitCode.OK, result.output
-    assert '"done": 3' in result.output.splitlines()[-1]
-
-    result = runner.invoke(app, [*base, str(out), str(requests_file(1, name="other.jsonl", batch_lines=False))])
-    assert result.exit_code == ExitCode.CONFLICT and "another job" in result.output
-
-    result = runner.invoke(app, [*base, str(out), str(good), "--mode", "sometimes"])
-    assert result.exit_code == ExitCode.BAD_INPUT
-
-    result = runner.invoke(app, ["run", "-o", str(tmp_path / "o2.jsonl"), str(good)])
-    assert result.exit_code == ExitCode.BAD_INPUT and "API key" in result.output
-    assert not (tmp_path / "o2.jsonl").exists() and not (tmp_path / "o2.jsonl.ratepilot").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -49,14 +50,19 @@ def test_sim_busy_port_exits_cannot_listen() -> None:
 
 
 def _config_of(monkeypatch: pytest.MonkeyPatch, *args: str) -> SimConfig:
-    """The SimConfig `ratepilot sim ARGS` would serve (serve is replaced: nothing listens)."""
-    import ratepilot.sim
+    """The SimConfig `ratepilot sim ARGS` serves. The command runs for real, on a free port, up to the web server's
+    run loop, which returns at once (nothing is served) after noting the configuration of the app it was given."""
+    import uvicorn
 
-    seen: list[SimConfig] = []
-    monkeypatch.setattr(ratepilot.sim, "serve", lambda config, **_: seen.append(config))
-    result = CliRunner().invoke(app, ["sim", *args])
+    served: list[SimConfig] = []
+
+    def run(server: Any, sockets: Any = None) -> None:
+        served.append(server.config.app.state.config)
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    result = CliRunner().invoke(app, ["sim", "--port", "0", *args])
     assert result.exit_code == 0, result.output
-    (config,) = seen
+    (config,) = served
     return config
 
 
