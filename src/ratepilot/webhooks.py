@@ -11,11 +11,10 @@ event loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -26,7 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, Wakeup
 from .protocol.webhooks import DEFAULT_TOLERANCE, WebhookVerificationError, decode_secret, verify_signature
 from .serving import BackgroundServer, bind_socket
 
@@ -71,82 +70,40 @@ class Subscription:
     """A waiter's interest in one object id; woken by the first event for it (or one received earlier).
 
     Thread-safe: a receiver running on uvicorn's loop thread may wake it while a sync waiter blocks in
-    :meth:`wait` or an async waiter awaits :meth:`wait_async` on another loop.
+    :meth:`wait` or an async waiter awaits :meth:`wait_async` on another loop. ``wakeup`` is the clock's
+    :class:`~ratepilot.clock.Wakeup` it sets, for waiting on several subscriptions at once
+    (:func:`ratepilot.clock.any_of`).
     """
 
     def __init__(self, receiver: WebhookReceiver, object_id: str) -> None:
         self._receiver = receiver
         self.object_id = object_id
-        self._event = threading.Event()
+        self.wakeup = Wakeup()
         self._lock = threading.Lock()
-        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.event: WebhookEvent | None = None
 
     def _wake(self, event: WebhookEvent) -> None:
         with self._lock:
-            self.event = event
-            self._event.set()
-            futures, self._futures = self._futures, []
-        for loop, fut in futures:
-            loop.call_soon_threadsafe(_resolve, fut)
+            self.event = event  # before the wake-up: a woken waiter finds the event
+            self.wakeup.set()
 
     @property
     def woken(self) -> bool:
-        return self._event.is_set()
+        return self.wakeup.is_set()
 
     def rearm(self) -> None:
         """Forget the last wake-up, to wait for a later event about the same object (used by batch runners)."""
         with self._lock:
-            self._event.clear()
+            self.wakeup.clear()
             self.event = None
 
     def wait(self, timeout: float | None, clock: Clock) -> bool:
         """Block until woken (True) or ``timeout`` seconds of ``clock`` time pass (False)."""
-        if self._event.is_set():
-            return True
-        if isinstance(clock, SystemClock):
-            return self._event.wait(timeout)
-        # An injected clock cannot be interrupted by a threading.Event, so sleep on it in short slices and
-        # look at the event between them (tests and simulations; the real clock takes the branch above).
-        deadline = _deadline(timeout, clock)
-        while not self._event.is_set():
-            step = _next_slice(deadline, clock)
-            if step is None:
-                return False
-            clock.sleep(step)
-            self._event.wait(_YIELD)  # yield (real time) to the thread delivering the webhook
-        return True
+        return clock.wait(self.wakeup, timeout)
 
     async def wait_async(self, timeout: float | None, clock: Clock) -> bool:
-        """Await until woken (True) or ``timeout`` seconds of ``clock`` time pass (False).
-
-        Same time model as :meth:`wait`: on an injected clock the sleep is sliced, so an autojumping
-        ``FakeClock`` does not leap to the deadline in one step while the webhook is still on its way (the
-        waiter would then end on its timeout's confirming retrieve, never on the event).
-        """
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if self._event.is_set():
-                return True
-            self._futures.append((loop, fut))
-        try:
-            if isinstance(clock, SystemClock):
-                await _first_of(fut, None if timeout is None else clock.asleep(timeout))
-            else:
-                deadline = _deadline(timeout, clock)
-                while not self._event.is_set():
-                    step = _next_slice(deadline, clock)
-                    if step is None:
-                        return False
-                    await _first_of(fut, clock.asleep(step))
-                    if not fut.done():
-                        await asyncio.wait({fut}, timeout=_YIELD)  # yield (real time) to the delivering thread
-        finally:
-            with self._lock:
-                self._futures = [(lp, f) for lp, f in self._futures if f is not fut]
-            fut.cancel()
-        return self._event.is_set()
+        """Await until woken (True) or ``timeout`` seconds of ``clock`` time pass (False)."""
+        return await clock.wait_async(self.wakeup, timeout)
 
     def close(self) -> None:
         self._receiver._unsubscribe(self)
@@ -156,39 +113,6 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_SLICE = 1.0  # seconds of injected-clock time between looks at the event
-_YIELD = 0.001  # real seconds given to a delivering thread between two slices of an injected clock
-
-
-def _deadline(timeout: float | None, clock: Clock) -> float | None:
-    return None if timeout is None else clock.now() + timeout
-
-
-def _next_slice(deadline: float | None, clock: Clock) -> float | None:
-    """The next sleep of a sliced wait on an injected clock; None once the deadline has passed."""
-    if deadline is None:
-        return _SLICE
-    left = deadline - clock.now()
-    return None if left <= 0 else min(_SLICE, left)
-
-
-async def _first_of(fut: asyncio.Future[None], sleep: Coroutine[Any, Any, None] | None) -> None:
-    """Await ``fut`` or ``sleep``, whichever ends first (the sleep is cancelled if still running)."""
-    if sleep is None:
-        await fut
-        return
-    sleeper = asyncio.ensure_future(sleep)
-    try:
-        await asyncio.wait({fut, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sleeper.cancel()
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class WebhookReceiver:

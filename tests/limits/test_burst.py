@@ -170,7 +170,6 @@ def test_a_state_saved_before_the_burst_was_learned_starts_slow() -> None:
     assert st.tol[0] == 0.0
     obs = interpret(
         RateLimitHeaders.parse(_headers(300, 297)),
-        age=0.0,
         grant=None,
         ceiling=(0.0,) * 5,
         safety_margin=0.0,

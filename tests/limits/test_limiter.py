@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from limits_helpers import REDIS_URL, dim, headers, quiesce
 
-from ratepilot.clock import FakeClock, SystemClock
+from ratepilot.clock import FakeClock, SystemClock, Wakeup
 from ratepilot.limits import Cost, CostTooLarge, Grant, Limiter, Priority, Scope, key_id_for
 from ratepilot.limits.limiter import PROBE_GRACE
 from ratepilot.protocol.errors import LimitKind, classify, rate_limit_error
@@ -412,6 +412,46 @@ async def test_cancelled_waiter_gives_its_place_back(limiter: Limiter, clock: Fa
     grant = await asyncio.wait_for(behind, timeout=5)
     assert grant.seq == 61  # the cancelled waiter reserved nothing
     assert remaining(limiter, "rpm") == pytest.approx(0, abs=1e-6)
+
+
+class _TellsWhenWaiting(FakeClock):
+    """A FakeClock that moves only when told (no autojump) and says when a waiter begins to wait on it."""
+
+    def __init__(self) -> None:
+        super().__init__(autojump=False)
+        self.waiting = threading.Event()
+
+    def wait(self, wakeup: Wakeup, timeout: float | None) -> bool:
+        self.waiting.set()
+        return super().wait(wakeup, timeout)
+
+
+def test_a_refund_ends_the_heads_wait_on_a_fake_clock_as_on_the_real_one(store_uri: str) -> None:
+    # The head waits on clock.wait whatever the clock: a refund wakes it here exactly as in production (a fake
+    # clock used to make it sleep the whole wait through). Time never moves: only the wake-up can end the wait.
+    clock = _TellsWhenWaiting()
+    with Limiter(store_uri, clock=clock, start_burst=60.0) as lim:
+        learn(lim, (60, 60), (1_000_000, 1_000_000))
+        grants = [lim.acquire(SCOPE, Cost(1, 1)) for _ in range(60)]  # the minute is spent
+        got: list[Grant] = []
+        waiter = threading.Thread(target=lambda: got.append(lim.acquire(SCOPE, Cost(1, 1))))
+        waiter.start()
+        assert clock.waiting.wait(10)
+        lim.cancel(grants[-1])  # never sent: its request comes back at once
+        waiter.join(10)
+        assert len(got) == 1 and clock.now() == 1_000.0
+
+
+async def test_a_refund_ends_an_async_heads_wait_on_a_fake_clock(limiter: Limiter, clock: FakeClock) -> None:
+    learn(limiter, (60, 60), (1_000_000, 1_000_000))
+    grants = [await limiter.aacquire(SCOPE, Cost(1, 1)) for _ in range(60)]
+    clock.autojump = False
+    waiting = asyncio.create_task(limiter.aacquire(SCOPE, Cost(1, 1)))
+    await quiesce(limiter)
+    assert not waiting.done()
+    limiter.cancel(grants[-1])
+    await asyncio.wait_for(waiting, timeout=10)
+    assert clock.now() == 1_000.0
 
 
 def test_threads_share_the_limit(limiter: Limiter, clock: FakeClock) -> None:

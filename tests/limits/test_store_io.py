@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing as mp
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from limits_helpers import REDIS_URL, headers
 from ratepilot.clock import FakeClock, SystemClock
 from ratepilot.limits import Cost, Limiter, Scope, key_id_for
 from ratepilot.limits.stores import open_store
+from ratepilot.limits.stores.base import decode_state
 from ratepilot.limits.stores.redis import RedisStore
 
 SCOPE = Scope(key_id_for("sk-test-store-io"), "gpt-4o-mini")
@@ -355,3 +357,81 @@ def test_a_redis_settle_deferred_at_exit_is_sent(redis_prefix: str, clock: FakeC
         assert theirs.state(SCOPE)["tpm"].remaining == pytest.approx(before, abs=1)  # reserved, then given back
     finally:
         theirs.close()
+
+
+# --------------------------------------------------------------- states written by other versions of the store
+_N = 5
+_ADJ, _OSEQ = slice(4 + 3 * _N, 4 + 4 * _N), slice(4 + 4 * _N, 4 + 5 * _N)  # the retired blocks' positions
+
+
+def _previous_version_state(now: float) -> list[float]:
+    """A learned scope as the version before the retired fields wrote it: their blocks filled in."""
+    lim = [300.0, 50_000.0, 0.0, 0.0, 0.0]
+    tat = [now + 10.0, now + 6.0, 0.0, 0.0, 0.0]  # 50 requests and 5,000 tokens in use
+    adj, oseq = [3.5, 120.0, 0.0, 0.0, 0.0], [6.0, 6.0, 0.0, 0.0, 0.0]
+    frate, ft, tol = [0.25, 10.0, 0.0, 0.0, 0.0], [now, now, 0.0, 0.0, 0.0], [20.0, 20.0, 0.0, 0.0, 0.0]
+    return [7, 0.0, 0.0, 0, *lim, *lim, *tat, *adj, *oseq, *frate, *ft, *tol, *[0.0] * _N, 0.0, 0.0, 0.0]
+
+
+# A state as the Lua scripts store it (one MessagePack sequence of numbers), written and read back raw.
+_WRITE = (
+    "local v = {} for i, x in ipairs(ARGV) do v[i] = tonumber(x) end "
+    "redis.call('SET', KEYS[1], cmsgpack.pack(unpack(v))) return 1"
+)
+_READ = (
+    "local v = {cmsgpack.unpack(redis.call('GET', KEYS[1]))} for i, x in ipairs(v) do v[i] = tostring(x) end return v"
+)
+
+
+def _write_raw(uri: str, numbers: list[float]) -> None:
+    if uri.startswith("sqlite"):
+        with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
+            db.execute("CREATE TABLE IF NOT EXISTS ratepilot_limits (key TEXT PRIMARY KEY, state TEXT NOT NULL)")
+            db.execute("INSERT INTO ratepilot_limits VALUES (?, ?)", (SCOPE.key, " ".join(map(repr, numbers))))
+        return
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.eval(_WRITE, 1, uri.split("prefix=")[1] + SCOPE.key, *map(repr, numbers))
+    finally:
+        client.close()
+
+
+def _read_raw(uri: str) -> list[float]:
+    if uri.startswith("sqlite"):
+        with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
+            row = db.execute("SELECT state FROM ratepilot_limits WHERE key = ?", (SCOPE.key,)).fetchone()
+        return [float(x) for x in row[0].split()]
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return [float(x) for x in client.eval(_READ, 1, uri.split("prefix=")[1] + SCOPE.key)]
+    finally:
+        client.close()
+
+
+def test_a_state_written_by_the_previous_version_loads_and_keeps_its_layout(shared_uri: str, clock: FakeClock) -> None:
+    """Its retired fields (adj, oseq) are ignored; what this version writes back keeps them, as zeros, in their
+    slots, so an older version sharing the store still reads every other field where it expects it."""
+    old = _previous_version_state(clock.now())
+    _write_raw(shared_uri, old)
+    with Limiter(shared_uri, clock=clock) as lim:
+        state = lim.state(SCOPE)
+        assert state["rpm"].limit == 300 and state["rpm"].remaining == pytest.approx(250)
+        assert state["tpm"].remaining == pytest.approx(45_000)
+        grant = lim.acquire(SCOPE, Cost(1, 100))  # a learned scope: no probe, admitted at once
+        assert not grant.probe and grant.seq == 8 and clock.now() == 1_000.0
+        lim.settle(grant, 100)
+    new = _read_raw(shared_uri)
+    assert len(new) == len(old)
+    assert new[_ADJ] == [0.0] * _N and new[_OSEQ] == [0.0] * _N
+    kept = [i for i in range(len(old)) if i not in range(_ADJ.start, _OSEQ.stop)]
+    changed = {i for i in kept if new[i] != old[i]}
+    assert changed == {0, 14, 15}  # seq, and the rpm and tpm tats the request moved; the rest as it was
+
+
+def test_numbers_a_later_version_appends_are_ignored(shared_uri: str, clock: FakeClock) -> None:
+    _write_raw(shared_uri, [*_previous_version_state(clock.now()), 42.0, 43.0])
+    with Limiter(shared_uri, clock=clock) as lim:
+        assert lim.state(SCOPE)["rpm"].remaining == pytest.approx(250)
+        lim.settle(lim.acquire(SCOPE, Cost(1, 100)), 100)
+    with pytest.raises(ValueError, match="corrupt limiter state"):
+        decode_state("1 2 3")  # too short for any version: refused, not guessed

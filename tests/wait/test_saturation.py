@@ -15,7 +15,7 @@ from typing import Any
 from openai import OpenAI
 
 from ratepilot.client import Pilot
-from ratepilot.clock import FakeClock
+from ratepilot.clock import FakeClock, Wakeup
 from ratepilot.limits import Limiter
 from ratepilot.poll import wait
 from ratepilot.sim import PoolSpec, SimConfig, Simulator
@@ -63,7 +63,23 @@ class BusyClock:
         if self.base.now() < end:
             self.base.sleep(end - self.base.now())
 
+    def wait(self, wakeup: Wakeup, timeout: float | None) -> bool:
+        # A limiter waiting for a slot: filled with work like a sleep, ended early by the wakeup as on any clock.
+        if self._inside or timeout is None:
+            return self.base.wait(wakeup, timeout)
+        end = self.base.now() + timeout
+        self._inside = True
+        try:
+            while self.busy and self.base.now() < end and not wakeup.is_set():
+                self.busy = self.work()
+        finally:
+            self._inside = False
+        return self.base.wait(wakeup, max(0.0, end - self.base.now()))
+
     async def asleep(self, seconds: float) -> None:  # pragma: no cover - the sync driver is used here
+        raise NotImplementedError
+
+    async def wait_async(self, wakeup: Wakeup, timeout: float | None) -> bool:  # pragma: no cover - as asleep
         raise NotImplementedError
 
 

@@ -36,7 +36,7 @@ import orjson
 from .. import paths
 from ..client import wire
 from ..client.plan import RETRY_HEADER
-from ..clock import Clock, SystemClock
+from ..clock import Clock, SystemClock, any_of
 from ..errors import RatePilotError
 from ..joblock import job_lock
 from ..limits import key_id_for
@@ -93,7 +93,6 @@ WEBHOOK_BACKSTOP_SECONDS = 1800.0
 """With webhooks, a batch is still retrieved at least this often, in case its event was lost."""
 MAX_CREATE_FAULTS = 8
 """Faults in a row on one shard's upload or create (each followed by a reconcile) before the error is raised."""
-_EVENT_SLICE = 0.5  # seconds between looks at the other batches' webhook subscriptions while sleeping
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -788,12 +787,8 @@ class BatchRunner:
         if not subs:
             self.clock.sleep(seconds)
             return
-        deadline = self.clock.now() + seconds
-        while not any(sub.woken for sub in subs):
-            left = deadline - self.clock.now()
-            if left <= 0:
-                return
-            subs[0].wait(min(left, _EVENT_SLICE), self.clock)  # woken at once by the first; the rest per slice
+        with any_of(*(sub.wakeup for sub in subs)) as woken:  # whichever batch's webhook comes first
+            self.clock.wait(woken, seconds)
 
     def _unsubscribe(self, key: tuple[int, int]) -> None:
         sub = self._subs.pop(key, None)

@@ -20,7 +20,7 @@ class PassThroughLimiter:
         return self._grant(scope, cost)
 
     def _grant(self, scope: Scope, cost: Cost) -> Grant:
-        return Grant(scope=scope, cost=cost, seq=0, granted_at=0.0, used=(), adj=(), charged=())
+        return Grant(scope=scope, cost=cost, seq=0, granted_at=0.0, used=(), charged=())
 
     def settle(self, grant: Grant, actual_tokens: int | None, *, headers_follow: bool = True) -> None:
         grant.done = True

@@ -77,7 +77,7 @@ def _zeros() -> list[float]:
 
 @dataclass(slots=True)
 class ScopeState:
-    """Everything the store keeps for one scope (the Redis hash has the same fields)."""
+    """Everything the store keeps for one scope (in the order of the stored encoding: stores/base.py)."""
 
     seq: int = 0  # reservations made so far
     probe_until: float = 0.0  # while limits are unknown: the probe request's lease
@@ -86,8 +86,6 @@ class ScopeState:
     lim: list[float] = field(default_factory=_zeros)  # effective limit per dimension (0 = unknown)
     srv: list[float] = field(default_factory=_zeros)  # the server's limit as last reported (0 = never)
     tat: list[float] = field(default_factory=_zeros)
-    adj: list[float] = field(default_factory=_zeros)  # cumulative corrections applied from observations
-    oseq: list[int] = field(default_factory=lambda: [0] * N_DIMS)  # seq of the last grant observed
     frate: list[float] = field(default_factory=_zeros)  # estimated foreign traffic, units per second
     ft: list[float] = field(default_factory=_zeros)  # when frate was last updated
     tol: list[float] = field(default_factory=_zeros)  # learned burst allowance, seconds of refill (0: the window)
@@ -123,7 +121,6 @@ class ReserveParams:
 class Reserved:
     seq: int
     used: tuple[float, ...]
-    adj: tuple[float, ...]
     charged: tuple[bool, ...]
     probe: bool
     lease: float = 0.0  # a probe's lease expiry (store time): identifies the probe when it is settled
@@ -161,13 +158,6 @@ class Observation:
     """A response's headers, interpreted (:func:`ratepilot.limits.learning.interpret`)."""
 
     dims: tuple[DimObservation, ...]  # empty: the response had no usable headers
-    age: float  # seconds since the observed request was sent (informational: see observe())
-    ref_seq: int = -1  # the observed request's grant (-1: unknown)
-    # The grant's accounting snapshot, and the share of a downward correction to apply: no longer used by
-    # observe() (comparing with the snapshot double-counted our own requests), kept for the stores' wire format.
-    ref_used: tuple[float, ...] = (0.0,) * N_DIMS
-    ref_adj: tuple[float, ...] = (0.0,) * N_DIMS
-    damping: float = 0.0
     # A successful response: its request's units in use at admission and its cost, per dimension (the learned
     # burst grows from them); empty: not a success.
     answered: tuple[float, ...] = ()
@@ -198,10 +188,10 @@ def reserve(st: ScopeState, costs: tuple[float, ...], now: float, p: ReservePara
                 return Wait(st.probe_until - now, probe=True)
             st.probe_until = now + p.probe_timeout
             st.seq += 1
-            return Reserved(st.seq, (0.0,) * N_DIMS, tuple(st.adj), (False,) * N_DIMS, True, st.probe_until)
+            return Reserved(st.seq, (0.0,) * N_DIMS, (False,) * N_DIMS, True, st.probe_until)
         if not st.known:  # the server never reports limits and none is configured: rely on 429 penalties
             st.seq += 1
-            return Reserved(st.seq, (0.0,) * N_DIMS, tuple(st.adj), (False,) * N_DIMS, False)
+            return Reserved(st.seq, (0.0,) * N_DIMS, (False,) * N_DIMS, False)
         # no headers ever, but a configured ceiling: enforce it
     wait = 0.0
     updates: list[tuple[int, float]] = []
@@ -237,7 +227,7 @@ def reserve(st: ScopeState, costs: tuple[float, ...], now: float, p: ReservePara
         charged[d] = True
         used[d] = (new - now) * st.lim[d] / WINDOWS[d]
     st.seq += 1
-    return Reserved(st.seq, tuple(used), tuple(st.adj), tuple(charged), False)
+    return Reserved(st.seq, tuple(used), tuple(charged), False)
 
 
 def adjust(
@@ -310,7 +300,6 @@ def observe(st: ScopeState, obs: Observation, now: float) -> None:
             # may report its state at admission or at response time, and assuming the latter is the safe side.
             st.lim[d] = o.limit
             st.tat[d] = now + o.used * window / o.limit
-            st.oseq[d] = st.seq  # grants made before this carry no accounting for this dimension
             st.ft[d] = now
             continue
         if st.lim[d] != o.limit:
@@ -324,8 +313,6 @@ def observe(st: ScopeState, obs: Observation, now: float) -> None:
             # Slow start: the server answered with this much of the minute in use, so it allows at least that
             # burst. (Not after a cut: answers to the burst that was refused would undo the cut, to the edge.)
             st.tol[d] = min(window, max(st.tol[d], o.used * window / o.server_limit))
-        if obs.ref_seq > st.oseq[d]:
-            st.oseq[d] = obs.ref_seq  # the newest grant observed (bookkeeping only)
         # Compared with our units in use *now*, never with the snapshot taken when the observed request was
         # granted: the server reports its state when it answers, having admitted (and refilled for) much of
         # what we granted since, so the snapshot counted our own later requests as foreign traffic, and as only
@@ -336,7 +323,6 @@ def observe(st: ScopeState, obs: Observation, now: float) -> None:
         found = o.used - _used(st, d, now)
         if found > 0:
             st.tat[d] = now + o.used * interval
-            st.adj[d] += found
         else:
             found = 0.0
         # Foreign-rate estimate: every unit found adds 1/tau, the sum decays with time constant tau, so it

@@ -71,14 +71,14 @@ def _dim_for(family: str, window: float) -> int:
 def interpret(
     headers: RateLimitHeaders,
     *,
-    age: float,
     grant: Grant | None,
     ceiling: tuple[float, ...],
     safety_margin: float,
-    damping: float = 0.0,
     answered: bool = False,
     start_burst: float = TOL_START,
 ) -> Observation:
+    """A response's headers as an :class:`Observation` for the store. ``grant`` is the observed request's: when
+    ``answered`` (a 2xx), how far ahead of the refill it was admitted widens the learned burst (None: no evidence)."""
     dims: list[DimObservation] = []
     for family, state in (
         ("requests", headers.requests),
@@ -98,19 +98,15 @@ def interpret(
         limit = max(limit, 1e-6)
         dims.append(DimObservation(d, limit, float(state.limit), used))
     # A success proves the server admitted this much at once: it widens the learned burst (core._grow).
-    zeros = (0.0,) * N_DIMS
     grown: tuple[float, ...] = ()
     costs: tuple[float, ...] = ()
     if answered:
-        grown = grant.used if grant is not None else zeros
-        costs = (
-            tuple(c if charged else 0.0 for c, charged in zip(grant.cost.per_dimension(), grant.charged, strict=True))
-            if grant is not None
-            else zeros
-        )
-    if grant is None:
-        return Observation(tuple(dims), max(0.0, age), -1, zeros, zeros, damping, grown, costs, start_burst)
-    return Observation(tuple(dims), max(0.0, age), grant.seq, grant.used, grant.adj, damping, grown, costs, start_burst)
+        if grant is None:
+            grown = costs = (0.0,) * N_DIMS
+        else:
+            grown = grant.used
+            costs = tuple(c if on else 0.0 for c, on in zip(grant.cost.per_dimension(), grant.charged, strict=True))
+    return Observation(tuple(dims), grown, costs, start_burst)
 
 
 def refusal_evidence(

@@ -5,9 +5,10 @@ only the head asks the store; everyone else waits for their turn, so admission i
 and a LOW waiter (polls) never takes capacity while a NORMAL one waits. LOW reservations must also leave
 ``low_headroom`` of every bucket free, which protects NORMAL traffic of *other* processes sharing the store.
 
-The head sleeps for the wait the store computed, on the injected clock; a local settle, cancel or observe
-wakes it early (capacity may have come back). Waiting for a probe's response on a shared store re-checks
-every ``recheck`` seconds, because the probe may belong to another process.
+The head waits as long as the store says, on the injected clock (``clock.wait``: the same call on the real
+clock and on a test's fake one); a local settle, cancel or observe sets its wakeup and ends the wait early
+(capacity may have come back). Waiting for a probe's response on a shared store re-checks every ``recheck``
+seconds, because the probe may belong to another process.
 
 On an event loop, the shared stores' round trips (SQLite, Redis) never run on the loop's thread: they go to
 one I/O thread per limiter, which runs them one at a time in the order they were asked for. Reservations are
@@ -33,7 +34,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..clock import Clock, SystemClock
+from ..clock import Clock, SystemClock, Wakeup
 from ..protocol.headers import RateLimitHeaders
 from .core import TOL_START, Refusal, Reserved, ReserveParams, Wait, view
 from .learning import interpret
@@ -55,8 +56,9 @@ class _Waiter:
     seq: int
     loop: asyncio.AbstractEventLoop | None = None
     turn: asyncio.Future[None] | None = None  # async: resolved when this waiter becomes the head
-    kick: asyncio.Future[None] | None = None  # async: resolved to cut a head's sleep short
-    kicked: bool = False  # a wake-up arrived since this head last asked the store (it must not sleep on it)
+    # Set to cut the head's wait short. Cleared before each store call, so a wake-up that lands while the
+    # reservation is in flight (on the I/O thread) ends the wait on its answer at once: that answer predates it.
+    wakeup: Wakeup = field(default_factory=Wakeup)
     active: bool = True
 
 
@@ -90,7 +92,6 @@ class Limiter:
         probe_timeout: float = 60.0,
         blind_after: int = 3,
         recheck: float = 0.05,
-        damping: float = 0.0,  # no effect: observe() no longer applies corrections downwards (core.observe)
         foreign_horizon: float = 3.0,
         start_burst: float = TOL_START,
     ) -> None:
@@ -109,7 +110,6 @@ class Limiter:
             ceil[DIM_INDEX[name]] = float(value)
         self.ceiling = tuple(ceil)
         self.safety_margin = safety_margin
-        self.damping = damping
         if not start_burst > 0:
             raise ValueError(f"start_burst must be positive (seconds of refill), got {start_burst}")
         # Seconds of refill a minute dimension may spend at once when first learned; the allowance then grows
@@ -120,7 +120,6 @@ class Limiter:
         self._low_params = ReserveParams(
             self.ceiling, probe_timeout, blind_after, low_headroom, foreign_horizon, start_burst
         )
-        self._real_time = isinstance(self.clock, SystemClock)
         self._mu = threading.Lock()
         self._cond = threading.Condition(self._mu)
         self._queues: dict[str, _Queue] = {}
@@ -211,7 +210,7 @@ class Limiter:
 
     def _grant(self, scope: Scope, cost: Cost, r: Reserved) -> Grant:
         now = self.clock.now()
-        grant = Grant(scope, cost, r.seq, now, r.used, r.adj, r.charged, r.probe, r.lease)
+        grant = Grant(scope, cost, r.seq, now, r.used, r.charged, r.probe, r.lease)
         with self._mu:
             recent = self._queue(scope).recent
             recent.append((now, grant.id, grant))
@@ -219,14 +218,12 @@ class Limiter:
                 del recent[:_RECENT_GRANTS]
         return grant
 
-    def _timeout(self, wait: Wait) -> float | None:
-        """How long the head sleeps before asking again (None: until a local wake-up)."""
-        if wait.probe:
-            if self.store.shared:
-                return min(wait.seconds, self.recheck)
-            # On a fake clock a probe's 60 s lease is not slept through (the response wakes the waiter); a
-            # settled probe's short grace is, or a waiter whose probe is never observed would wait forever.
-            return wait.seconds if self._real_time or wait.seconds <= PROBE_GRACE else None
+    def _timeout(self, wait: Wait) -> float:
+        """How long the head waits before asking again, unless woken first. Behind a probe: until its lease
+        ends (observing its response wakes the head first), or the next re-check on a shared store, where the
+        probe may be another process's and no local wake-up would come."""
+        if wait.probe and self.store.shared:
+            return min(wait.seconds, self.recheck)
         return wait.seconds
 
     def _nobody_waiting(self, scope: Scope) -> bool:
@@ -271,13 +268,7 @@ class Limiter:
             head = q.head() if q else None
             if head is None:
                 return
-            # Flagged as well as woken: a wake-up that lands while the head's reservation is still in flight
-            # (on the I/O thread) must stop it from sleeping on the answer it gets, which predates the change.
-            head.kicked = True
-            if head.loop is None:
-                self._cond.notify_all()
-            elif head.kick is not None:
-                head.loop.call_soon_threadsafe(_resolve, head.kick)
+            head.wakeup.set()
 
     # ----------------------------------------------------------------------------------- sync driver
     def acquire(self, scope: Scope, cost: Cost | None = None, priority: Priority = Priority.NORMAL) -> Grant:
@@ -293,21 +284,13 @@ class Limiter:
                 with self._cond:
                     while self._queue(scope).head() is not w:
                         self._cond.wait()
-                    w.kicked = False
+                w.wakeup.clear()
                 decision = self._read(self._try, scope, cost, priority)
                 if isinstance(decision, Grant):
                     return decision
-                self._sleep(w, self._timeout(decision))
+                self.clock.wait(w.wakeup, self._timeout(decision))
         finally:
             self._dequeue(scope, w)
-
-    def _sleep(self, w: _Waiter, timeout: float | None) -> None:
-        if timeout is not None and not self._real_time:
-            self.clock.sleep(timeout)
-            return
-        with self._cond:
-            if not w.kicked:
-                self._cond.wait(timeout)
 
     # -------------------------------------------------------------------------------- asyncio driver
     async def aacquire(self, scope: Scope, cost: Cost | None = None, priority: Priority = Priority.NORMAL) -> Grant:
@@ -327,29 +310,13 @@ class Limiter:
                 while not self._is_head_or_arm(scope, w, loop):
                     assert w.turn is not None
                     await w.turn
-                w.kicked = False
+                w.wakeup.clear()
                 decision = await self._atry(scope, cost, priority)
                 if isinstance(decision, Grant):
                     return decision
-                await self._asleep(w, loop, self._timeout(decision))
+                await self.clock.wait_async(w.wakeup, self._timeout(decision))
         finally:
             self._dequeue(scope, w)
-
-    async def _asleep(self, w: _Waiter, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
-        if timeout is not None and not self._real_time:
-            await self.clock.asleep(timeout)
-            return
-        with self._mu:  # checked and armed under the lock _kick holds: no wake-up falls in between
-            if w.kicked:
-                return
-            w.kick = loop.create_future()
-        handle = loop.call_later(timeout, _resolve, w.kick) if timeout is not None else None
-        try:
-            await w.kick
-        finally:
-            w.kick = None
-            if handle is not None:
-                handle.cancel()
 
     # --------------------------------------------------------------------- after the request was sent
     def settle(self, grant: Grant, actual_tokens: int | None, *, headers_follow: bool = True) -> None:
@@ -403,11 +370,9 @@ class Limiter:
             grant = self._grant_before(scope, sent_at)
         obs = interpret(
             headers,
-            age=self.clock.now() - sent_at,
             grant=grant,
             ceiling=self.ceiling,
             safety_margin=self.safety_margin,
-            damping=self.damping,
             answered=answered,
             start_burst=self.start_burst,
         )

@@ -101,8 +101,10 @@ _grant_ids = itertools.count(1)
 class Grant:
     """A reservation the store made. Settle it with the actual usage, or cancel it, exactly once.
 
-    ``seq``/``used``/``adj`` are the store's accounting right after this admission; observing the response
-    to this request compares the server's numbers with them (see :mod:`ratepilot.limits.learning`).
+    ``seq`` (which admission this was) and ``used`` (the units in use right after it: how far ahead of the
+    refill it went) are what its answer or its refusal teaches the learned burst: an answer widens the allowance
+    to at least that much, a refusal of an admission newer than the last cut cuts it
+    (:func:`ratepilot.limits.core.observe`, :func:`ratepilot.limits.core.refuse`).
     """
 
     scope: Scope
@@ -110,7 +112,6 @@ class Grant:
     seq: int
     granted_at: float  # the limiter's clock when granted
     used: tuple[float, ...]  # units in use per dimension right after this admission
-    adj: tuple[float, ...]  # cumulative corrections per dimension at that moment
     charged: tuple[bool, ...]  # dimensions that were known (and charged) at admission
     probe: bool = False  # the one request in flight while the scope's limits are still unknown
     probe_lease: float = 0.0  # the probe's lease expiry in store time (identifies it when settled)

@@ -1,8 +1,10 @@
 -- Shared prelude of every limiter script (prepended by stores/redis.py; kept parallel to limits/core.py).
 -- State: one MessagePack sequence of numbers per scope (exact doubles, and no number parsing or formatting
 -- in Lua, which was half of a script's run time), in the order of stores/base.py's text encoding:
--- seq probe_until blocked_until nohdr, then lim, srv, tat, adj, oseq, frate, ft, tol, tseq for each of the N
--- dimensions, then pace pt pseq (a state saved before tol..pseq existed reads them as 0: never learned).
+-- seq probe_until blocked_until nohdr, then lim, srv, tat, two retired blocks, frate, ft, tol, tseq for each of
+-- the N dimensions, then pace pt pseq. The retired blocks (adj and oseq, which nothing read) are written as 0 and
+-- ignored, so states of older versions load and older versions still read every field by its position
+-- (stores/base.py says why); a state saved before tol..pseq existed reads them as 0: never learned.
 -- ARGV[1] = now ('' = Redis TIME, so hosts' clocks never matter), ARGV[2] = key TTL in ms,
 -- ARGV[3] = the operation's numbers as little-endian doubles (A[1..n] below); replies are packed the same
 -- way (formatting and parsing numbers as text cost more than the arithmetic).
@@ -36,10 +38,10 @@ local function now_of(arg)
 end
 
 local function load(key)
-  local st = {seq = 0, probe = 0, blocked = 0, nohdr = 0, lim = {}, srv = {}, tat = {}, adj = {}, oseq = {},
+  local st = {seq = 0, probe = 0, blocked = 0, nohdr = 0, lim = {}, srv = {}, tat = {},
               frate = {}, ft = {}, tol = {}, tseq = {}, pace = 0, pt = 0, pseq = 0}
   for d = 1, N do
-    st.lim[d] = 0; st.srv[d] = 0; st.tat[d] = 0; st.adj[d] = 0; st.oseq[d] = 0; st.frate[d] = 0; st.ft[d] = 0
+    st.lim[d] = 0; st.srv[d] = 0; st.tat[d] = 0; st.frate[d] = 0; st.ft[d] = 0
     st.tol[d] = 0; st.tseq[d] = 0
   end
   local raw = redis.call('GET', key)
@@ -50,8 +52,7 @@ local function load(key)
       st.lim[d] = v[4 + d]
       st.srv[d] = v[4 + N + d]
       st.tat[d] = v[4 + 2 * N + d]
-      st.adj[d] = v[4 + 3 * N + d]
-      st.oseq[d] = v[4 + 4 * N + d]
+      -- v[4 + 3N + d] and v[4 + 4N + d]: the retired blocks, ignored
       st.frate[d] = v[4 + 5 * N + d]
       st.ft[d] = v[4 + 6 * N + d]
       st.tol[d] = v[4 + 7 * N + d] or 0
@@ -64,9 +65,12 @@ local function load(key)
   return st
 end
 
+local RETIRED = {}
+for d = 1, N do RETIRED[d] = 0 end
+
 local function flat(st)
   local parts = {st.seq, st.probe, st.blocked, st.nohdr}
-  for _, arr in ipairs({st.lim, st.srv, st.tat, st.adj, st.oseq, st.frate, st.ft, st.tol, st.tseq}) do
+  for _, arr in ipairs({st.lim, st.srv, st.tat, RETIRED, RETIRED, st.frate, st.ft, st.tol, st.tseq}) do
     for d = 1, N do
       parts[#parts + 1] = arr[d]
     end

@@ -1,13 +1,12 @@
 -- observe: correct the state from a response's headers, as interpreted by learning.py (core.observe).
--- A: age (unused), ref_seq, damping (unused), ref_used x N (unused), ref_adj x N (unused), count, then per observed dimension:
--- index (0-based), limit, server_limit, used; then a success's cost x N and its units in use at admission x N
--- (all 0: not a success); then the burst allowance of a dimension seen for the first time.
+-- A: count, then per observed dimension: index (0-based), limit, server_limit, used; then a success's cost x N
+-- and its units in use at admission x N (all 0: not a success); then the burst allowance of a dimension seen for
+-- the first time, and 1 for a success (0: not one).
 local st = load(KEY)
 local now = NOW
-local ref_seq = A[2]
-local count = A[4 + 2 * N]
+local count = A[1]
 -- a successful answer widens the burst allowance (core._grow)
-local ans = 5 + 2 * N + 4 * count
+local ans = 2 + 4 * count
 local start_burst = A[ans + 2 * N] or TOL_START
 local answered = (A[ans + 2 * N + 1] or 0) == 1
 for d = 1, N do
@@ -42,7 +41,7 @@ end
 st.nohdr = 0
 st.probe = 0
 for i = 0, count - 1 do
-  local b = 5 + 2 * N + 4 * i
+  local b = 2 + 4 * i
   local d = A[b] + 1
   local limit = A[b + 1]
   local server_limit = A[b + 2]
@@ -58,7 +57,6 @@ for i = 0, count - 1 do
   if st.lim[d] <= 0 then
     st.lim[d] = limit
     st.tat[d] = now + o_used * window / limit
-    st.oseq[d] = st.seq
     st.ft[d] = now
   else
     if st.lim[d] ~= limit then
@@ -70,12 +68,10 @@ for i = 0, count - 1 do
     if answered and MINUTE[d] and st.tol[d] > 0 and st.tol[d] < window and st.tseq[d] <= 0 then
       st.tol[d] = math.min(window, math.max(st.tol[d], o_used * window / server_limit))
     end
-    if ref_seq > st.oseq[d] then st.oseq[d] = ref_seq end
     -- Compared with our units in use now, not with the grant's snapshot (core.observe says why).
     local found = o_used - used(st, d, now)
     if found > 0 then
       st.tat[d] = now + o_used * interval
-      st.adj[d] = st.adj[d] + found
     else
       found = 0
     end

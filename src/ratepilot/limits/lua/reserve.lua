@@ -1,6 +1,6 @@
 -- reserve: admit the cost in every known dimension at once, or return how long to wait (core.reserve).
 -- A: probe_timeout, blind_after, headroom, foreign_horizon, cost x N, ceiling x N, start_burst.
--- Reply (doubles): {1, seq, lease, used x N, adj x N, charged x N} or {0, wait, probe}; lease = the probe's
+-- Reply (doubles): {1, seq, lease, used x N, charged x N} or {0, wait, probe}; lease = the probe's
 -- lease expiry (0: not the probe), which identifies the probe when it is settled.
 local st = load(KEY)
 local now = NOW
@@ -26,7 +26,6 @@ local function granted(probe, charge)
   for d = 1, N do
     if charge and st.lim[d] > 0 then out[#out + 1] = used(st, d, now) else out[#out + 1] = 0 end
   end
-  for d = 1, N do out[#out + 1] = st.adj[d] end
   for d = 1, N do
     if charge and st.lim[d] > 0 then out[#out + 1] = 1 else out[#out + 1] = 0 end
   end

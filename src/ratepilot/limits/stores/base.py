@@ -40,25 +40,36 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-_OLD_FIELDS = 4 + 7 * N_DIMS  # before the learned burst (tol, tseq, pace, pt, pseq): read as never learned
+# The text encoding (and the Lua scripts' MessagePack sequence, in the same order), one number per field:
+#
+#   seq probe_until blocked_until nohdr | lim srv tat (retired) (retired) frate ft tol tseq, N each | pace pt pseq
+#
+# The two retired blocks held ``adj`` and ``oseq``, bookkeeping that nothing read. They are still written, as
+# zeros, and ignored when read: a state written by an older version (which filled them) loads, and an older
+# version sharing the store during an upgrade still finds every other field where it reads it by position
+# (dropping the blocks would make it read tol as frate, silently, in Redis). Reading tolerates other lengths: a
+# state from before the learned burst has no tol..pseq (39 numbers) and reads them as 0 (never learned), and
+# numbers past the known ones (a later version's additions) are ignored, as the Lua scripts ignore them.
+_RETIRED = 2 * N_DIMS
+_OLD_FIELDS = 4 + 7 * N_DIMS
 _FIELDS = 4 + 9 * N_DIMS + 3
 
 
 def encode_state(st: ScopeState) -> str:
-    """Space-separated numbers: seq probe_until blocked_until nohdr, then lim, srv, tat, adj, oseq, frate, ft,
-    tol, tseq for every dimension, then pace pt pseq."""
+    """Space-separated numbers in the order above."""
     nums: list[float | int] = [st.seq, st.probe_until, st.blocked_until, st.nohdr]
-    nums += [*st.lim, *st.srv, *st.tat, *st.adj, *st.oseq, *st.frate, *st.ft, *st.tol, *st.tseq]
+    nums += [*st.lim, *st.srv, *st.tat, *([0] * _RETIRED), *st.frate, *st.ft, *st.tol, *st.tseq]
     nums += [st.pace, st.pt, st.pseq]
     return " ".join(repr(float(x)) if isinstance(x, float) else str(x) for x in nums)
 
 
 def decode_state(text: str) -> ScopeState:
     v = text.split()
-    if len(v) not in (_OLD_FIELDS, _FIELDS):
+    if len(v) != _OLD_FIELDS and len(v) < _FIELDS:
         raise ValueError(f"corrupt limiter state ({len(v)} fields)")
     n = N_DIMS
-    f = [float(x) for x in v] + [0.0] * (_FIELDS - len(v))
+    f = [float(x) for x in v[:_FIELDS]] + [0.0] * (_FIELDS - len(v))
+    kept = 4 + 3 * n + _RETIRED  # where frate starts, past the retired blocks
     return ScopeState(
         seq=int(f[0]),
         probe_until=f[1],
@@ -67,13 +78,11 @@ def decode_state(text: str) -> ScopeState:
         lim=f[4 : 4 + n],
         srv=f[4 + n : 4 + 2 * n],
         tat=f[4 + 2 * n : 4 + 3 * n],
-        adj=f[4 + 3 * n : 4 + 4 * n],
-        oseq=[int(x) for x in f[4 + 4 * n : 4 + 5 * n]],
-        frate=f[4 + 5 * n : 4 + 6 * n],
-        ft=f[4 + 6 * n : 4 + 7 * n],
-        tol=f[4 + 7 * n : 4 + 8 * n],
-        tseq=f[4 + 8 * n : 4 + 9 * n],
-        pace=f[4 + 9 * n],
-        pt=f[4 + 9 * n + 1],
-        pseq=f[4 + 9 * n + 2],
+        frate=f[kept : kept + n],
+        ft=f[kept + n : kept + 2 * n],
+        tol=f[kept + 2 * n : kept + 3 * n],
+        tseq=f[kept + 3 * n : kept + 4 * n],
+        pace=f[kept + 4 * n],
+        pt=f[kept + 4 * n + 1],
+        pseq=f[kept + 4 * n + 2],
     )

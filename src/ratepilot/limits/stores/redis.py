@@ -64,7 +64,7 @@ def _script_source(name: str) -> str:
     return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
-_REPLY = struct.Struct(f"<{3 + 3 * N_DIMS}d")  # a granted reservation's reply (a refusal is 3 numbers, padded)
+_REPLY = struct.Struct(f"<{3 + 2 * N_DIMS}d")  # a granted reservation's reply (a refusal is 3 numbers, padded)
 
 
 def _padded(reply: bytes) -> bytes:
@@ -313,8 +313,7 @@ class RedisStore:
         return Reserved(
             seq=int(out[1]),
             used=out[3 : 3 + n],
-            adj=out[3 + n : 3 + 2 * n],
-            charged=tuple(x == 1 for x in out[3 + 2 * n : 3 + 3 * n]),
+            charged=tuple(x == 1 for x in out[3 + n : 3 + 2 * n]),
             probe=out[2] > 0,
             lease=out[2],
         )
@@ -331,7 +330,9 @@ class RedisStore:
         self._defer(self._command("adjust", key, struct.pack(f"<{len(numbers)}d", *numbers)))
 
     def observe(self, key: str, obs: Observation) -> None:
-        numbers = [obs.age, obs.ref_seq, obs.damping, *obs.ref_used, *obs.ref_adj, len(obs.dims)]
+        # The scripts' arguments and replies change freely between versions: each version loads its own scripts
+        # (EVALSHA names them by the hash of their source). Only the stored state must stay readable.
+        numbers: list[float] = [len(obs.dims)]
         for o in obs.dims:
             numbers += [o.dim, o.limit, o.server_limit, o.used]
         numbers += obs.answered_costs or (0.0,) * N_DIMS
