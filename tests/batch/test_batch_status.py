@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ratepilot.batch import BatchRunner
-from ratepilot.batch.runner import _eta
+from ratepilot.batch.status import eta as _eta
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
 from ratepilot.store import ShardState
