@@ -111,7 +111,7 @@ def phase_prepare(workdir: Path, requests: Path, workers: int | None) -> dict[st
 
 def _fake_outputs(runner: Any, job: Any) -> None:
     """What the API would return per shard: one output line per request, in shuffled order (not timed)."""
-    from ratepilot.store import ShardState
+    from ratepilot.batch.state import ShardState
 
     rng = random.Random(1)
     for shard in runner.store.shards(job):
@@ -145,7 +145,7 @@ def _fake_outputs(runner: Any, job: Any) -> None:
 def phase_collect(workdir: Path, output: Path) -> dict[str, Any]:
     from ratepilot.batch import BatchRunner
     from ratepilot.batch.collect import index_result_file, write_ordered_results
-    from ratepilot.store import ShardState
+    from ratepilot.batch.state import ShardState
 
     with _client() as client, BatchRunner(client, state_dir=workdir / "state") as runner:
         job = runner.store.get_job("scale")

@@ -15,11 +15,11 @@ from openai import OpenAI
 from typer.testing import CliRunner
 
 from ratepilot.batch import BatchConfig, BatchRunner
+from ratepilot.batch.state import ShardRecord, ShardState
 from ratepilot.cli import app
 from ratepilot.clock import FakeClock
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
-from ratepilot.store import ShardRecord, ShardState
 
 API_KEY = "sk-test-batch-0000"
 

@@ -11,9 +11,9 @@ from typing import Any
 from openai import OpenAI
 
 from ratepilot.batch import BatchConfig, BatchRunner
+from ratepilot.batch.state import ShardState
 from ratepilot.sim import Simulator
 from ratepilot.sim.longrun import LongrunConfig
-from ratepilot.store import ShardState
 
 from .conftest import chat_line, server_batches, shard_record, write_jsonl
 
@@ -76,9 +76,9 @@ def test_another_jobs_missing_batch_does_not_fail_this_jobs_wait(
 
 
 def test_in_flight_tokens_are_counted_per_api_key(tmp_path: Path) -> None:
-    from ratepilot.store import JobRecord, Store
+    from ratepilot.batch.state import BatchState, JobRecord
 
-    with Store(tmp_path / "s.sqlite3") as store:
+    with BatchState(tmp_path / "s.sqlite3") as store:
         jobs = {}
         for name, key in (("a", "k1"), ("b", "k1"), ("c", "k2"), ("legacy", "")):
             jobs[name] = store.create_job(JobRecord(name=name, input_path="x", fingerprint="f", key_id=key))
@@ -96,7 +96,7 @@ def test_in_flight_tokens_are_counted_per_api_key(tmp_path: Path) -> None:
 def test_a_database_of_the_previous_version_is_migrated(tmp_path: Path) -> None:
     import sqlite3
 
-    from ratepilot.store import Store
+    from ratepilot.batch.state import BatchState
 
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:  # the tables as the previous version created them
@@ -111,7 +111,7 @@ def test_a_database_of_the_previous_version_is_migrated(tmp_path: Path) -> None:
         db.execute("CREATE TABLE token_limits (model TEXT PRIMARY KEY, tokens INTEGER NOT NULL, learned_at REAL)")
         db.execute("INSERT INTO token_limits VALUES ('m', 700, 0)")
     db.close()
-    with Store(path) as store:
+    with BatchState(path) as store:
         job = store.get_job("old")
         assert job is not None and job.key_id == ""
         assert store.token_limit("m", "k1") == 700  # learned before keys were recorded: applies to every key

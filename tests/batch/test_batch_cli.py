@@ -15,13 +15,13 @@ from openai import OpenAI
 from typer.testing import CliRunner
 
 from ratepilot.batch import BatchRunner
+from ratepilot.batch.state import DEFAULT_DB_NAME, BatchState
 from ratepilot.cli import app
 from ratepilot.errors import BudgetExceeded, QuotaExhausted, RequestTooLarge, RetriesExhausted
 from ratepilot.exitcodes import ExitCode
 from ratepilot.protocol.webhooks import new_secret
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
-from ratepilot.store import DEFAULT_DB_NAME, Store
 
 from .conftest import API_KEY, chat_line, connection_error, invoke_batch_cli, read_results, write_jsonl
 
@@ -154,7 +154,7 @@ def test_submit_wait_on_webhooks_instead_of_polling(tmp_path: Path) -> None:
         )
         assert code == 0, out
         assert "requests 6: done 6" in out
-    with Store(state / DEFAULT_DB_NAME) as store:
+    with BatchState(state / DEFAULT_DB_NAME) as store:
         job = store.get_job("hooks")
         assert job is not None
         woken = [(shard, detail) for shard, kind, detail in store.events(job) if kind == "webhook"]

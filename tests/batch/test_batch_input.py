@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 import ratepilot.batch.prepare as prepare_mod
 from ratepilot.batch import BatchConfig, BatchInputError, BatchRunner
+from ratepilot.batch.state import BatchState, JobRecord
 from ratepilot.cli import app
 from ratepilot.exitcodes import ExitCode
 from ratepilot.sim import SimConfig, Simulator
-from ratepilot.store import JobRecord, Store
 
 from .conftest import API_KEY, chat_line, invoke_batch_cli, write_jsonl
 
@@ -211,7 +211,7 @@ def _duplicates_by_grouping(ids: list[str]) -> tuple[list[tuple[str, int, int]],
 def test_duplicate_report_is_the_first_duplicates_in_line_order(tmp_path: Path) -> None:
     rng = random.Random(7)
     ids = [f"id-{rng.randrange(300)}" for _ in range(1000)]  # many duplicates, some ids three times or more
-    with Store(tmp_path / "db.sqlite3") as store:
+    with BatchState(tmp_path / "db.sqlite3") as store:
         job = store.create_job(JobRecord(name="dups", input_path="x", fingerprint="f", nonce="n"))
         with store.bulk():
             store.add_lines(job, [(idx, cid, 0) for idx, cid in enumerate(ids, 1)])

@@ -22,7 +22,7 @@ from ratepilot.batch.machine import (
     parse_token_limit,
     unanswered_outcome,
 )
-from ratepilot.store import LineState, ShardRecord, ShardState
+from ratepilot.batch.state import LineState, ShardRecord, ShardState
 
 from .conftest import shard_record
 

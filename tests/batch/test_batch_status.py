@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from ratepilot.batch import BatchRunner
+from ratepilot.batch.state import ShardState
 from ratepilot.batch.status import eta as _eta
 from ratepilot.sim import SimConfig, Simulator
 from ratepilot.sim.longrun import LongrunConfig, configure
-from ratepilot.store import ShardState
 
 from .conftest import chat_line, invoke_batch_cli, shard_record, write_jsonl
 

@@ -12,7 +12,7 @@ with BatchRunner(pilot.wrap(OpenAI())) as runner:
 
 Layers: :mod:`.plan` (sharding), :mod:`.prepare` (one streaming validate+plan pass), :mod:`.machine` (the
 sans-IO state machine: recorded state -> next action), :mod:`.runner` (the driver: intent, call, outcome),
-:mod:`.collect` (index results by custom_id, write them in input order), :mod:`ratepilot.store` (the SQLite
+:mod:`.collect` (index results by custom_id, write them in input order), :mod:`ratepilot.batch.state` (the SQLite
 state).
 """
 

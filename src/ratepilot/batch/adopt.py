@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..store import ShardRecord
+from .state import ShardRecord
 
 __all__ = ["SCAN_MAX_BATCHES", "SCAN_MAX_DAYS", "Adoption", "find_lost", "match_lost"]
 

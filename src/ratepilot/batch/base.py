@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from ..client import wire
 from ..errors import RatePilotError
 from ..poll import _TRANSIENT as TRANSIENT_POLL_ERRORS  # the one classification of a missed poll
-from ..store import JobRecord, ShardRecord, Store
 from .config import BatchConfig
+from .state import BatchState, JobRecord, ShardRecord
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -59,7 +59,7 @@ class RunnerBase:
     clock: Clock
     prices: PriceTable
     fallback: OnlineFallback | None
-    store: Store
+    store: BatchState
     state_dir: Path
     key_id: str
     receiver: WebhookReceiver | None

@@ -21,10 +21,10 @@ import orjson
 
 from ..protocol.pricing import PriceTable
 from ..results import error_result, fsync_dir
-from ..store import JobRecord, LineState, Store
 from ..trace import TracePart, assemble_trace
 from .crash import crash_point
 from .machine import line_outcome
+from .state import BatchState, JobRecord, LineState
 
 __all__ = ["CollectSummary", "index_result_file", "write_ordered_results"]
 
@@ -46,7 +46,7 @@ class CollectSummary:
         return self.missing == 0
 
 
-def index_result_file(store: Store, job: JobRecord, shard: int, file_no: int, path: Path) -> int:
+def index_result_file(store: BatchState, job: JobRecord, shard: int, file_no: int, path: Path) -> int:
     """Index every line of a downloaded output/error file (custom_id -> outcome, byte offset, length).
 
     A file holds one shard's lines (at most 50,000), so its rows are gathered, sorted by custom_id (the
@@ -81,7 +81,7 @@ _NO_LINE_REASONS = {
 _NO_LINE = "the batch gave no result for this request"
 
 
-def write_ordered_results(store: Store, job: JobRecord, output: Path) -> CollectSummary:
+def write_ordered_results(store: BatchState, job: JobRecord, output: Path) -> CollectSummary:
     """Rewrite ``output`` with every indexed result line, in input order; memory bounded by open buffers.
 
     Written to ``<output>.part``, fsynced, renamed and the directory fsynced, so the results file is always a

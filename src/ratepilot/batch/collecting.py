@@ -11,7 +11,6 @@ import openai
 
 from ..errors import RatePilotError
 from ..results import fsync_dir, open_results
-from ..store import JobRecord, ShardRecord, ShardState
 from .base import (
     MAX_CREATE_FAULTS,
     RunnerBase,
@@ -23,6 +22,7 @@ from .crash import crash_point
 from .machine import (
     unanswered_outcome,
 )
+from .state import JobRecord, ShardRecord, ShardState
 
 if TYPE_CHECKING:
     pass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol.errors import classify
-from ..store import LineState, ShardRecord, ShardState
+from .state import LineState, ShardRecord, ShardState
 
 __all__ = [
     "ACTIVE_BATCH_STATUSES",

@@ -36,10 +36,10 @@ from ..requests import (
     recv_message,
     send_message,
 )
-from ..store import JobRecord, ShardRecord, Store
 from .config import BatchConfig
 from .crash import crash_point
 from .plan import Segment, ShardSpec, ShardWriter
+from .state import BatchState, JobRecord, ShardRecord
 
 __all__ = ["MAX_REPORTED_ERRORS", "BatchInputError", "ParseWorkerError", "PlanSummary", "fingerprint", "plan_job"]
 
@@ -283,7 +283,7 @@ class _Errors:
 
 
 def plan_job(
-    store: Store,
+    store: BatchState,
     job: JobRecord,
     path: Path,
     directory: Path,

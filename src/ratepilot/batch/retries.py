@@ -13,7 +13,6 @@ import orjson
 
 from ..requests import RequestLine
 from ..results import error_result, fsync_dir
-from ..store import JobRecord, LineState, ShardRecord
 from .base import (
     RunnerBase,
 )
@@ -23,6 +22,7 @@ from .machine import (
 from .online import answer_online
 from .plan import ShardWriter, exact_token_estimate
 from .prepare import _record
+from .state import JobRecord, LineState, ShardRecord
 
 if TYPE_CHECKING:
     pass

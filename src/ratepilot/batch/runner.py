@@ -41,7 +41,6 @@ from ..limits import key_id_for
 from ..poll import PollSchedule
 from ..protocol.pricing import PriceTable
 from ..results import ForeignResultsError, fsync_dir, read_marker
-from ..store import DEFAULT_DB_NAME, JobRecord, LineState, ShardRecord, ShardState, Store
 from .base import JobConflictError, JobNotFoundError, job_config
 from .collect import CollectSummary
 from .collecting import Collecting
@@ -62,6 +61,7 @@ from .machine import (
 from .online import OnlineFallback
 from .prepare import BatchInputError, fingerprint, plan_job
 from .retries import Retries
+from .state import DEFAULT_DB_NAME, BatchState, JobRecord, LineState, ShardRecord, ShardState
 from .status import JobStatus, eta, last_polled
 from .submission import Submission
 from .tracking import Tracking
@@ -138,7 +138,7 @@ class BatchRunner(Submission, Tracking, Collecting, Retries):
         self.prices = prices or PriceTable()
         self.fallback = fallback
         self.on_progress = on_progress
-        self.store = Store(self.state_dir / DEFAULT_DB_NAME, wall=self.clock.wall)
+        self.store = BatchState(self.state_dir / DEFAULT_DB_NAME, wall=self.clock.wall)
         self.key_id = _key_id(client)
         self._next_poll: dict[tuple[int, int], float] = {}
         self._schedules: dict[tuple[int, int], PollSchedule] = {}

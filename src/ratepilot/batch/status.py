@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..store import ShardRecord, ShardState
+from .state import ShardRecord, ShardState
 
 __all__ = ["JobStatus", "eta", "last_polled"]
 

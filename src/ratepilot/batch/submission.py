@@ -19,7 +19,6 @@ import openai
 
 from ..client.plan import RETRY_HEADER
 from ..poll import _TRANSIENT as TRANSIENT_POLL_ERRORS  # the one classification of a missed poll
-from ..store import JobRecord, ShardRecord, ShardState
 from .adopt import find_lost, match_lost
 from .base import (
     MAX_CREATE_FAULTS,
@@ -28,6 +27,7 @@ from .base import (
     job_config,
 )
 from .crash import crash_point
+from .state import JobRecord, ShardRecord, ShardState
 
 if TYPE_CHECKING:
     from openai import OpenAI

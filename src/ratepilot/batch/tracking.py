@@ -17,7 +17,6 @@ import openai
 from ..clock import any_of
 from ..poll import _TRANSIENT as TRANSIENT_POLL_ERRORS  # the one classification of a missed poll
 from ..poll import KINDS, PRIORITY_HEADER, GiveUp, Poll, PollSchedule, snapshot
-from ..store import JobRecord, LineState, ShardRecord, ShardState
 from .base import (
     WEBHOOK_BACKSTOP_SECONDS,
     RunnerBase,
@@ -31,6 +30,7 @@ from .machine import (
     parse_size_limit,
     parse_token_limit,
 )
+from .state import JobRecord, LineState, ShardRecord, ShardState
 
 if TYPE_CHECKING:
     pass

@@ -9,7 +9,7 @@ Each job has its own ``lines_<job id>`` table, the results index: one row per in
 ``idx`` as the rowid, ``custom_id``, current shard, state, attempts, and where its result line sits in a
 downloaded file, as file number + byte offset + length). Collect writes results in input order by walking
 this index, so memory stays bounded however large the job is. Rows are appended in input order while
-planning and the secondary indexes (custom_id, shard) are built once at the end (:meth:`Store.index_lines`),
+planning and the secondary indexes (custom_id, shard) are built once at the end (:meth:`BatchState.index_lines`),
 which is several times faster than maintaining them row by row for a million-line job.
 
 RUN keeps its response cache elsewhere (``ratepilot.cache``); this module only holds batch state.
@@ -25,16 +25,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .sqlite import open_database
+from ..sqlite import open_database
 
 __all__ = [
     "DEFAULT_DB_NAME",
+    "BatchState",
     "JobRecord",
     "LineRow",
     "LineState",
     "ShardRecord",
     "ShardState",
-    "Store",
 ]
 
 DEFAULT_DB_NAME = "batch.sqlite3"
@@ -214,7 +214,7 @@ _SHARD_COLUMNS = tuple(f.name for f in fields(ShardRecord))
 _JOB_COLUMNS = tuple(f.name for f in fields(JobRecord))
 
 
-class Store:
+class BatchState:
     """One SQLite database (WAL mode) holding the state of every batch job of a state directory.
 
     Safe to open from several processes: SQLite serializes writers, and ``busy_timeout`` waits for the lock.
@@ -248,7 +248,7 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> BatchState:
         return self
 
     def __exit__(self, *exc: object) -> None:
