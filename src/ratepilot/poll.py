@@ -35,13 +35,13 @@ if TYPE_CHECKING:
 __all__ = [
     "KINDS",
     "PRIORITY_HEADER",
-    "Done",
-    "GiveUp",
+    "Finished",
     "ObjectKind",
     "Poll",
     "PollPolicy",
     "PollSchedule",
     "Snapshot",
+    "StopPolling",
     "WaitProgress",
     "WaitTimeout",
     "kind_of",
@@ -237,19 +237,19 @@ class Poll:
 
 
 @dataclass(frozen=True, slots=True)
-class Done:
+class Finished:
     """The object reached a terminal status."""
 
 
 @dataclass(frozen=True, slots=True)
-class GiveUp:
+class StopPolling:
     """Stop waiting: ``reason`` is "timeout", "max_polls" or "errors"; ``message`` says it for a person."""
 
     reason: str
     message: str
 
 
-Decision = Poll | Done | GiveUp
+PollDecision = Poll | Finished | StopPolling
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,17 +320,19 @@ class PollSchedule:
 
     # -- public decisions
 
-    def start(self, snap: Snapshot, now: float) -> Decision:
+    def start(self, snap: Snapshot, now: float) -> PollDecision:
         """The first decision, from the object the caller already holds (no request made for it)."""
         self.last = snap
         if self._terminal(snap):
-            return Done()
+            return Finished()
         if snap.status is None and not self.webhooks:  # only an id: look at once
             return self._bounded(0.0, now)
         self._learn(snap, now)
         return self._next(now, first=True, poll_after=None)
 
-    def observe(self, snap: Snapshot, now: float, *, poll_after: float | None = None, woken: bool = False) -> Decision:
+    def observe(
+        self, snap: Snapshot, now: float, *, poll_after: float | None = None, woken: bool = False
+    ) -> PollDecision:
         """Record one retrieve (made at ``now``) and decide what comes next.
 
         ``poll_after`` is the server's ``openai-poll-after-ms`` in seconds; ``woken`` says the retrieve
@@ -342,27 +344,27 @@ class PollSchedule:
             self.polls += 1
         self.last = snap
         if self._terminal(snap):
-            return Done()
+            return Finished()
         self._learn(snap, now)
         return self._next(now, first=False, poll_after=poll_after, woken=woken)
 
-    def failed(self, now: float) -> Decision:
+    def failed(self, now: float) -> PollDecision:
         """A retrieve failed transiently (connection error, 5xx): look again after a back-off, or give up.
 
-        The attempt counts as a poll (it was a request). ``GiveUp("errors")`` tells the driver to re-raise.
+        The attempt counts as a poll (it was a request). ``StopPolling("errors")`` tells the driver to re-raise.
         """
         self.retrieves += 1
         self.failures += 1
         if not self.webhooks:
             self.polls += 1
         if self.failures > self.policy.max_failures:
-            return GiveUp("errors", f"{self.failures} retrieves in a row failed")
+            return StopPolling("errors", f"{self.failures} retrieves in a row failed")
         if self.max_polls is not None and self.polls >= self.max_polls:
-            return GiveUp("max_polls", f"poll budget of {self.max_polls} polls exhausted")
+            return StopPolling("max_polls", f"poll budget of {self.max_polls} polls exhausted")
         delay = min(self.policy.first_poll * 2**self.failures, 60.0, self.policy.max_interval)
         return self._bounded(max(delay, self.policy.min_interval), now, after_failure=True)
 
-    def progress(self, now: float, decision: Decision) -> WaitProgress:
+    def progress(self, now: float, decision: PollDecision) -> WaitProgress:
         snap = self.last or Snapshot(id="", status=None)
         return WaitProgress(
             id=snap.id,
@@ -434,7 +436,7 @@ class PollSchedule:
         units = self._samples[-1][1] - (self._samples[0][1] if len(self._samples) > 1 else 0)
         return min(self.policy.approach, units / (units + 1))
 
-    def _next(self, now: float, *, first: bool, poll_after: float | None, woken: bool = False) -> Decision:
+    def _next(self, now: float, *, first: bool, poll_after: float | None, woken: bool = False) -> PollDecision:
         p = self.policy
         if self.webhooks:
             if woken or self._interval > 0:
@@ -445,7 +447,7 @@ class PollSchedule:
             # No polling at all: sleep until the webhook (or the deadline), then one confirming retrieve.
             return self._bounded(math.inf, now, wake_on_event=True)
         if self.max_polls is not None and self.polls >= self.max_polls:
-            return GiveUp("max_polls", f"poll budget of {self.max_polls} polls exhausted")
+            return StopPolling("max_polls", f"poll budget of {self.max_polls} polls exhausted")
         if self.eta is not None:
             duration = max(self.eta - self._origin(), 0.0)
             guard = min(max(p.precision * max(duration, now - self._origin()), p.min_interval), p.max_interval)
@@ -475,13 +477,13 @@ class PollSchedule:
 
     def _bounded(
         self, delay: float, now: float, *, wake_on_event: bool = False, after_failure: bool = False
-    ) -> Decision:
+    ) -> PollDecision:
         """Clip a delay to the deadline; at the deadline, give up (the last look has just been taken)."""
         if self.timeout is not None:
             deadline = self.started + self.timeout
             known = self.last is not None and self.last.status is not None
             if now >= deadline and (known or self.retrieves > 0 or after_failure):
-                return GiveUp("timeout", f"not finished after {self.timeout:g}s")
+                return StopPolling("timeout", f"not finished after {self.timeout:g}s")
             delay = min(delay, max(deadline - now, 0.0))
         return Poll(after=delay, wake_on_event=wake_on_event)
 
@@ -566,7 +568,7 @@ def _begin(
     max_polls: int | None,
     receiver: WebhookReceiver | None,
     policy: PollPolicy | None,
-) -> tuple[_Target, PollSchedule, Decision]:
+) -> tuple[_Target, PollSchedule, PollDecision]:
     kind = kind_of(obj)
     target = _target(obj, kind)
     now = clock.now()
@@ -582,7 +584,7 @@ def _begin(
     return target, schedule, schedule.start(snapshot(kind, obj), now)
 
 
-def _timeout_error(schedule: PollSchedule, give_up: GiveUp, last: Any, now: float) -> WaitTimeout:
+def _timeout_error(schedule: PollSchedule, give_up: StopPolling, last: Any, now: float) -> WaitTimeout:
     snap = schedule.last
     state = f"status {snap.status!r}" if snap is not None and snap.status else "status unknown"
     if snap is not None and snap.total:
@@ -597,17 +599,17 @@ def _timeout_error(schedule: PollSchedule, give_up: GiveUp, last: Any, now: floa
     )
 
 
-def _missed(schedule: PollSchedule, clock: Clock, error: BaseException) -> Poll | Done | GiveUp:
+def _missed(schedule: PollSchedule, clock: Clock, error: BaseException) -> Poll | Finished | StopPolling:
     """A poll that failed transiently: back off, or raise ``error`` once too many failed in a row."""
     decision = schedule.failed(clock.now())
-    if isinstance(decision, GiveUp) and decision.reason == "errors":
+    if isinstance(decision, StopPolling) and decision.reason == "errors":
         raise error
     return decision
 
 
 def _observed(
     schedule: PollSchedule, target: Any, raw: Any, woken: bool, clock: Clock, on_progress: ProgressCallback | None
-) -> tuple[Any, Poll | Done | GiveUp]:
+) -> tuple[Any, Poll | Finished | StopPolling]:
     """What a successful retrieve says: the latest object and the schedule's next decision (both drivers)."""
     latest = raw.parse()
     now = clock.now()
@@ -641,9 +643,9 @@ def wait(
     latest = obj
     try:
         while True:
-            if isinstance(decision, Done):
+            if isinstance(decision, Finished):
                 return latest
-            if isinstance(decision, GiveUp):
+            if isinstance(decision, StopPolling):
                 raise _timeout_error(schedule, decision, latest, clock.now())
             woken = False
             if subscription is not None and decision.wake_on_event:
@@ -679,9 +681,9 @@ async def wait_async(
     latest = obj
     try:
         while True:
-            if isinstance(decision, Done):
+            if isinstance(decision, Finished):
                 return latest
-            if isinstance(decision, GiveUp):
+            if isinstance(decision, StopPolling):
                 raise _timeout_error(schedule, decision, latest, clock.now())
             woken = False
             if subscription is not None and decision.wake_on_event:

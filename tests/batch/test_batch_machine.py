@@ -9,7 +9,7 @@ import pytest
 from ratepilot.batch.machine import (
     Collect,
     Create,
-    Done,
+    JobDone,
     PlanRetry,
     ReconcileCreate,
     ReconcileUpload,
@@ -106,7 +106,7 @@ def test_retry_round_only_when_everything_is_collected() -> None:
     assert decide(shards, retry=True) == Refresh((1,))
     shards[1].state = ShardState.COLLECTED.value
     assert decide(shards, retry=True) == PlanRetry()
-    assert decide(shards, retry=False) == Done()
+    assert decide(shards, retry=False) == JobDone()
 
 
 def test_cancelled_job_tracks_and_collects_but_submits_nothing() -> None:
@@ -115,7 +115,7 @@ def test_cancelled_job_tracks_and_collects_but_submits_nothing() -> None:
     shards[2].state = ShardState.COLLECTED.value
     assert decide(shards, accepting=False) == Refresh((1,))
     shards[1].state = ShardState.COLLECTED.value
-    assert decide(shards, accepting=False) == Done(blocked=True)
+    assert decide(shards, accepting=False) == JobDone(blocked=True)
 
 
 def test_parse_token_limit_from_the_real_message() -> None:

@@ -7,7 +7,7 @@ import httpx2
 import orjson
 
 from ratepilot.client.core import ClientCore
-from ratepilot.client.exchange import Deliver, Exchange, Wait
+from ratepilot.client.exchange import Deliver, Exchange, RetryAfter
 from ratepilot.client.ledger import UsageLedger
 from ratepilot.client.plan import plan_request
 from ratepilot.clock import FakeClock
@@ -46,7 +46,7 @@ def test_an_exchange_needs_only_the_core() -> None:
 
     refused = rate_limit_error("gpt-4o-mini", "org", LimitKind.RPM, 60, 60, 1, 2.0)
     step = attempt(429, refused)
-    assert isinstance(step, Wait) and step.after == 2.0  # the server's "try again in 2s"
+    assert isinstance(step, RetryAfter) and step.after == 2.0  # the server's "try again in 2s"
     exchange.waited(step.after, retry=True)
     usage = {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10}
     step = attempt(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini", "usage": usage})

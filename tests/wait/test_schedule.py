@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ratepilot.poll import KINDS, Done, GiveUp, Poll, PollPolicy, PollSchedule, Snapshot, kind_of, snapshot
+from ratepilot.poll import KINDS, Finished, Poll, PollPolicy, PollSchedule, Snapshot, StopPolling, kind_of, snapshot
 
 Model = Callable[[float], Snapshot]
 
@@ -52,20 +52,20 @@ def run_schedule(kind: str, model: Model, **kw: object) -> tuple[PollSchedule, f
 @pytest.mark.parametrize(("duration", "max_polls", "max_delay_pct"), [(10, 8, 10), (600, 12, 5), (3600, 15, 5)])
 def test_batch_is_noticed_quickly_with_few_polls(duration: float, max_polls: int, max_delay_pct: float) -> None:
     s, t, d = run_schedule("batch", batch_model(duration))
-    assert isinstance(d, Done)
+    assert isinstance(d, Finished)
     assert s.polls <= max_polls
     assert 0 <= t - duration <= duration * max_delay_pct / 100
 
 
 def test_a_day_long_batch_stays_cheap_and_timely() -> None:
     s, t, d = run_schedule("batch", batch_model(86_400))
-    assert isinstance(d, Done) and s.polls <= 80 and t - 86_400 <= 0.05 * 86_400
+    assert isinstance(d, Finished) and s.polls <= 80 and t - 86_400 <= 0.05 * 86_400
 
 
 def test_without_progress_the_delay_stays_a_fraction_of_the_age() -> None:
     for duration in (10, 600, 3600):
         s, t, d = run_schedule("response", response_model(duration))
-        assert isinstance(d, Done)
+        assert isinstance(d, Finished)
         assert t - duration <= max(0.25 * t, 1.0)  # blind_fraction of the age at detection
         assert s.polls <= 40  # ~log(age)/log(1.25): the price of seeing no progress
 
@@ -134,7 +134,7 @@ def test_poll_after_header_is_a_floor() -> None:
 )
 def test_terminal_statuses_end_the_wait_without_a_poll(kind: str, status: str) -> None:
     s = PollSchedule.begin(KINDS[kind], now=0.0, wall=0.0)
-    assert isinstance(s.start(Snapshot("x", status), 0.0), Done) and s.polls == 0
+    assert isinstance(s.start(Snapshot("x", status), 0.0), Finished) and s.polls == 0
 
 
 @pytest.mark.parametrize(
@@ -148,13 +148,13 @@ def test_non_terminal_statuses_keep_waiting(kind: str, status: str) -> None:
 
 def test_poll_budget_gives_up_with_the_last_state() -> None:
     s, _, d = run_schedule("batch", batch_model(3600), max_polls=3)
-    assert isinstance(d, GiveUp) and d.reason == "max_polls" and s.polls == 3
+    assert isinstance(d, StopPolling) and d.reason == "max_polls" and s.polls == 3
     assert s.last is not None and s.last.status in ("validating", "in_progress")
 
 
 def test_timeout_takes_a_last_look_at_the_deadline_then_gives_up() -> None:
     _, t, d = run_schedule("batch", batch_model(3600), timeout=100.0)
-    assert isinstance(d, GiveUp) and d.reason == "timeout"
+    assert isinstance(d, StopPolling) and d.reason == "timeout"
     assert t == pytest.approx(100.0)  # the final poll is exactly at the deadline, not after it
     assert "100s" in d.message
 
@@ -169,7 +169,7 @@ def test_webhook_mode_never_polls_and_confirms_once() -> None:
     d = s.start(Snapshot("b", "in_progress", 1, 10), 0.0)
     assert d == Poll(7200.0, wake_on_event=True)
     d = s.observe(Snapshot("b", "completed", 10, 10), 3600.0, woken=True)
-    assert isinstance(d, Done) and s.polls == 0 and s.retrieves == 1
+    assert isinstance(d, Finished) and s.polls == 0 and s.retrieves == 1
 
 
 def test_webhook_mode_rechecks_when_the_api_lags_behind_the_event() -> None:
@@ -179,7 +179,7 @@ def test_webhook_mode_rechecks_when_the_api_lags_behind_the_event() -> None:
     assert d == Poll(1.0)
     d = s.observe(Snapshot("b", "finalizing"), 11.0)
     assert d == Poll(2.0)
-    assert isinstance(s.observe(Snapshot("b", "completed"), 13.0), Done) and s.polls == 0
+    assert isinstance(s.observe(Snapshot("b", "completed"), 13.0), Finished) and s.polls == 0
 
 
 def test_webhook_mode_without_events_for_the_kind_falls_back_to_polling() -> None:
@@ -222,7 +222,7 @@ def test_transient_failures_back_off_then_give_up() -> None:
     s.start(Snapshot("b", "in_progress"), 0.0)
     assert [s.failed(0.0) for _ in range(3)] == [Poll(2.0), Poll(4.0), Poll(8.0)]
     d = s.failed(0.0)
-    assert isinstance(d, GiveUp) and d.reason == "errors" and s.polls == 4
+    assert isinstance(d, StopPolling) and d.reason == "errors" and s.polls == 4
     s.observe(Snapshot("b", "in_progress"), 1.0)
     assert s.failures == 0  # a success resets the count
 
@@ -231,4 +231,4 @@ def test_a_failure_at_the_deadline_gives_up_as_a_timeout() -> None:
     s = PollSchedule.begin(KINDS["batch"], now=0.0, wall=0.0, timeout=10.0)
     s.start(Snapshot("b", "in_progress"), 0.0)
     d = s.failed(10.0)
-    assert isinstance(d, GiveUp) and d.reason == "timeout"
+    assert isinstance(d, StopPolling) and d.reason == "timeout"

@@ -28,7 +28,7 @@ __all__ = [
     "AwaitCapacity",
     "Collect",
     "Create",
-    "Done",
+    "JobDone",
     "PlanRetry",
     "ReconcileCreate",
     "ReconcileUpload",
@@ -105,13 +105,13 @@ class PlanRetry:
 
 
 @dataclass(frozen=True, slots=True)
-class Done:
+class JobDone:
     """Nothing left to do (``blocked``: uploaded shards remain but the job no longer accepts submissions)."""
 
     blocked: bool = False
 
 
-Action = ReconcileUpload | Upload | ReconcileCreate | Create | Collect | Refresh | AwaitCapacity | PlanRetry | Done
+Action = ReconcileUpload | Upload | ReconcileCreate | Create | Collect | Refresh | AwaitCapacity | PlanRetry | JobDone
 
 
 def _no_others(model: str) -> int:
@@ -176,10 +176,10 @@ def next_action(
         return AwaitCapacity(tuple(dict.fromkeys(s.model for s in by_state[ShardState.UPLOADED])))
     waiting = bool(by_state.get(ShardState.PLANNED) or by_state.get(ShardState.UPLOADED))
     if not accepting:
-        return Done(blocked=waiting or retry_waiting)
+        return JobDone(blocked=waiting or retry_waiting)
     if retry_waiting:
         return PlanRetry()
-    return Done()
+    return JobDone()
 
 
 _LIMIT = re.compile(r"Limit:\s*([\d,_]+)\s*enqueued tokens", re.IGNORECASE)

@@ -50,7 +50,7 @@ from .machine import (
     AwaitCapacity,
     Collect,
     Create,
-    Done,
+    JobDone,
     PlanRetry,
     ReconcileCreate,
     ReconcileUpload,
@@ -401,7 +401,7 @@ class BatchRunner(Submission, Tracking, Collecting, Retries):
                     self._await_capacity(job, shards, models, deadline)
                     if deadline is not None and self.clock.now() >= deadline:
                         return
-                case Done(blocked):
+                case JobDone(blocked):
                     if not blocked and accepting and job.state != "done":
                         if not self._keeps_files(job):
                             # before "done": a crash in between deletes again on the rerun (a 404 is fine)

@@ -16,7 +16,7 @@ import openai
 
 from ..clock import any_of
 from ..poll import _TRANSIENT as TRANSIENT_POLL_ERRORS  # the one classification of a missed poll
-from ..poll import KINDS, PRIORITY_HEADER, GiveUp, Poll, PollSchedule, snapshot
+from ..poll import KINDS, PRIORITY_HEADER, Poll, PollSchedule, StopPolling, snapshot
 from .base import (
     WEBHOOK_BACKSTOP_SECONDS,
     RunnerBase,
@@ -160,7 +160,7 @@ class Tracking(RunnerBase):
             )
             self._schedules[key] = schedule
         decision = schedule.failed(now)
-        if isinstance(decision, GiveUp):
+        if isinstance(decision, StopPolling):
             return True
         after = decision.after if isinstance(decision, Poll) else 0.0
         if self.config.poll_interval is not None:

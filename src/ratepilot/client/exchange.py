@@ -39,7 +39,7 @@ from .plan import RequestPlan, Usage, parse_json
 if TYPE_CHECKING:
     from .core import ClientCore
 
-__all__ = ["ATTEMPTS_HEADER", "WAITED_HEADER", "Deliver", "Exchange", "Fail", "Reraise", "Step", "Wait"]
+__all__ = ["ATTEMPTS_HEADER", "WAITED_HEADER", "Deliver", "Exchange", "Fail", "Reraise", "RetryAfter", "Step"]
 
 log = logging.getLogger("ratepilot.client")
 
@@ -60,7 +60,7 @@ class Deliver:
 
 
 @dataclass(frozen=True, slots=True)
-class Wait:
+class RetryAfter:
     """Sleep ``after`` seconds on the Pilot's clock, then acquire and send again."""
 
     after: float
@@ -79,7 +79,7 @@ class Reraise:
     """Re-raise the transport exception being handled, unchanged."""
 
 
-Step = Deliver | Wait | Fail | Reraise
+Step = Deliver | RetryAfter | Fail | Reraise
 
 
 class Exchange:
@@ -278,7 +278,7 @@ class Exchange:
                         decision.after,
                     )
             self._log_retry(decision.reason, decision.after)
-            return Wait(decision.after)
+            return RetryAfter(decision.after)
         self._close_budget(0.0)
         return self._give_up(info, decision, headers, _Answer(request, response, raw))
 
@@ -324,7 +324,7 @@ class Exchange:
         )
         if not isinstance(decision, GiveUp):
             self._log_retry(decision.reason, decision.after)
-            return Wait(decision.after)
+            return RetryAfter(decision.after)
         self._close_budget(0.0)
         if decision.exhausted:
             fields: dict[str, Any] = {"attempts": self.attempt, "reason": decision.reason, "last_error": exc}

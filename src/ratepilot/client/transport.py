@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from .exchange import ATTEMPTS_HEADER, WAITED_HEADER, Deliver, Fail, Reraise, Step, Wait
+from .exchange import ATTEMPTS_HEADER, WAITED_HEADER, Deliver, Fail, Reraise, RetryAfter, Step
 
 if TYPE_CHECKING:
     from .pilot import Pilot
@@ -58,7 +58,7 @@ def handle_sync(pilot: Pilot, inner: Any, lib: Any, request: Any) -> Any:
             response = None
             if isinstance(step, Fail):
                 raise step.error from step.cause
-            assert isinstance(step, Wait)
+            assert isinstance(step, RetryAfter)
             pilot.clock.sleep(step.after)
             ex.waited(step.after, retry=True)
     except BaseException:
@@ -94,7 +94,7 @@ async def handle_async(pilot: Pilot, inner: Any, lib: Any, request: Any) -> Any:
             response = None
             if isinstance(step, Fail):
                 raise step.error from step.cause
-            assert isinstance(step, Wait)
+            assert isinstance(step, RetryAfter)
             await pilot.clock.asleep(step.after)
             ex.waited(step.after, retry=True)
     except BaseException:

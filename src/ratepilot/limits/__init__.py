@@ -8,7 +8,7 @@ once. It starts knowing nothing and learns from ``x-ratelimit-*`` headers (:mod:
 from __future__ import annotations
 
 from .core import Observation, Reserved, ReserveParams, ScopeState, Wait
-from .gcra import Bucket, Decision, Rate, admit_all
+from .gcra import Admission, Bucket, Rate, admit_all
 from .learning import infer_window, interpret
 from .limiter import Limiter
 from .stores import Store, open_store
@@ -16,10 +16,10 @@ from .types import DIMENSIONS, Cost, CostTooLarge, DimensionView, Grant, Priorit
 
 __all__ = [
     "DIMENSIONS",
+    "Admission",
     "Bucket",
     "Cost",
     "CostTooLarge",
-    "Decision",
     "DimensionView",
     "Grant",
     "Limiter",

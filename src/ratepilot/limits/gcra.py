@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Bucket", "Decision", "Rate", "admit_all"]
+__all__ = ["Admission", "Bucket", "Rate", "admit_all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,7 @@ class Rate:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Admission:
     """Outcome of asking a bucket for ``cost`` units at ``now``."""
 
     allowed: bool
@@ -50,18 +50,18 @@ class Bucket:
     rate: Rate
     tat: float = -math.inf
 
-    def check(self, cost: float, now: float) -> Decision:
+    def check(self, cost: float, now: float) -> Admission:
         """Would ``cost`` fit now? Does not change the bucket."""
         if cost > self.rate.limit:
-            return Decision(False, math.inf, self.tat)
+            return Admission(False, math.inf, self.tat)
         base = max(self.tat, now)
         new_tat = base + cost * self.rate.interval
         allow_at = new_tat - self.rate.window
         if allow_at <= now + 1e-9:
-            return Decision(True, 0.0, new_tat)
-        return Decision(False, allow_at - now, self.tat)
+            return Admission(True, 0.0, new_tat)
+        return Admission(False, allow_at - now, self.tat)
 
-    def consume(self, cost: float, now: float) -> Decision:
+    def consume(self, cost: float, now: float) -> Admission:
         decision = self.check(cost, now)
         if decision.allowed:
             self.tat = decision.tat
