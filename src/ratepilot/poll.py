@@ -13,6 +13,9 @@ as little as it can while still noticing completion quickly:
   priority (``x-ratepilot-priority: low``, honoured and stripped by a ``pilot.wrap``-ped client), sleep on
   an injected clock, report progress. With a :class:`~ratepilot.webhooks.WebhookReceiver` they sleep until
   the object's webhook arrives and make one confirming retrieve instead of polling.
+
+Over 500 lines, one concept: waiting on a long-running object — the pure schedule and its two thin drivers (sync,
+async) belong together.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ the server created the response (``body.created``), when it says.
 thread for the results' group commit, serializes the list and writes it with one ``write`` and no ``fsync``: the
 trace is diagnostics, so a machine crash may lose its last moments, never a result. A trace that cannot be written
 is dropped with one warning; the job goes on.
+
+Over 500 lines, one concept: the trace sidecar — its format, writer and reader.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ planning and the secondary indexes (custom_id, shard) are built once at the end 
 which is several times faster than maintaining them row by row for a million-line job.
 
 RUN keeps its response cache elsewhere (``ratepilot.cache``); this module only holds batch state.
+
+Over 500 lines, one concept: the pipeline's SQLite schema and every query on it, in one place.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Exit codes (stable, for scripts; the scheme shared by every command, :class:`rat
 * 8 — the API refused the work, retries ran out, or the API could not be reached (rerun to resume);
 * 10 — done, but some results are errors (HTTP errors, or requests the batch could not answer): counted by code;
 * 130 — interrupted.
+
+Over 500 lines, one concept: the ``ratepilot batch`` command group (each subcommand a thin call into
+:class:`~ratepilot.batch.BatchRunner`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ the failure is logged and the response still delivered — the server has answer
 
 The typed errors it fails with are also the SDK's own exceptions when the SDK is loaded (a client of it is
 what is calling): see :mod:`ratepilot.client.sdk_errors`.
+
+Over 500 lines, one concept: one request's life across its attempts (its decisions only; the drivers are in
+:mod:`.transport`).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ tasks are cancelled; their limiter reservations are returned); the budget stops 
 admitted hold budget reservations and finish). Whatever stops it, everything answered so far is durable and a
 rerun resumes from there. Requests that got no answer after every retry are not recorded either, so a rerun
 asks them again; requests answered with an HTTP error (400, 404...) are recorded, as the Batch API does.
+
+Over 500 lines, one concept: the online engine's loop (admission, in-flight window, ordered writing, stops).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@
 3. **Choose the mode** (:func:`~.mode.choose_mode`) and run online (:class:`~.online.OnlineRunner`) or
    through the Batch pipeline (:class:`ratepilot.batch.runner.BatchRunner`, its results appended here).
 4. **Summarize** (:class:`RunSummary`), with an exit code scripts can rely on (:class:`ExitCode`).
+
+Over 500 lines, one concept: one ``ratepilot run`` job, from scan to summary (mode, lanes, online or batch, exit
+code).
 """
 
 from __future__ import annotations

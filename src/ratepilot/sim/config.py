@@ -3,6 +3,9 @@
 Built from keyword arguments (``SimConfig(rpm=3, tpm=10_000)``), CLI flags, or a TOML file
 (:meth:`SimConfig.from_toml`). Every limit is optional: ``None`` means "no limit on this dimension".
 Resolution order for a model's limits: its pool's limits, then the model's own, then the top-level ones.
+
+Over 500 lines, one concept: the simulator's configuration — its fields, their validation, the TOML format and the
+presets.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ Public surface (stable; used by ``sim.longrun``):
     The long-running objects attached to this state (:class:`LongRunning`, set by ``sim.longrun``), or
     ``None``. The core calls only the protocol's methods and never imports ``sim.longrun``: without it,
     ``background: true`` gets a 400 and ``/sim/stats`` has no ``longrun`` section.
+
+Over 500 lines, one concept: the simulator's per-organization state and the request pipeline's steps over it.
 """
 
 from __future__ import annotations

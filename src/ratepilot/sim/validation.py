@@ -6,6 +6,8 @@ One :class:`BodyRules` per endpoint (``CHAT``, ``EMBEDDINGS``, ...); the endpoin
 Messages follow the real API's shapes (``Missing required parameter: 'model'.``, ``Invalid type for
 'messages': expected an array, but got a string instead.``). Unknown top-level fields are accepted (the
 real API rejects some, but SDK ``extra_body`` users rely on leniency and the simulator is not a linter).
+
+Over 500 lines, one concept: the simulator's request validation, rule by rule, as the API words its 400s.
 """
 
 from __future__ import annotations
