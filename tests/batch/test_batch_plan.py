@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from ratepilot.batch import BatchConfig, ShardWriter
+from ratepilot.batch.blocks import parse_upload_block
 from ratepilot.batch.plan import batch_line_bytes, embedding_inputs, fast_token_estimate
-from ratepilot.requests import parse_upload_block
 
 from .conftest import chat_line
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+from ratepilot.batch.blocks import parse_upload_block
 from ratepilot.requests import (
     InvalidLine,
     RequestLine,
     RequestsFileError,
     infer_url,
     parse_line,
-    parse_upload_block,
     read_requests,
 )
 
@@ -211,7 +211,6 @@ def test_an_unusable_cache_or_state_file_is_one_line_and_exit_2(tmp_path: Path, 
 
 
 def test_a_files_bom_never_reaches_a_batch_upload_line() -> None:
-    from ratepilot.requests import parse_upload_block
 
     line = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", '
     line += b'"messages": [{"role": "user", "content": "hi"}]}}\n'

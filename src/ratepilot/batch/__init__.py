@@ -18,20 +18,28 @@ state).
 
 from __future__ import annotations
 
-from .collect import CollectSummary
-from .config import BatchConfig
-from .machine import line_outcome, next_action
-from .online import sdk_fallback
-from .plan import ShardSpec, ShardWriter
-from .prepare import BatchInputError, PlanSummary
-from .runner import (
-    BatchRunner,
-    JobConflictError,
-    JobNotFoundError,
-    JobStatus,
-    OnlineFallback,
-    default_job_name,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use: the planner's parsing workers import ratepilot.batch.blocks, and must not pay for the runner
+# (and the OpenAI SDK) they never use (see :mod:`.blocks`).
+_EXPORTS = {
+    "BatchConfig": ".config",
+    "BatchInputError": ".prepare",
+    "BatchRunner": ".runner",
+    "CollectSummary": ".collect",
+    "JobConflictError": ".base",
+    "JobNotFoundError": ".base",
+    "JobStatus": ".status",
+    "OnlineFallback": ".online",
+    "PlanSummary": ".prepare",
+    "ShardSpec": ".plan",
+    "ShardWriter": ".plan",
+    "default_job_name": ".runner",
+    "line_outcome": ".machine",
+    "next_action": ".machine",
+    "sdk_fallback": ".online",
+}
 
 __all__ = [
     "BatchConfig",
@@ -50,3 +58,28 @@ __all__ = [
     "next_action",
     "sdk_fallback",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ratepilot.batch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .base import JobConflictError, JobNotFoundError
+    from .collect import CollectSummary
+    from .config import BatchConfig
+    from .machine import line_outcome, next_action
+    from .online import OnlineFallback, sdk_fallback
+    from .plan import ShardSpec, ShardWriter
+    from .prepare import BatchInputError, PlanSummary
+    from .runner import BatchRunner, default_job_name
+    from .status import JobStatus

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..protocol.tokens import estimate_prompt_tokens
-from ..requests import UploadGroup, batch_line_bytes, embedding_inputs, fast_token_estimate
+from .blocks import UploadGroup, batch_line_bytes, embedding_inputs, fast_token_estimate
 from .config import BatchConfig
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Validate and plan a job in one streaming pass; nothing is uploaded unless every line is valid.
 
-The file is read in blocks of a few MB; each block goes through :func:`ratepilot.requests.parse_upload_block`
+The file is read in blocks of a few MB; each block goes through :func:`ratepilot.batch.blocks.parse_upload_block`
 (the shared validator of :func:`~ratepilot.requests.parse_line`: JSON, custom_id, POST, supported url, body
 basics; it also makes the upload lines), inline or in worker processes, and comes back as columns per
 (model, url). The planner adds the job-level rules only a batch has: one endpoint per job, a non-empty file,
@@ -27,15 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, RatePilotError
-from ..requests import (
-    WORKER_CODE,
-    InvalidLine,
-    UploadBlock,
-    UploadGroup,
-    parse_upload_block,
-    recv_message,
-    send_message,
-)
+from ..requests import InvalidLine
+from .blocks import WORKER_CODE, UploadBlock, UploadGroup, parse_upload_block, recv_message, send_message
 from .config import BatchConfig
 from .crash import crash_point
 from .plan import Segment, ShardSpec, ShardWriter

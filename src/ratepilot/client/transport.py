@@ -2,7 +2,8 @@
 
 Each driver is a short loop — acquire from the limiter, send with the original transport, read what must be
 read, hand the outcome to the :class:`~ratepilot.client.exchange.Exchange`, then deliver, wait or raise. All
-decisions live in the exchange and the retry policy, so sync and async cannot drift apart.
+decisions live in the exchange and the retry policy, so sync and async cannot drift apart. A driver needs only
+the Pilot's planner (``begin``: a request in, an exchange out) and the exchange's core (limiter, clock).
 
 Bodies: error responses and the JSON bodies of generation calls are read here (they are small, and their
 ``usage`` settles the limiter); streamed (SSE) responses are wrapped so they settle from their usage chunk
@@ -12,14 +13,18 @@ when consumed or closed; everything else (file downloads, lists) passes through 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from .exchange import ATTEMPTS_HEADER, WAITED_HEADER, Deliver, Fail, Reraise, RetryAfter, Step
+from .exchange import ATTEMPTS_HEADER, WAITED_HEADER, Deliver, Exchange, Fail, Reraise, RetryAfter, Step
 
 if TYPE_CHECKING:
     from .pilot import Pilot
+
+Begin = Callable[[str, str, Any, bytes, Any], Exchange]
+"""Plans one request into an :class:`Exchange` (the Pilot's): all a driver needs besides the exchange itself."""
 
 __all__ = [
     "ATTEMPTS_HEADER",
@@ -34,14 +39,15 @@ __all__ = [
 # -- the drivers: I/O only; every decision is the Exchange's ------------------------------------------------------
 
 
-def handle_sync(pilot: Pilot, inner: Any, lib: Any, request: Any) -> Any:
-    ex = pilot._begin(request.method, request.url.path, request.headers, request.read(), lib)
+def handle_sync(begin: Begin, inner: Any, lib: Any, request: Any) -> Any:
+    ex = begin(request.method, request.url.path, request.headers, request.read(), lib)
+    core = ex.core
     ex.on_request(request)
     response = None
     try:
         while True:
             with ex.admission():
-                grant = pilot.limiter.acquire(ex.scope, ex.cost, priority=ex.priority)
+                grant = core.limiter.acquire(ex.scope, ex.cost, priority=ex.priority)
             ex.sending(grant)
             try:
                 response = inner.handle_request(request)
@@ -59,7 +65,7 @@ def handle_sync(pilot: Pilot, inner: Any, lib: Any, request: Any) -> Any:
             if isinstance(step, Fail):
                 raise step.error from step.cause
             assert isinstance(step, RetryAfter)
-            pilot.clock.sleep(step.after)
+            core.clock.sleep(step.after)
             ex.waited(step.after, retry=True)
     except BaseException:
         try:
@@ -70,14 +76,15 @@ def handle_sync(pilot: Pilot, inner: Any, lib: Any, request: Any) -> Any:
         raise
 
 
-async def handle_async(pilot: Pilot, inner: Any, lib: Any, request: Any) -> Any:
-    ex = pilot._begin(request.method, request.url.path, request.headers, await request.aread(), lib)
+async def handle_async(begin: Begin, inner: Any, lib: Any, request: Any) -> Any:
+    ex = begin(request.method, request.url.path, request.headers, await request.aread(), lib)
+    core = ex.core
     ex.on_request(request)
     response = None
     try:
         while True:
             with ex.admission():
-                grant = await pilot.limiter.aacquire(ex.scope, ex.cost, priority=ex.priority)
+                grant = await core.limiter.aacquire(ex.scope, ex.cost, priority=ex.priority)
             ex.sending(grant)
             try:
                 response = await inner.handle_async_request(request)
@@ -95,7 +102,7 @@ async def handle_async(pilot: Pilot, inner: Any, lib: Any, request: Any) -> Any:
             if isinstance(step, Fail):
                 raise step.error from step.cause
             assert isinstance(step, RetryAfter)
-            await pilot.clock.asleep(step.after)
+            await core.clock.asleep(step.after)
             ex.waited(step.after, retry=True)
     except BaseException:
         try:
@@ -131,7 +138,7 @@ class PilotTransport(httpx2.BaseTransport):
         self.inner = inner
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = handle_sync(self.pilot, self.inner, httpx2, request)
+        response: httpx2.Response = handle_sync(self.pilot._begin, self.inner, httpx2, request)
         return response
 
     def close(self) -> None:
@@ -144,7 +151,7 @@ class AsyncPilotTransport(httpx2.AsyncBaseTransport):
         self.inner = inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = await handle_async(self.pilot, self.inner, httpx2, request)
+        response: httpx2.Response = await handle_async(self.pilot._begin, self.inner, httpx2, request)
         return response
 
     async def aclose(self) -> None:
@@ -163,7 +170,7 @@ def sync_transport_class(lib: Any) -> type[Any]:
             self.inner = inner
 
         def handle_request(self, request: Any) -> Any:
-            return handle_sync(self.pilot, self.inner, lib, request)
+            return handle_sync(self.pilot._begin, self.inner, lib, request)
 
         def close(self) -> None:
             self.inner.close()
@@ -182,7 +189,7 @@ def async_transport_class(lib: Any) -> type[Any]:
             self.inner = inner
 
         async def handle_async_request(self, request: Any) -> Any:
-            return await handle_async(self.pilot, self.inner, lib, request)
+            return await handle_async(self.pilot._begin, self.inner, lib, request)
 
         async def aclose(self) -> None:
             await self.inner.aclose()
