@@ -24,15 +24,14 @@ Format (version 1): JSON lines with short keys, so a request costs about 100 byt
   "tok": [...], "http": [requests, retries, 429s, errors]}`` (``http``: the Pilot's counters so far, when known).
 * An end line: ``{"k": "end", "t", "stop": reason or null}``.
 
-Batch results have no per-request timing: their segment has ``"t0": 0`` and each line's ``"t"`` is the unix time
-the server created the response (``body.created``), when it says.
+Batch jobs write no trace: their results have no per-request timing, and everything else a report needs (status,
+tokens, cost at the Batch price) is in the results file, which ``report`` and ``status`` read anyway.
 
 **Cheap to write.** The online runner appends a small dict per request to a list; its flusher, already in a worker
 thread for the results' group commit, serializes the list and writes it with one ``write`` and no ``fsync``: the
 trace is diagnostics, so a machine crash may lose its last moments, never a result. A trace that cannot be written
 is dropped with one warning; the job goes on.
 
-Over 500 lines, one concept: the trace sidecar — its format, writer and reader.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +49,6 @@ from typing import Any
 import orjson
 
 from .clock import Clock, SystemClock
-from .protocol.pricing import PriceTable
-from .protocol.usage import usage_from_body
 from .results import read_marker
 
 __all__ = [
@@ -61,11 +58,8 @@ __all__ = [
     "Segment",
     "SegmentEnd",
     "TraceEvent",
-    "TracePart",
     "TraceWriter",
-    "assemble_trace",
     "read_trace",
-    "result_record",
     "trace_path",
 ]
 
@@ -371,134 +365,3 @@ class TraceWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-# ------------------------------------------------------------------------------------------------- batch results
-
-
-def _chat_usage(usage: Any) -> tuple[int, int, int] | None:
-    """(prompt, completion, cached) of the common ``usage`` shape (chat completions, embeddings), read without the
-    generic ``Mapping`` checks of :func:`~ratepilot.protocol.usage.usage_from_mapping` (which reads every other
-    shape): this runs once per line of a collect. None when the shape is not that one."""
-    if type(usage) is not dict:
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
-    if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
-        return None
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if type(details) is dict else 0
-    return prompt, completion, cached if type(cached) is int and cached >= 0 else 0
-
-
-def result_record(
-    line: Mapping[str, Any], prices: PriceTable, *, batch: bool = True, price_of: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The trace record of one (already parsed) Batch-API result line: status or error code, model, tokens and
-    cost (at the Batch price), and when the server created the response. No timing: a batch does not say.
-
-    ``price_of``: a cache of price lookups by model name (a dated name is looked up by prefix: slow per line).
-    Parsed JSON is dicts: ``isinstance(x, dict)``, not the much slower ``Mapping``, on a path run per line.
-    """
-    response = line.get("response")
-    rec: dict[str, Any] = {"i": str(line.get("custom_id", ""))}
-    if isinstance(response, dict):
-        body = response.get("body")
-        status = response.get("status_code")
-        rec["s"] = status = status if isinstance(status, int) else 0
-        if isinstance(body, dict):
-            created = body.get("created") or body.get("created_at")
-            if isinstance(created, int | float) and not isinstance(created, bool):
-                rec["t"] = created
-            err = body.get("error")
-            if status >= 300 and isinstance(err, dict):
-                rec["e"] = str(err.get("code") or err.get("type") or status)
-            model = body.get("model")
-            if isinstance(model, str):
-                rec["m"] = model
-            tokens = _chat_usage(body.get("usage"))
-            if tokens is None:
-                usage = usage_from_body(body)
-                tokens = (usage.prompt, usage.completion, usage.cached) if usage is not None else None
-            if tokens is not None:
-                rec["p"], rec["o"] = tokens[0], tokens[1]
-                name = model if isinstance(model, str) else ""
-                cache = price_of if price_of is not None else {}
-                price = cache[name] if name in cache else cache.setdefault(name, prices.lookup(name))
-                cost = price.cost(*tokens, batch=batch) if price else 0.0
-                if cost:
-                    rec["c"] = round(cost, 10)
-        elif status >= 300:
-            rec["e"] = str(status)
-    else:
-        error = line.get("error")
-        rec["s"] = 0
-        rec["e"] = str(error.get("code") or "unknown") if isinstance(error, dict) else "unknown"
-    return rec
-
-
-class TracePart:
-    """The trace records of one downloaded result file, streamed to ``<file>.trace`` (replacing an earlier one) as
-    the file is indexed: memory stays flat whatever the file's size. Use as a context manager."""
-
-    def __init__(self, path: Path, prices: PriceTable, *, batch: bool = True) -> None:
-        self.target = path.with_name(path.name + TRACE_SUFFIX)
-        self.prices = prices
-        self.batch = batch
-        self._price_of: dict[str, Any] = {}
-        self._tmp = self.target.with_name(self.target.name + ".tmp")
-        self._fh: Any = None
-        try:
-            self._fh = open(self._tmp, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in __exit__
-        except OSError as exc:
-            log.warning("ratepilot: the trace %s cannot be written (%s); going on without it", self.target, exc)
-
-    def add(self, line: Mapping[str, Any]) -> None:
-        if self._fh is None:
-            return
-        try:
-            record = result_record(line, self.prices, batch=self.batch, price_of=self._price_of)
-            self._fh.write(orjson.dumps(record) + b"\n")
-        except OSError as exc:
-            log.warning("ratepilot: the trace %s cannot be written (%s); going on without it", self.target, exc)
-            self._drop()
-
-    def _drop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._fh.close()
-            os.unlink(self._tmp)
-        self._fh = None
-
-    def __enter__(self) -> TracePart:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if self._fh is None:
-            return
-        if exc_type is not None:
-            self._drop()
-            return
-        try:
-            self._fh.close()
-            os.replace(self._tmp, self.target)
-        except OSError as exc:
-            log.warning("ratepilot: the trace %s cannot be written (%s); going on without it", self.target, exc)
-        self._fh = None
-
-
-def assemble_trace(results: str | os.PathLike[str], parts: Iterable[str | os.PathLike[str]], *, mode: str) -> None:
-    """Write ``results``' trace from the per-file parts :class:`TracePart` left next to the downloaded files: one
-    segment (``t0`` 0: the records' times are unix seconds), replaced whole on every collect."""
-    results = Path(results)
-    target = trace_path(results)
-    tmp = target.with_name(target.name + ".tmp")
-    header = _header(results, mode, 0.0)
-    try:
-        with open(tmp, "wb", buffering=1 << 20) as out:
-            out.write(orjson.dumps(header) + b"\n")
-            for part in parts:
-                with contextlib.suppress(FileNotFoundError), open(Path(str(part) + TRACE_SUFFIX), "rb") as src:
-                    while block := src.read(1 << 20):
-                        out.write(block)
-        os.replace(tmp, target)
-    except OSError as exc:
-        log.warning("ratepilot: the trace %s cannot be written (%s); going on without it", target, exc)

@@ -5,10 +5,6 @@ Each line is indexed in the job's ``lines`` table (outcome, file number, byte of
 file at a time, at most 50,000 rows — and the results file is then written by walking the index in input
 order and copying each line byte for byte with ``os.pread``. Memory stays bounded whatever the job's size:
 no result line is held longer than it takes to copy it.
-
-The trace (:mod:`ratepilot.trace`, for ``ratepilot report`` and ``status``) rides along: indexing a file, which
-parses every line anyway, leaves its records in ``<file>.trace``; writing the results joins them into
-``<RESULTS>.trace``.
 """
 
 from __future__ import annotations
@@ -19,16 +15,12 @@ from pathlib import Path
 
 import orjson
 
-from ..protocol.pricing import PriceTable
 from ..results import error_result, fsync_dir
-from ..trace import TracePart, assemble_trace
 from .crash import crash_point
 from .machine import line_outcome
 from .state import BatchState, JobRecord, LineState
 
 __all__ = ["CollectSummary", "index_result_file", "write_ordered_results"]
-
-_PRICES = PriceTable()
 
 
 @dataclass(frozen=True)
@@ -54,18 +46,13 @@ def index_result_file(store: BatchState, job: JobRecord, shard: int, file_no: in
     """
     rows: list[tuple[int, int, int, int, str | None, str]] = []
     offset = 0
-    # The online fallback's answers (online-*.jsonl) cost the synchronous price, a batch's half of it.
-    with (
-        open(path, "rb", buffering=1 << 20) as fh,
-        TracePart(path, _PRICES, batch=not path.name.startswith("online-")) as trace,
-    ):
+    with open(path, "rb", buffering=1 << 20) as fh:
         for raw in fh:
             size = len(raw)
             if raw.strip():
                 line = orjson.loads(raw)
                 state, code = line_outcome(line)
                 rows.append((int(state), file_no, offset, size, code, str(line.get("custom_id"))))
-                trace.add(line)
             offset += size
     rows.sort(key=lambda r: r[5])
     return store.set_results(job, shard, rows)
@@ -125,7 +112,6 @@ def write_ordered_results(store: BatchState, job: JobRecord, output: Path) -> Co
         crash_point("during-collect-write")
         os.replace(part, output)
         fsync_dir(output.parent)
-        assemble_trace(output, files.values(), mode="batch")
     finally:
         for fd in fds.values():
             os.close(fd)
