@@ -112,7 +112,7 @@ def summary_rows(view: JobView) -> list[tuple[str, str]]:
     if view.cache_hits:
         rows.append(("cache hits", f"{view.cache_hits:,}"))
     if not view.has_trace:
-        rows.append(("trace", "none (no timing): written by ratepilot run and batch collect next to the results"))
+        rows.append(("trace", "none (no timing): ratepilot run writes one next to its results; a batch job has none"))
     return rows
 
 
