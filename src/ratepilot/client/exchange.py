@@ -208,7 +208,7 @@ class Exchange:
             self.body = parse_json(wire.decoded(lib, response.headers, raw) or b"")
             response = wire.rebuilt(lib, response, request, raw)
         elif self.plan.generation:  # a streamed generation: settled from its usage chunk when it ends
-            response.stream = wire.settling_stream(lib, response.stream, self)
+            response.stream = wire.settling_stream(lib, response.stream, self.finish_stream)
         status = response.status_code
         if status >= 400:
             return self._on_error(request, response, raw), response

@@ -9,13 +9,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import ssl
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ..retry import FailureKind
 from .plan import SSEUsageScanner
-
-if TYPE_CHECKING:
-    from .exchange import Exchange
 
 __all__ = ["decoded", "failure_kind", "is_json", "is_sse", "key_free_request", "rebuilt", "settling_stream"]
 
@@ -92,22 +90,26 @@ def key_free_request(lib: Any, request: Any) -> Any:
     return lib.Request(request.method, request.url, headers=headers, content=content, extensions=request.extensions)
 
 
-def settling_stream(lib: Any, inner: Any, ex: Exchange) -> Any:
-    """Wrap a streamed (SSE) body so its usage chunk settles the exchange when the stream ends.
+Settle = Callable[..., None]
+"""Called once when a streamed body ends: ``settle(usage, complete=...)`` (an exchange's ``finish_stream``)."""
+
+
+def settling_stream(lib: Any, inner: Any, settle: Settle) -> Any:
+    """Wrap a streamed (SSE) body so that ``settle`` gets its usage chunk when the stream ends.
 
     A stream closed before its end, or dropped without being closed, settles too (keeping the estimate):
     otherwise its limiter reservation and budget reservation would be held forever.
     """
     sync_cls, async_cls = _stream_classes(lib)
     cls = async_cls if isinstance(inner, lib.AsyncByteStream) else sync_cls
-    return cls(inner, ex)
+    return cls(inner, settle)
 
 
 class _Settling:
     """The part of both stream wrappers that is not I/O."""
 
-    def __init__(self, inner: Any, ex: Exchange) -> None:
-        self._inner, self._ex = inner, ex
+    def __init__(self, inner: Any, settle: Settle) -> None:
+        self._inner, self._settle = inner, settle
         self._scanner = SSEUsageScanner()
         self._complete = False  # the server's stream reached its end
         self._done = False
@@ -120,7 +122,7 @@ class _Settling:
             return
         self._done = True
         self._scanner.close()
-        self._ex.finish_stream(self._scanner.usage, complete=self._complete or self._scanner.done)
+        self._settle(self._scanner.usage, complete=self._complete or self._scanner.done)
 
     def __del__(self) -> None:
         # Dropped without close() (the SDK stream was abandoned): still give the reservations their due.
