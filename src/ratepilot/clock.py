@@ -113,7 +113,13 @@ def _resolver(fut: asyncio.Future[None]) -> Callable[[], None]:
 
 @runtime_checkable
 class Clock(Protocol):
-    """A source of monotonic seconds plus the ways of waiting on it."""
+    """A source of monotonic seconds plus the ways of waiting on it.
+
+    ``is_real_time``: the clock is the real passage of time, so another source of real time (a Redis server's
+    ``TIME``, shared by every host) may stand in for it; a test's clock may not be replaced.
+    """
+
+    is_real_time: bool
 
     def now(self) -> float:
         """Monotonic seconds (arbitrary origin)."""
@@ -143,6 +149,8 @@ class Clock(Protocol):
 
 class SystemClock:
     """The real clock: ``time.monotonic`` for intervals, ``time.time`` for timestamps."""
+
+    is_real_time = True
 
     def now(self) -> float:
         return time.monotonic()
@@ -213,6 +221,8 @@ class FakeClock:
     there is nobody to give real time to: the idle is skipped (a task still gives its loop's other tasks a
     turn), so a single-threaded test's long waits cost no real time.
     """
+
+    is_real_time = False
 
     def __init__(
         self,

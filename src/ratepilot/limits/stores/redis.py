@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ...clock import Clock, SystemClock
+from ...clock import Clock
 from ...errors import StoreUnavailable
 from ..core import Observation, Refusal, Reserved, ReserveParams, ScopeState, Wait
 from ..types import N_DIMS
@@ -112,8 +112,9 @@ class RedisStore:
         self.uri = url
         self.prefix = prefix
         self._clock = clock
-        # The system clock means "real time": use Redis TIME. Any other clock is injected on purpose.
-        self._send_now = not isinstance(clock, SystemClock)
+        # Real time: use Redis TIME (one clock for every host). A clock that is not real time is injected on purpose
+        # (tests) and must be the one used.
+        self._send_now = not getattr(clock, "is_real_time", False)
         # Parses the URL (unix, TLS, auth) into a pool. Timeouts by default (a frozen server must not stall every
         # request for ever); ?socket_timeout= / ?socket_connect_timeout= in the URL override them.
         self._redis: redis.Redis = redis.Redis.from_url(
