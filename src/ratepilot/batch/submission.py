@@ -104,13 +104,12 @@ class Submission(RunnerBase):
         if obj is None:
             return  # a fault: the intent stays, and the next step finds out whether the file arrived
         crash_point("after-upload")
+        self._uploaded(shard, obj, "uploaded")
+
+    def _uploaded(self, shard: ShardRecord, obj: Any, event: str) -> None:
+        """Record the shard's file on the server (uploaded now, or found by its name after a fault or a crash)."""
         self.store.update_shard(
-            shard,
-            state=ShardState.UPLOADED,
-            file_id=obj.id,
-            file_created_at=obj.created_at,
-            event="uploaded",
-            detail=obj.id,
+            shard, state=ShardState.UPLOADED, file_id=obj.id, file_created_at=obj.created_at, event=event, detail=obj.id
         )
 
     @property
@@ -143,14 +142,7 @@ class Submission(RunnerBase):
         wanted = self._file_name(job, shard)
         for obj in self.client.files.list(purpose="batch"):
             if obj.filename == wanted and obj.bytes == shard.n_bytes and obj.status != "error":
-                self.store.update_shard(
-                    shard,
-                    state=ShardState.UPLOADED,
-                    file_id=obj.id,
-                    file_created_at=obj.created_at,
-                    event="upload-reconciled",
-                    detail=obj.id,
-                )
+                self._uploaded(shard, obj, "upload-reconciled")
                 return
         self.store.update_shard(shard, state=ShardState.PLANNED, event="upload-not-found")
 

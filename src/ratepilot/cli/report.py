@@ -6,11 +6,14 @@ Reads the job's local files only (results, marker, trace, lock: :func:`ratepilot
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ratepilot.exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from ratepilot.report import JobView
 
 __all__ = ["register"]
 
@@ -31,17 +34,11 @@ def report(
 ) -> None:
     from rich.console import Console
 
-    from ratepilot.report import job_status, load_job, summary_table, write_report
-    from ratepilot.results import ForeignResultsError
+    from ratepilot.report import job_status, summary_table, write_report
 
     from ._output import fail, print_json
 
-    try:
-        view = load_job(results)
-    except FileNotFoundError:
-        raise fail(f"{results}: no such results file", ExitCode.BAD_INPUT) from None
-    except ForeignResultsError as exc:
-        raise fail(str(exc), ExitCode.BAD_INPUT) from None
+    view = load_or_fail(results)
     try:
         path = write_report(view, output)
     except OSError as exc:
@@ -56,3 +53,18 @@ def report(
 
 def register(app: typer.Typer) -> None:
     app.command("report", help=_HELP)(report)
+
+
+def load_or_fail(results: Path) -> JobView:
+    """The job of ``results`` (:func:`ratepilot.report.load_job`), or exit 2 naming what is wrong with the file."""
+    from ratepilot.report import load_job
+    from ratepilot.results import ForeignResultsError
+
+    from ._output import fail
+
+    try:
+        return load_job(results)
+    except FileNotFoundError:
+        raise fail(f"{results}: no such results file", ExitCode.BAD_INPUT) from None
+    except ForeignResultsError as exc:
+        raise fail(str(exc), ExitCode.BAD_INPUT) from None

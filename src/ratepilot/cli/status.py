@@ -28,17 +28,12 @@ def status(
 ) -> None:
     from rich.console import Console
 
-    from ratepilot.report import job_status, load_job
-    from ratepilot.results import ForeignResultsError
+    from ratepilot.report import job_status
 
-    from ._output import fail, print_json
+    from ._output import print_json
+    from .report import load_or_fail
 
-    try:
-        view = load_job(results)
-    except FileNotFoundError:
-        raise fail(f"{results}: no such results file", ExitCode.BAD_INPUT) from None
-    except ForeignResultsError as exc:
-        raise fail(str(exc), ExitCode.BAD_INPUT) from None
+    view = load_or_fail(results)
     data = job_status(view)
     code = _exit_code(data)
     if as_json:
