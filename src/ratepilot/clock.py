@@ -89,6 +89,19 @@ def any_of(*wakeups: Wakeup) -> Iterator[Wakeup]:
             w.unlisten(either.set)
 
 
+def _block(wakeup: Wakeup, seconds: float | None) -> bool:
+    """Block this thread until ``wakeup`` is set or ``seconds`` of real time pass; whether it is set."""
+    woken = threading.Event()
+    notify = woken.set
+    if wakeup.listen(notify):
+        return True
+    try:
+        woken.wait(seconds)
+    finally:
+        wakeup.unlisten(notify)
+    return wakeup.is_set()
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -167,15 +180,7 @@ class SystemClock:
             return True
         if timeout is not None and timeout <= 0:
             return False
-        woken = threading.Event()
-        notify = woken.set
-        if wakeup.listen(notify):
-            return True
-        try:
-            woken.wait(timeout)
-        finally:
-            wakeup.unlisten(notify)
-        return wakeup.is_set()
+        return _block(wakeup, timeout)
 
     async def wait_async(self, wakeup: Wakeup, timeout: float | None) -> bool:
         if wakeup.is_set():
@@ -336,15 +341,7 @@ class FakeClock:
         """Give other threads up to ``wait_idle`` real seconds to set ``wakeup``; whether they did."""
         if self.wait_idle <= 0 or _alone():
             return wakeup.is_set()
-        woken = threading.Event()
-        notify = woken.set
-        if wakeup.listen(notify):
-            return True
-        try:
-            woken.wait(self.wait_idle)
-        finally:
-            wakeup.unlisten(notify)
-        return wakeup.is_set()
+        return _block(wakeup, self.wait_idle)
 
     async def wait_async(self, wakeup: Wakeup, timeout: float | None) -> bool:
         if wakeup.is_set():
