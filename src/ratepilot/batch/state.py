@@ -102,6 +102,8 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL DEFAULT '',
     at     REAL NOT NULL
 );
+-- The creations of the last hour are counted before every batch create (BatchConfig.max_creations_per_hour).
+CREATE INDEX IF NOT EXISTS events_kind_at ON events (kind, at);
 CREATE TABLE IF NOT EXISTS token_limits (
     model TEXT PRIMARY KEY,
     tokens INTEGER NOT NULL,

@@ -249,7 +249,8 @@ class TierRouter:
         if usage is not None:
             self._answers += 1
             self._tokens_per_request += (usage.total - self._tokens_per_request) / self._answers
-        self._learn_limits(answer)
+        if self._limit_rate is None or self._completed % 8 == 0:  # limits change rarely: a look now and then
+            self._learn_limits(answer)
         self._completed += 1
         answered, self._answered = self._answered, asyncio.Event()
         answered.set()  # the requests waiting for the pace look again
