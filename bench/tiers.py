@@ -7,8 +7,9 @@
 here stands for three minutes of the real API (``SCALE = 180``). The simulator's Batch API runs ``SCALE`` times
 faster (``LongrunConfig(time_scale=SCALE)``, so its 24 h window is 480 s here); a flex answer takes 0.33 s (a
 minute of real flex time, the slow end of "seconds to a minute"); the router is told so (``flex_answer_s``), and
-``batch_window_s`` is the scaled window. The online rate limits are not scaled: 2,400 RPM enforced per second
-(``quantum_s=1``: 40 requests/s), so the job's standard lane takes a few seconds.
+``batch_window_s`` is the scaled window. The online rate limits are not scaled, and enforced as the simulator's
+realistic preset does (``SimConfig.realistic``): 2,400 RPM also per second (40 requests/s), refused requests
+charged, headers and ``retry-after`` sometimes missing, a ramp limit. The job's standard lane takes a few seconds.
 
 **Flex is unavailable** (429 "Resource Unavailable", unbilled) from second 1.5 to second 19 of every run (an
 outage of 52 minutes in the real world, once the job is under way), and 2% of the time outside it. The Batch API
@@ -60,7 +61,9 @@ TOLERANCE = 1.02
 
 
 def _world() -> SimConfig:
-    return SimConfig(
+    # The realistic preset: per-second windows, refusals charged, headers and retry-after sometimes missing, a ramp
+    # limit; the router must meet its deadlines there, not only in the friendly world.
+    return SimConfig.realistic(
         rpm=2_400,
         tpm=10_000_000,
         quantum_s=1.0,
