@@ -10,7 +10,9 @@ from typing import Any
 
 import httpx2
 import pytest
+from typer.testing import CliRunner
 
+from ratepilot.cli import app
 from ratepilot.client import Pilot
 from ratepilot.clock import FakeClock
 from ratepilot.engine.sender import Answer, HttpSender
@@ -185,3 +187,19 @@ async def test_flex_requests_wait_15_minutes_for_their_answer_unless_a_timeout_i
         finally:
             await default.aclose()
             await given.aclose()
+
+
+def test_the_run_command_takes_a_tier_and_auto_lets_the_mode_follow(
+    make_sim: Callable[..., Simulator], tmp_path: Path
+) -> None:
+    requests = _requests(tmp_path, 3)
+    env = {"OPENAI_API_KEY": KEY}
+    bad = CliRunner().invoke(app, ["run", str(requests), "-o", str(tmp_path / "x.jsonl"), "--tier", "cheap"], env=env)
+    assert bad.exit_code == ExitCode.BAD_INPUT and "--tier" in bad.output
+    sim = make_sim()
+    args = ["run", str(requests), "-o", str(tmp_path / "out.jsonl"), "--base-url", sim.base_url, "--json"]
+    result = CliRunner().invoke(app, [*args, "--tier", "auto"], env=env)
+    assert result.exit_code == ExitCode.OK, result.output
+    summary = json.loads(result.output)
+    assert summary["mode"] == "online" and summary["mode_reason"].startswith("auto:")  # --tier auto: --mode auto
+    assert summary["lanes"]["flex"] == 3  # no deadline: all flex

@@ -158,3 +158,9 @@ def test_sim_bad_realistic_values_exit_2(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["sim", "--port", "0", *args], terminal_width=200)
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
     assert message in result.output
+
+
+def test_sim_flex_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config_of(monkeypatch, "--flex-unavailable-p", "0.3", "--flex-latency-ms", "1500")
+    assert (config.flex_unavailable_p, config.flex_latency_ms) == (0.3, 1500.0)
+    assert _config_of(monkeypatch).flex_unavailable_p == 0.0  # off unless asked
