@@ -27,7 +27,7 @@ class ExitCode(enum.IntEnum):
     AUTH = 7  # the API key was rejected (401/403)
     API_ERROR = 8  # the API refused the work, retries ran out, or the API could not be reached
     CANNOT_LISTEN = 9  # the port is busy (or otherwise cannot be bound)
-    HTTP_ERRORS = 10  # done, but some results are HTTP errors (400, 404...): the summary counts them by code
+    HTTP_ERRORS = 10  # done, but some results are errors (HTTP 400/404..., or a batch line unanswered): counted by code
     STORE_UNAVAILABLE = 11  # the shared limiter store (Redis, SQLite) did not answer: stopped, progress kept
     WRITE_FAILED = 12  # the results could not be written (disk full, read-only): stopped; rerun once there is room
     INTERRUPTED = 130  # Ctrl-C: progress kept, rerun to resume
@@ -37,7 +37,7 @@ EXIT_CODES_HELP = (
     "Exit codes (every ratepilot command): 0 ok, 1 unexpected error, 2 bad input (nothing sent), 3 insufficient "
     "quota (progress kept), 4 budget reached (progress kept), 5 results file or job name belongs to another job, "
     "6 incomplete (rerun / wait again), 7 API key rejected, 8 API refused / unreachable / retries exhausted, "
-    "9 cannot listen (port busy), 10 done but some results are HTTP errors, 11 limiter store unavailable, "
+    "9 cannot listen (port busy), 10 done but some results are errors, 11 limiter store unavailable, "
     "12 results could not be written (disk full), 130 interrupted."
 )
 """One sentence for ``--help`` texts."""
