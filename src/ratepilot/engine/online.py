@@ -44,7 +44,7 @@ from ..protocol.headers import RateLimitHeaders
 from ..protocol.pricing import PriceTable
 from ..protocol.usage import Usage, usage_from_body
 from ..requests import RequestLine
-from ..results import ResultWriter, error_result, marker_path, response_result
+from ..results import ResultWriter, error_result, marker_path, response_result, result_error_code
 from ..trace import TraceWriter
 from .sender import AuthFailed, Sender, TransientFailure
 from .window import InFlightWindow
@@ -363,8 +363,7 @@ class OnlineRunner:
     ) -> dict[str, Any] | None:
         """An HTTP-error answer: count it; while nothing has succeeded, hold it back (FAIL_FAST_AFTER)."""
         err = body.get("error") if isinstance(body, dict) else None
-        code = err.get("code") if isinstance(err, dict) else None
-        key = key or (f"{status} {code}" if isinstance(code, str) and code else str(status))
+        key = key or result_error_code(line)  # "404 model_not_found": the name every summary counts errors by
         if self._unproven is None:
             self._count_error(key)
             return line
