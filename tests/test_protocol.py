@@ -2,14 +2,23 @@ from __future__ import annotations
 
 import pytest
 
+from ratepilot.limits.learning import infer_window
 from ratepilot.protocol.errors import (
     ErrorClass,
     LimitKind,
     classify,
+    headers_in_message,
     insufficient_quota_error,
     rate_limit_error,
+    slow_down_error,
 )
-from ratepilot.protocol.headers import RateLimitHeaders, format_duration, parse_duration, parse_try_again_in
+from ratepilot.protocol.headers import (
+    DimensionState,
+    RateLimitHeaders,
+    format_duration,
+    parse_duration,
+    parse_try_again_in,
+)
 from ratepilot.protocol.tokens import admission_cost, count_text, estimate_prompt_tokens, reservation_tokens
 
 
@@ -62,6 +71,38 @@ def test_try_again_in_text() -> None:
     body = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.RPD, 2000, 2000, 1, 43.2)
     assert "Please try again in 43.2s." in body["error"]["message"]
     assert parse_try_again_in(body["error"]["message"]) == pytest.approx(43.2)
+
+
+@pytest.mark.parametrize(
+    ("kind", "limit", "used", "window"),
+    [(LimitKind.RPM, 300, 12, 60.0), (LimitKind.TPM, 60_000, 59_100, 60.0), (LimitKind.RPD, 2_000, 2_000, 86_400.0)],
+)
+def test_a_429s_words_read_as_its_buckets_headers(kind: LimitKind, limit: int, used: int, window: float) -> None:
+    """A 429 without x-ratelimit-* headers still says "Limit L, Used U": the same bucket its headers would show."""
+    message = rate_limit_error("gpt-4o-mini", "org-x", kind, limit, used, 1, 0.2)["error"]["message"]
+    seen = headers_in_message(message)
+    state = seen.requests if kind.error_type == "requests" else seen.tokens
+    other = seen.tokens if kind.error_type == "requests" else seen.requests
+    assert state == DimensionState(limit, limit - used, pytest.approx(used * window / limit)) and other is None
+    assert infer_window(state) == window  # the window the limiter infers is the one the message names
+    # Headers the response did carry win; the message fills only what they lack.
+    carried = DimensionState(limit, 7, 1.0)
+    kept = RateLimitHeaders(carried, carried).or_else(seen)
+    assert kept.requests is carried and kept.tokens is carried
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        slow_down_error(2.0)["error"]["message"],  # names no bucket
+        insufficient_quota_error()["error"]["message"],
+        "Rate limit reached for m in organization o on requests per day (RPD): Limit 2000, Used 0, Requested 1.",
+        "Rate limit reached for m in organization o on requests per min (RPM): Limit 0, Used 0, Requested 1.",
+        "",
+    ],
+)
+def test_a_message_that_names_no_usable_bucket_teaches_nothing(message: str) -> None:
+    assert headers_in_message(message).empty
 
 
 def test_classify_quota_is_never_retryable() -> None:

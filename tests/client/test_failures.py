@@ -211,7 +211,7 @@ def test_works_without_rate_limit_headers(make_sim: Callable[..., Simulator], cl
     sim = make_sim(rpm=3, tpm=100_000, faults=FaultConfig(missing_headers=1.0, missing_headers_on_429=True))
     pilot = Pilot(clock=clock, retry=RetryPolicy.seeded(2))
     with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:
-        for i in range(7):  # no headers to learn from: 429s are retried after the "try again in" wait
+        for i in range(7):  # no headers: 429s are retried after the "try again in" wait
             done = client.chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": f"h{i}"}], max_tokens=3
             )
@@ -219,16 +219,20 @@ def test_works_without_rate_limit_headers(make_sim: Callable[..., Simulator], cl
     usage = pilot.usage()
     assert usage.models["gpt-4o-mini"].requests == 7
     assert usage.rate_limited == sim_429s(sim) and usage.retries == usage.rate_limited
-    assert pilot.limits("gpt-4o-mini").server == {}
+    # Never in a header, but in the 429's own words ("on requests per min (RPM): Limit 3, Used 3, ...").
+    server = pilot.limits("gpt-4o-mini").server
+    assert set(server) == {"requests"} and server["requests"].limit == 3
 
 
-def test_a_slow_down_429_is_retried_and_slows_the_pace(
-    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_slow_down_is_retried_and_slows_the_pace(
+    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str, status: int
 ) -> None:
-    """Through the wrapped SDK: a ramp-limited simulator answers slow_down; the request is not lost, the
-    limiter's pace is cut (and recovers), and nothing else in the exchange treats it as a fault."""
+    """Through the wrapped SDK: a ramp-limited simulator answers slow_down (a 429, or a 503 as older servers
+    sent it); the request is not lost, the limiter's pace is cut (and recovers), and nothing else in the
+    exchange treats it as a fault."""
     # 600 RPM with a 10 s ramp window and floor 0.1: 10 requests pass in the first window, the 11th is slow_down.
-    sim = make_sim(rpm=600, tpm=1_000_000, ramp_factor=2.0, ramp_window_s=10.0, ramp_floor=0.1)
+    sim = make_sim(rpm=600, tpm=1_000_000, ramp_factor=2.0, ramp_window_s=10.0, ramp_floor=0.1, slow_down_status=status)
     limiter = Limiter(clock=clock, start_burst=60.0)
     pilot = Pilot(clock=clock, limiter=limiter, retry=RetryPolicy(max_attempts=1))  # faults would give up at once
     with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:
@@ -239,6 +243,27 @@ def test_a_slow_down_429_is_retried_and_slows_the_pace(
     (scope_key,) = limiter._queues  # the one scope: this key and model
     st, _ = limiter.store.load(scope_key)
     assert st is not None and st.pseq > 0  # the pace was cut by the slow_down
+
+
+def test_token_headers_of_minus_one_are_read_as_absent(
+    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
+) -> None:
+    """Token headers that read -1 (Azure's Responses API has sent them): the request limit is learned from the
+    headers, the token limit from the 429s' words, and every request is answered."""
+    from ratepilot.sim import FaultConfig
+
+    sim = make_sim(rpm=1_000, tpm=400, faults=FaultConfig(unknown_token_headers=1.0))
+    pilot = Pilot(clock=clock, retry=RetryPolicy(max_attempts=1))  # a misread header must not look like a fault
+    with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:
+        for i in range(8):  # ~60 tokens each: 400 TPM refuses some of them
+            text = f"t{i} " * 40
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": text}], max_tokens=5
+            )
+    assert pilot.usage().models["gpt-4o-mini"].requests == 8
+    state = pilot.limits("gpt-4o-mini")
+    assert state.server["requests"].limit == 1_000 and "tokens" not in state.server  # the last success's headers
+    assert sim_429s(sim) >= 1 and state.limiter["tpm"].server_limit == 400  # named by the refusals' words
 
 
 def test_patience_bounds_the_wait_for_capacity(

@@ -254,6 +254,26 @@ def test_realistic_enforcement_answers_every_request_with_few_refusals(
     assert refused <= 6, stats["rate_limited"]  # the window's discovery and the ramp's slow_down, not a storm
 
 
+def test_a_server_that_never_sends_rate_limit_headers_gets_no_storm(
+    requests_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """No x-ratelimit-* headers on any answer, no retry-after, and the minute enforced per second: the limiter
+    learns the limit from the 429's own words ("Limit 3000, Used 41") and paces. (It used to rely on the
+    refusals' waits alone: ~5 429s per request.)"""
+    from ratepilot.sim import FaultConfig, SimConfig
+
+    faults = FaultConfig(missing_headers=1.0, headers_on_429_p=0.0, retry_after_p=0.0)
+    config = SimConfig(rpm=3_000, tpm=5_000_000, responder="classify", quantum_s=1.0, faults=faults)
+    req = requests_file(150)
+    out = tmp_path / "out.jsonl"
+    with Simulator(config) as sim:
+        summary = run_job(_opts(req, out, sim, cache=False))
+        stats = sim.stats()
+    assert summary.exit_code == ExitCode.OK and summary.succeeded == 150
+    assert _ids(out) == Counter({f"req-{i}": 1 for i in range(150)})
+    assert stats["rate_limited"]["total"] <= 8, stats["rate_limited"]  # the first burst's, not a storm
+
+
 def test_nothing_listening_at_the_base_url_stops_at_once_and_names_it(
     requests_file: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -81,6 +81,8 @@ def test_sim_help_lists_the_realistic_flags() -> None:
         "--ramp-factor",
         "--ramp-window-s",
         "--ramp-floor",
+        "--slow-down-status",
+        "--token-headers-unknown-p",
     ):
         assert flag in result.output
 
@@ -107,6 +109,10 @@ def test_sim_realistic_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
         "30",
         "--ramp-floor",
         "0.2",
+        "--slow-down-status",
+        "503",
+        "--token-headers-unknown-p",
+        "0.3",
     )
     assert config.quantum_s == 2.5
     assert config.count_refused_requests is False
@@ -114,6 +120,7 @@ def test_sim_realistic_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.faults.headers_on_429_p == 0.25
     assert config.faults.retry_after_p == 0.0
     assert (config.ramp_factor, config.ramp_window_s, config.ramp_floor) == (1.5, 30.0, 0.2)
+    assert config.slow_down_status == 503 and config.faults.unknown_token_headers == 0.3
     assert _config_of(monkeypatch, "--charge-refusals").count_refused_requests is True
 
 
@@ -152,6 +159,8 @@ def test_sim_headers_on_429_flag_replaces_the_files_bool(monkeypatch: pytest.Mon
         (["--ramp-factor", "0.5"], "--ramp-factor: ramp_factor must be a number >= 1"),
         (["--ramp-window-s", "0"], "--ramp-window-s: ramp_window_s must be a positive number"),
         (["--ramp-floor", "-1"], "--ramp-floor"),
+        (["--slow-down-status", "500"], "--slow-down-status: slow_down_status must be 429 or 503"),
+        (["--token-headers-unknown-p", "2"], "--token-headers-unknown-p"),
     ],
 )
 def test_sim_bad_realistic_values_exit_2(args: list[str], message: str) -> None:

@@ -168,6 +168,20 @@ def test_header_draws_are_seeded(make_sim: Callable[..., Simulator], sync_client
     assert {h for h, _ in first} == {True, False} and {r for _, r in first} == {True, False}
 
 
+def test_token_headers_that_read_minus_one(make_sim: Callable[..., Simulator], sync_client: Any) -> None:
+    """``faults.unknown_token_headers``: a success's token headers read -1 (Azure's Responses API has sent that);
+    the request headers are kept, and the client reads the token family as absent."""
+    from ratepilot.protocol.headers import RateLimitHeaders
+
+    sim = make_sim(rpm=100, tpm=10_000, faults=FaultConfig(unknown_token_headers=1.0))
+    headers = _chat(sync_client(sim)).headers
+    assert [headers[f"x-ratelimit-{n}-tokens"] for n in ("limit", "remaining", "reset")] == ["-1", "-1", "-1"]
+    assert headers["x-ratelimit-limit-requests"] == "100"
+    parsed = RateLimitHeaders.parse(headers)
+    assert parsed.tokens is None and parsed.requests is not None and parsed.requests.remaining == 99
+    assert sim.stats()["faults"]["unknown_token_headers"] == 1
+
+
 def test_missing_headers_on_429_bool_still_means_never(make_sim: Callable[..., Simulator], sync_client: Any) -> None:
     faults = FaultConfig(missing_headers_on_429=True)
     assert faults.ratelimit_headers_on_429 == 0.0 and FaultConfig().ratelimit_headers_on_429 == 1.0
@@ -215,6 +229,20 @@ def test_ramp_slow_down_body(make_sim: Callable[..., Simulator], sync_client: An
     assert stats["slow_down"] == 1 and stats["RPM"] == 0 and stats["total"] == 1
     _clock(sim).advance(4.2)
     assert _chat(client).status_code == 200
+
+
+def test_ramp_slow_down_as_older_servers_sent_it(make_sim: Callable[..., Simulator], sync_client: Any) -> None:
+    """``slow_down_status=503``: the same slow_down body on a 503, which the client still reads as a rate limit."""
+    sim = _ramp_sim(make_sim, slow_down_status=503)
+    client = sync_client(sim)
+    _clock(sim).advance(10.8)
+    for _ in range(15):
+        _chat(client)
+    with pytest.raises(openai.InternalServerError) as exc:
+        _chat(client)
+    assert exc.value.status_code == 503 and exc.value.response.json() == slow_down_error(4.2)
+    assert classify(503, exc.value.response.json()).error_class is ErrorClass.RATE_LIMITED
+    assert sim.stats()["rate_limited"]["slow_down"] == 1
 
 
 def test_ramp_floor_and_factor(make_sim: Callable[..., Simulator], sync_client: Any) -> None:
@@ -332,6 +360,8 @@ def test_realistic_preset_on_the_wire(make_sim: Callable[..., Simulator], sync_c
         ({"ramp_floor": -1}, "ramp_floor"),
         ({"faults": FaultConfig(headers_on_429_p=1.5)}, "faults.headers_on_429_p"),
         ({"faults": FaultConfig(retry_after_p=-0.1)}, "faults.retry_after_p"),
+        ({"faults": FaultConfig(unknown_token_headers=2)}, "faults.unknown_token_headers"),
+        ({"slow_down_status": 500}, "slow_down_status"),
     ],
 )
 def test_bad_values_are_config_errors(fields: dict[str, Any], message: str) -> None:
@@ -353,9 +383,11 @@ count_refused_requests = false
 ramp_factor = 1.5
 ramp_window_s = 30
 ramp_floor = 0.25
+slow_down_status = 503
 
 [faults]
 missing_headers = 0.1
+unknown_token_headers = 0.2
 headers_on_429_p = 0.3
 retry_after_p = 0.4
 """
@@ -363,7 +395,10 @@ retry_after_p = 0.4
     config = SimConfig.from_toml(path)
     assert config.quantum_s == 2.0 and config.count_refused_requests is False
     assert (config.ramp_factor, config.ramp_window_s, config.ramp_floor) == (1.5, 30.0, 0.25)
-    assert config.faults == FaultConfig(missing_headers=0.1, headers_on_429_p=0.3, retry_after_p=0.4)
+    assert config.slow_down_status == 503
+    assert config.faults == FaultConfig(
+        missing_headers=0.1, unknown_token_headers=0.2, headers_on_429_p=0.3, retry_after_p=0.4
+    )
 
 
 def test_toml_preset(tmp_path: Any) -> None:

@@ -77,6 +77,14 @@ def sim(
         max=1.0,
         help="Probability that a successful response lacks the x-ratelimit-* headers (default: 0).",
     ),
+    token_headers_unknown_p: float | None = typer.Option(
+        None,
+        "--token-headers-unknown-p",
+        min=0.0,
+        max=1.0,
+        help="Probability that a successful response's x-ratelimit-*-tokens headers read -1, as Azure's "
+        "Responses API has sent (default: 0).",
+    ),
     headers_on_429_p: float | None = typer.Option(
         None,
         "--headers-on-429-p",
@@ -107,6 +115,12 @@ def sim(
         min=0.0,
         help="Ramp limit: a window may always admit this fraction of its share of the minute limit "
         "(limit × window / 60) (default: 0.5).",
+    ),
+    slow_down_status: int | None = typer.Option(
+        None,
+        "--slow-down-status",
+        help="Status of the ramp limit's slow_down refusal: 429, or 503 as older servers sent it (default: 429).",
+        show_default=False,
     ),
     flex_unavailable_p: float | None = typer.Option(
         None,
@@ -142,12 +156,14 @@ def sim(
         "count_refused_requests": charge_refusals,
         "ramp_window_s": ramp_window_s,
         "ramp_floor": ramp_floor,
+        "slow_down_status": slow_down_status,
         "flex_unavailable_p": flex_unavailable_p,
         "flex_latency_ms": flex_latency_ms,
     }
     preset = "realistic" if realistic else None
     fault_overrides = {
         "missing_headers": headers_missing_p,
+        "unknown_token_headers": token_headers_unknown_p,
         "headers_on_429_p": headers_on_429_p,
         "retry_after_p": retry_after_p,
     }
@@ -175,6 +191,7 @@ def sim(
             ("ramp_factor", "--ramp-factor", ramp_factor),
             ("ramp_window_s", "--ramp-window-s", ramp_window_s),
             ("ramp_floor", "--ramp-floor", ramp_floor),
+            ("slow_down_status", "--slow-down-status", slow_down_status),
         ):
             if value is not None and text.startswith(f"{name} "):
                 text = f"{flag}: {text}"

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import QuotaExhausted, RequestTooLarge, RetriesExhausted
 from ..limits.learning import refusal_evidence
 from ..limits.types import Cost, CostTooLarge, Grant, Priority, Scope
-from ..protocol.errors import ErrorClass, ErrorInfo, LimitKind, classify, error_body
+from ..protocol.errors import ErrorClass, ErrorInfo, LimitKind, classify, error_body, headers_in_message
 from ..protocol.headers import RateLimitHeaders
 from ..protocol.usage import usage_from_body
 from ..retry import FailureKind, GiveUp, RetryState
@@ -248,9 +248,13 @@ class Exchange:
         status, headers = response.status_code, response.headers
         grant = self._grant()
         self._settle(grant, 0)
-        self._observe(headers)
         info = classify(status, self.body, headers)
         refused = info.error_class is ErrorClass.RATE_LIMITED
+        # A 429 without headers still names its bucket's limit and use in words: learn from those.
+        seen = RateLimitHeaders.parse(headers)
+        if refused:
+            seen = seen.or_else(headers_in_message(info.message))
+        self._observe(seen)
         self._refused = refused
         if refused:
             self.refusals += 1
@@ -272,7 +276,7 @@ class Exchange:
         if not isinstance(decision, GiveUp):
             if refused:
                 # Everyone sharing this scope holds back, not just this request; and the limiter learns from it.
-                self._learn_refusal(grant, info, headers, decision.after)
+                self._learn_refusal(grant, info, seen, decision.after)
                 if decision.after >= _LONG_WAIT_S:
                     log.warning(
                         "ratepilot: %s for %s: waiting %.0fs for capacity (the request is kept, not dropped)",
@@ -285,11 +289,12 @@ class Exchange:
         self._close_budget(0.0)
         return self._give_up(info, decision, headers, _Answer(request, response, raw))
 
-    def _learn_refusal(self, grant: Grant, info: ErrorInfo, headers: Mapping[str, str], wait: float) -> None:
+    def _learn_refusal(self, grant: Grant, info: ErrorInfo, headers: RateLimitHeaders, wait: float) -> None:
         """Tell the limiter: block the scope for ``wait``, and learn a shorter window or a slower pace.
 
         The refusal is evidence of a window shorter than the minute only where the headers cannot explain it:
-        the refusing dimension's headers showed room for this request, or were missing.
+        the refusing dimension's headers (or, without them, the message's numbers) showed room for this request,
+        or were missing.
         """
         limiter = self.core.limiter
         slow_down = info.code == "slow_down"
@@ -399,8 +404,8 @@ class Exchange:
         assert self.grant is not None, "settling an attempt that was never admitted"
         return self.grant
 
-    def _observe(self, headers: Mapping[str, str], *, answered: bool = False) -> None:
-        parsed = RateLimitHeaders.parse(headers)
+    def _observe(self, headers: Mapping[str, str] | RateLimitHeaders, *, answered: bool = False) -> None:
+        parsed = headers if isinstance(headers, RateLimitHeaders) else RateLimitHeaders.parse(headers)
         if not parsed.empty:
             self.core.remember(self.scope, parsed)
         # The keyword only when it says something: a limiter written to the older interface keeps working.

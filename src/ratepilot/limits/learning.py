@@ -4,7 +4,8 @@ Algorithm (also in the README):
 
 1. A scope with no known limits admits one request at a time (a *probe*) until a response carries
    ``x-ratelimit-*`` headers; after ``blind_after`` header-less responses it stops probing and relies on
-   429 penalties alone.
+   429 penalties alone, until a refusal names the limit (the client reads a header-less 429's words, "Limit
+   300, Used 12", as the headers it lacks: :func:`ratepilot.protocol.errors.headers_in_message`).
 2. Each header family (``-requests``, ``-tokens``, ``-project-tokens``) describes the *binding* window,
    a minute or a day. The window is inferred from the refill rate: ``reset × limit / (limit − remaining)``
    is the bucket's window; above 30 minutes (and with ``reset`` >= 50 ms, so millisecond rounding cannot

@@ -11,7 +11,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .headers import RateLimitHeaders
 
 __all__ = [
     "BILLING_CODES",
@@ -20,6 +23,7 @@ __all__ = [
     "LimitKind",
     "classify",
     "error_body",
+    "headers_in_message",
     "insufficient_quota_error",
     "invalid_api_key_error",
     "model_not_found_error",
@@ -187,6 +191,33 @@ class ErrorInfo:
 
 
 _LIMIT_USED_REQUESTED = re.compile(r"Limit (\d+), Used (\d+), Requested (\d+)")
+
+
+_BUCKET_IN_MESSAGE = re.compile(
+    r"on (requests|tokens) per (min|day) \((?:RPM|TPM|RPD|TPD)\): Limit (\d+), Used (\d+), Requested \d+"
+)
+
+
+def headers_in_message(message: str) -> RateLimitHeaders:
+    """What a rate-limit 429's own words say of the refusing bucket, as its ``x-ratelimit-*`` headers would.
+
+    429s arrive without headers (``openai-behaviour.md`` §7), and some models never send them on a success,
+    but the message still says "on requests per min (RPM): Limit 300, Used 12, ...": the limit, and what the
+    server counts in use. Only that family is set; a message in another shape gives an empty value.
+    """
+    from .headers import DimensionState, RateLimitHeaders
+
+    m = _BUCKET_IN_MESSAGE.search(message)
+    if m is None:
+        return RateLimitHeaders(None, None)
+    family, per, limit, used = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
+    if limit <= 0 or (per == "day" and used < 1):  # (a day bucket with nothing in use would read as a minute one)
+        return RateLimitHeaders(None, None)
+    used = min(used, limit)
+    window = 60.0 if per == "min" else 86_400.0
+    # A refilling bucket: full again once what is in use has refilled, at limit per window.
+    state = DimensionState(limit=limit, remaining=limit - used, reset=used * window / limit)
+    return RateLimitHeaders(requests=state, tokens=None) if family == "requests" else RateLimitHeaders(None, state)
 
 
 def _never_fits(message: str) -> bool:

@@ -134,6 +134,14 @@ class RateLimitHeaders:
     def empty(self) -> bool:
         return self.requests is None and self.tokens is None and self.project_tokens is None
 
+    def or_else(self, other: RateLimitHeaders) -> RateLimitHeaders:
+        """These headers, with each family they lack taken from ``other``."""
+        return RateLimitHeaders(
+            requests=self.requests or other.requests,
+            tokens=self.tokens or other.tokens,
+            project_tokens=self.project_tokens or other.project_tokens,
+        )
+
     def to_headers(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for name, dim in (

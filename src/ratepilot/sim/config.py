@@ -114,6 +114,8 @@ class FaultConfig:
     * ``drop``: the connection is closed mid-response (headers and part of the body sent);
     * ``stall``: the response is withheld for ``stall_s`` seconds (to trigger client timeouts);
     * ``missing_headers``: the ``x-ratelimit-*`` headers are omitted from a successful response (1.0 = always);
+    * ``unknown_token_headers``: a successful response's ``x-ratelimit-*-tokens`` headers all read ``-1`` (as
+      Azure's Responses API has sent); the request headers are kept;
     * ``headers_on_429_p``: a rate-limit 429 (``rate_limit_exceeded`` or ``slow_down``) carries the
       ``x-ratelimit-*`` headers with this probability (the real API sometimes sends 429s without them);
       ``missing_headers_on_429=True`` is the older spelling of ``headers_on_429_p=0``;
@@ -133,6 +135,7 @@ class FaultConfig:
     stall: float = 0.0
     stall_s: float = 600.0
     missing_headers: float = 0.0
+    unknown_token_headers: float = 0.0
     missing_headers_on_429: bool = False
     headers_on_429_p: float = 1.0
     retry_after_p: float = 1.0
@@ -140,7 +143,9 @@ class FaultConfig:
 
     @property
     def any_random(self) -> bool:
-        return (self.error_500 + self.error_503 + self.drop + self.stall + self.missing_headers) > 0
+        return (
+            self.error_500 + self.error_503 + self.drop + self.stall + self.missing_headers + self.unknown_token_headers
+        ) > 0
 
     @property
     def ratelimit_headers_on_429(self) -> float:
@@ -195,8 +200,9 @@ class SimConfig:
       may not exceed ``max(ramp_floor × limit × ramp_window_s / 60, ramp_factor × units admitted in the
       previous window)``. The first request of a window is always let through by the ramp (so one request
       larger than the allowance does not deadlock). A request that would cross it gets a 429 ``slow_down``
-      whose wait is the time to the next window. The ramp is checked after the rate buckets admit, and only
-      on model pools (GETs on the organization-wide bucket are not ramp-limited).
+      whose wait is the time to the next window (``slow_down_status=503``: a 503 ``slow_down``, as older
+      servers sent). The ramp is checked after the rate buckets admit, and only on model pools (GETs on the
+      organization-wide bucket are not ramp-limited).
     * ``faults.missing_headers``, ``faults.headers_on_429_p``, ``faults.retry_after_p``: unreliable headers.
 
     Service tiers: a request's ``service_tier`` (``auto``, ``default``, ``flex``, ``priority`` or its new name
@@ -240,6 +246,7 @@ class SimConfig:
     ramp_factor: float | None = None  # slow_down when a window admits more than this × the previous one
     ramp_window_s: float = 15.0
     ramp_floor: float = 0.5  # a window may always admit this fraction of its share of the minute limit
+    slow_down_status: int = 429  # the ramp limit's refusal: 429, or 503 as older servers sent it
     # Service tiers (service_tier on chat completions and Responses; openai-behaviour.md §7):
     flex_unavailable_p: float = 0.0  # a flex request is refused 429 "Resource Unavailable" (unbilled), at random
     flex_busy: tuple[tuple[float, float], ...] = ()  # (start, end) seconds of the sim clock: flex always refused
@@ -266,6 +273,7 @@ class SimConfig:
             "drop",
             "stall",
             "missing_headers",
+            "unknown_token_headers",
             "headers_on_429_p",
             "retry_after_p",
         ):
@@ -280,6 +288,8 @@ class SimConfig:
             raise ConfigError(f"ramp_window_s must be a positive number of seconds, got {self.ramp_window_s!r}")
         if not (_is_real(self.ramp_floor) and self.ramp_floor >= 0):
             raise ConfigError(f"ramp_floor must be a number >= 0, got {self.ramp_floor!r}")
+        if self.slow_down_status not in (429, 503) or isinstance(self.slow_down_status, bool):
+            raise ConfigError(f"slow_down_status must be 429 or 503, got {self.slow_down_status!r}")
         if not (_is_real(self.flex_unavailable_p) and 0 <= self.flex_unavailable_p <= 1):
             raise ConfigError(f"flex_unavailable_p must be a probability in [0, 1], got {self.flex_unavailable_p!r}")
         for period in self.flex_busy:
@@ -392,6 +402,7 @@ class SimConfig:
             "max_body_bytes": (int,),
             "ramp_window_s": (int, float),
             "ramp_floor": (int, float),
+            "slow_down_status": (int,),
             "flex_unavailable_p": (int, float),
             "flex_error_code": (str,),
             "flex_latency_ms": (int, float),

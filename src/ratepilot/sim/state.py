@@ -128,6 +128,7 @@ class RequestContext:
     project: str | None = None
     buckets: PoolBuckets | None = None
     omit_ratelimit: bool = False
+    unknown_tokens: bool = False  # the token headers say -1 (Azure's Responses API has sent that)
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("ratepilot_sim_request", default=None)
@@ -313,7 +314,8 @@ class SimState:
                 ctx = _current.get()
                 if ctx is not None:
                     ctx.omit_ratelimit = True
-            return ApiError(429, body, headers)
+            # Older servers sent the ramp limit's refusal as a 503 (openai-behaviour.md §7).
+            return ApiError(config.slow_down_status if refusal.slow_down else 429, body, headers)
 
     def _draw(self, p: float) -> bool:
         """True with probability ``p`` from the seeded fault RNG (0 and 1 draw nothing). Caller holds the lock."""
@@ -446,11 +448,16 @@ class SimState:
         with self.lock:
             r = self._fault_rng.random()
             missing = faults.missing_headers > 0 and self._fault_rng.random() < faults.missing_headers
+            unknown = faults.unknown_token_headers > 0 and self._fault_rng.random() < faults.unknown_token_headers
+        ctx = _current.get()
         if missing:
-            ctx = _current.get()
             if ctx is not None:
                 ctx.omit_ratelimit = True
             self.note_fault("missing_headers")
+        elif unknown:
+            if ctx is not None:
+                ctx.unknown_tokens = True
+            self.note_fault("unknown_token_headers")
         for name, p in (
             ("500", faults.error_500),
             ("503", faults.error_503),
@@ -487,7 +494,12 @@ class SimState:
         if ctx is None or ctx.buckets is None or ctx.omit_ratelimit:
             return {}
         with self.lock:
-            return ctx.buckets.headers(self.clock.now()).to_headers()
+            headers = ctx.buckets.headers(self.clock.now()).to_headers()
+        if ctx.unknown_tokens:
+            for name in ("limit", "remaining", "reset"):
+                if f"x-ratelimit-{name}-tokens" in headers:
+                    headers[f"x-ratelimit-{name}-tokens"] = "-1"
+        return headers
 
     def error_response(self, error: ApiError) -> Response:
         from starlette.responses import Response
