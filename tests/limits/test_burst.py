@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ratepilot.clock import FakeClock
-from ratepilot.limits import Cost, Grant, Limiter, Priority, Scope
+from ratepilot.limits import Cost, Grant, Limiter, Priority, Scope, core
 from ratepilot.limits.core import Wait
 from ratepilot.limits.learning import refusal_evidence
 from ratepilot.protocol.errors import rate_limit_error
@@ -53,6 +53,7 @@ def drive(
     headers_on_429: bool = True,
     start_burst: float | None = None,
     ceiling: dict[str, float] | None = None,
+    latency: float = LATENCY,
 ) -> Run:
     clock = FakeClock(start=0.0)
     extra: dict[str, object] = {} if start_burst is None else {"start_burst": start_burst}
@@ -104,7 +105,7 @@ def drive(
                 else:
                     run.refusals.append(now)
                 order += 1
-                heapq.heappush(in_flight, (now + LATENCY, order, req, decision, refusal))
+                heapq.heappush(in_flight, (now + latency, order, req, decision, refusal))
             next_event = min(
                 retry_at,
                 in_flight[0][0] if in_flight else math.inf,
@@ -250,10 +251,34 @@ def test_slow_down_slows_the_pace_and_it_recovers(store_uri: str) -> None:
         assert spacing() == pytest.approx(0.1, rel=0.05)  # 600 RPM
         g = lim.acquire(SCOPE, Cost(1, 0))
         lim.settle(g, 0)
-        lim.refused(g, 0.0, slow_down=True)
-        assert spacing() == pytest.approx(0.1 / 0.75, rel=0.1)  # three quarters of the pace
+        lim.refused(g, 3.0, slow_down=True)  # a wait of 3 s: the full cut, to three quarters of the pace
+        # (spacing() waits out the 3 s block first, during which the pace recovers by 3/60)
+        assert spacing() == pytest.approx(0.1 / (0.75 + 3 / 60), rel=0.05)
         clock.advance(20.0)
         assert spacing() == pytest.approx(0.1, rel=0.05)  # recovered (linearly, within 15 s)
+        g = lim.acquire(SCOPE, Cost(1, 0))
+        lim.settle(g, 0)
+        lim.refused(g, 0.0, slow_down=True)  # no wait at all: still a trim
+        assert spacing() == pytest.approx(0.1 / 0.95, rel=0.03)
+
+
+@pytest.mark.parametrize(("wait", "cut"), [(0.0, 0.95), (0.01, 0.95), (0.5, 0.871), (1.0, 0.817), (2.0, 0.75)])
+def test_a_slow_down_cuts_the_pace_deeper_the_longer_its_wait(wait: float, cut: float) -> None:
+    """A near miss at the ramp window's end (a wait of milliseconds) costs little; a long stop, the full cut."""
+    assert core.slow_down_cut(wait) == pytest.approx(cut, abs=1e-3)
+
+
+def test_a_near_miss_at_the_ramp_windows_end_costs_little(store_uri: str) -> None:
+    """The realistic ramp (x2 per 15 s from half the rate) lets the second window admit 74 requests, one fewer
+    than the full rate of 300 RPM sends: with 20 ms round trips the 75th is refused 10 ms before the third
+    window opens. That slow_down asks for a 10 ms wait, so it only trims the pace (a flat cut to three
+    quarters cost ~2 s of traffic here: 0.94 of the ideal)."""
+    ramp = Ramp(2.0, 15.0, 0.5)
+    n = 190
+    run = drive(store_uri, rpm=300, tpm=50_000_000, cost=10, actual=8, n=n, quantum_s=1.0, ramp=ramp, latency=0.02)
+    assert run.slow_downs == 2 and len(run.admitted) == n
+    ideal = ideal_finish(300, 50_000_000, 10, 8, n, quantum_s=1.0, ramp_factor=2.0, ramp_window_s=15.0)
+    assert ideal / run.finished >= 0.97, (ideal, run.finished)
 
 
 def test_a_ramp_limited_server_is_met_with_a_slower_pace_not_a_storm(store_uri: str) -> None:

@@ -21,6 +21,7 @@ local CA_GAIN = 0.002
 local BURST_CUT = 0.5
 local RATE_CUT = 0.8
 local SLOW_DOWN_CUT = 0.75
+local SLOW_DOWN_TRIM = 0.95
 local PACE_RECOVERY = 1 / 60
 local PACE_MIN = 0.05
 local MINUTE_EXPLAINS = 0.5
@@ -104,6 +105,12 @@ local function pace_of(st, now)
     return 1
   end
   return pace
+end
+
+-- how far a slow_down with this wait cuts the pace (core.slow_down_cut)
+local function slow_down_cut(wait)
+  local cut = 1 - math.sqrt(2 * PACE_RECOVERY * math.max(0, wait))
+  return math.min(SLOW_DOWN_TRIM, math.max(SLOW_DOWN_CUT, cut))
 end
 
 local function cut_pace(st, factor, now)

@@ -6,7 +6,7 @@ local wait, seq, slow = A[1], A[2], A[3]
 if now + wait > st.blocked then st.blocked = now + wait end
 if seq >= 0 then
   if slow == 1 then
-    if seq > st.pseq then cut_pace(st, SLOW_DOWN_CUT, now) end
+    if seq > st.pseq then cut_pace(st, slow_down_cut(wait), now) end
   else
     for d = 1, N do
       local lim = st.lim[d]
