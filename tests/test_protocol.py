@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ratepilot.limits.learning import infer_window
+from ratepilot.limits.learning import infer_window, refusal_evidence
 from ratepilot.protocol.errors import (
     ErrorClass,
     LimitKind,
@@ -103,6 +103,30 @@ def test_a_429s_words_read_as_its_buckets_headers(kind: LimitKind, limit: int, u
 )
 def test_a_message_that_names_no_usable_bucket_teaches_nothing(message: str) -> None:
     assert headers_in_message(message).empty
+
+
+def test_a_project_refusal_reads_as_the_project_tokens() -> None:
+    """ "... in project proj_a on tokens per min (TPM) ..." is the project's bucket: its -project-tokens family in
+    the headers it lacks, and the ptpm dimension in the refusal's evidence, judged against those headers."""
+    body = rate_limit_error("gpt-4o-mini", "org-x", LimitKind.TPM, 20_000, 19_900, 500, 1.2, project="proj_a")
+    message = body["error"]["message"]
+    assert "in project proj_a on tokens per min (TPM): Limit 20000, Used 19900, Requested 500." in message
+    assert "organization" not in message
+    seen = headers_in_message(message)
+    assert seen.requests is None and seen.tokens is None
+    assert seen.project_tokens == DimensionState(20_000, 100, pytest.approx(19_900 * 60 / 20_000))
+    # No headers (or room in them): evidence of a shorter window in ptpm; no room: the minute bucket explains it.
+    assert refusal_evidence(message, "tokens", RateLimitHeaders(None, None), 500) == ("ptpm",)
+    roomy = RateLimitHeaders(None, DimensionState(1_000_000, 5, 1.0), DimensionState(20_000, 900, 1.0))
+    assert refusal_evidence(message, "tokens", roomy, 500) == ("ptpm",)  # the org's tokens are not the judge
+    full = RateLimitHeaders(None, DimensionState(1_000_000, 999_000, 1.0), DimensionState(20_000, 100, 1.0))
+    assert refusal_evidence(message, "tokens", full, 500) == ()
+    # A project's request or daily limit has no header family nor dimension: nothing is learned from it.
+    rpm = rate_limit_error("m", "org-x", LimitKind.RPM, 10, 10, 1, 6.0, project="proj_a")["error"]["message"]
+    assert headers_in_message(rpm).empty and refusal_evidence(rpm, "requests", {}, 1) == ()
+    # The organization's own refusal is unchanged.
+    org = rate_limit_error("m", "org-x", LimitKind.TPM, 1_000, 900, 500, 1.0)["error"]["message"]
+    assert headers_in_message(org).tokens is not None and refusal_evidence(org, "tokens", {}, 500) == ("tpm",)
 
 
 def test_classify_quota_is_never_retryable() -> None:

@@ -66,6 +66,22 @@ def test_insufficient_quota_one_request_then_quota_exhausted(
     assert pilot.usage().retries == 0
 
 
+def test_another_billing_stop_code_is_one_request_then_quota_exhausted(
+    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
+) -> None:
+    """The newer billing stops (here credit_balance_exhausted) are never retried either."""
+    sim = make_sim(credit_usd=0.0, quota_error_code="credit_balance_exhausted")
+    pilot = Pilot(clock=clock)
+    with (
+        pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client,
+        pytest.raises(QuotaExhausted) as info,
+    ):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+    assert total_requests(sim) == 1
+    assert info.value.code == "credit_balance_exhausted"
+    assert pilot.usage().retries == 0
+
+
 async def test_insufficient_quota_async(make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str) -> None:
     sim = make_sim(credit_usd=0.0)
     pilot = Pilot(clock=clock)
@@ -264,6 +280,36 @@ def test_token_headers_of_minus_one_are_read_as_absent(
     state = pilot.limits("gpt-4o-mini")
     assert state.server["requests"].limit == 1_000 and "tokens" not in state.server  # the last success's headers
     assert sim_429s(sim) >= 1 and state.limiter["tpm"].server_limit == 400  # named by the refusals' words
+
+
+def test_a_project_token_limit_is_learned_from_the_project_headers(
+    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
+) -> None:
+    """The key's project allows 2,000 TPM, its organization 1,000,000: the limiter learns the project's limit
+    from the x-ratelimit-*-project-tokens headers (dimension ptpm), paces to it, and every request is answered."""
+    from ratepilot.sim import KeySpec, Limits
+
+    sim = make_sim(
+        rpm=1_000,
+        tpm=1_000_000,
+        keys={api_key: KeySpec("org-client", "proj_a")},
+        projects={"proj_a": Limits(tpm=2_000)},
+        settle_actual_tokens=False,  # each request keeps its 100 tokens: 3,000 in all, over the project's minute
+    )
+    pilot = Pilot(clock=clock, retry=RetryPolicy(max_attempts=1))  # a misread refusal must not look like a fault
+    started = clock.now()
+    with pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client:
+        for i in range(30):
+            done = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"p{i}"}], max_tokens=100
+            )
+            assert done.choices[0].message.content
+    assert pilot.usage().models["gpt-4o-mini"].requests == 30
+    assert clock.now() - started >= 30.0  # 1,000 tokens past the project's 2,000 refill at 2,000 per minute
+    state = pilot.limits("gpt-4o-mini")
+    assert state.server["project_tokens"].limit == 2_000 and state.server["tokens"].limit == 1_000_000
+    assert state.limiter["ptpm"].server_limit == 2_000 and state.limiter["tpm"].server_limit == 1_000_000
+    assert sim.stats()["rate_limited"]["project"] == sim_429s(sim) <= 2  # paced by the project's limit
 
 
 def test_patience_bounds_the_wait_for_capacity(

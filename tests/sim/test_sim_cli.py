@@ -161,12 +161,24 @@ def test_sim_headers_on_429_flag_replaces_the_files_bool(monkeypatch: pytest.Mon
         (["--ramp-floor", "-1"], "--ramp-floor"),
         (["--slow-down-status", "500"], "--slow-down-status: slow_down_status must be 429 or 503"),
         (["--token-headers-unknown-p", "2"], "--token-headers-unknown-p"),
+        (["--quota-error-code", "rate_limit_exceeded"], "--quota-error-code: quota_error_code must be one of"),
     ],
 )
 def test_sim_bad_realistic_values_exit_2(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["sim", "--port", "0", *args], terminal_width=200)
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
     assert message in result.output
+
+
+def test_sim_quota_error_code_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert _config_of(monkeypatch).quota_error_code == "insufficient_quota"
+    config = _config_of(monkeypatch, "--quota-error-code", "credit_balance_exhausted", "--credit-usd", "0")
+    assert config.quota_error_code == "credit_balance_exhausted" and config.credit_usd == 0.0
+    path = tmp_path / "sim.toml"
+    path.write_text('quota_error_code = "project_spend_limit_exceeded"\n')
+    assert _config_of(monkeypatch, "--config", str(path)).quota_error_code == "project_spend_limit_exceeded"
+    flagged = _config_of(monkeypatch, "--config", str(path), "--quota-error-code", "organization_usage_limit_exceeded")
+    assert flagged.quota_error_code == "organization_usage_limit_exceeded"  # the flag wins over the file
 
 
 def test_sim_flex_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,6 +43,14 @@ def sim(
     credit_usd: float | None = typer.Option(
         None, "--credit-usd", min=0.0, help="Prepaid credit per org; then 429 insufficient_quota (default: unlimited)."
     ),
+    quota_error_code: str | None = typer.Option(
+        None,
+        "--quota-error-code",
+        help="Code of the out-of-credit 429: insufficient_quota, credit_balance_exhausted, "
+        "organization_spend_limit_exceeded, project_spend_limit_exceeded, organization_usage_limit_exceeded... "
+        "(default: insufficient_quota).",
+        show_default=False,
+    ),
     latency_ms: float | None = typer.Option(None, "--latency-ms", min=0.0, help="Base latency of every response."),
     latency_per_token_ms: float | None = typer.Option(
         None, "--latency-per-token-ms", min=0.0, help="Extra latency per output token."
@@ -149,6 +157,7 @@ def sim(
         "rpd": rpd,
         "tpd": tpd,
         "credit_usd": credit_usd,
+        "quota_error_code": quota_error_code,
         "latency_ms": latency_ms,
         "latency_per_token_ms": latency_per_token_ms,
         "responder": responder,
@@ -186,14 +195,16 @@ def sim(
     except (ConfigError, TypeError) as exc:
         text = str(exc)
         # Name the flag when a flag's value is the bad one (the message names the setting).
-        for name, flag, value in (
+        flagged: tuple[tuple[str, str, object], ...] = (
             ("quantum_s", "--quantum-s", quantum_s),
             ("ramp_factor", "--ramp-factor", ramp_factor),
             ("ramp_window_s", "--ramp-window-s", ramp_window_s),
             ("ramp_floor", "--ramp-floor", ramp_floor),
             ("slow_down_status", "--slow-down-status", slow_down_status),
-        ):
-            if value is not None and text.startswith(f"{name} "):
+            ("quota_error_code", "--quota-error-code", quota_error_code),
+        )
+        for name, flag, given in flagged:
+            if given is not None and text.startswith(f"{name} "):
                 text = f"{flag}: {text}"
         typer.echo(f"error: {text}", err=True)
         raise typer.Exit(ExitCode.BAD_INPUT) from None

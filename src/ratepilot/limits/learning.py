@@ -46,6 +46,7 @@ from .types import DIM_INDEX, N_DIMS, Grant
 __all__ = ["DAILY_THRESHOLD", "infer_window", "interpret", "refusal_evidence"]
 
 _REFUSED_DIMENSION = re.compile(r"per (?:min|day) \((RPM|TPM|RPD|TPD)\)")
+_IN_PROJECT = re.compile(r"\bin project \S+ on (?:requests|tokens) per")  # a project's bucket refused it
 DAILY_THRESHOLD = 1800.0  # seconds: implied windows above this are daily
 MIN_RESET_FOR_DAILY = 0.05  # below this, millisecond rounding of reset makes the inference unreliable
 
@@ -119,13 +120,21 @@ def refusal_evidence(
     error type (``requests``/``tokens``). If the response's headers for that dimension show less room than the
     request needed, the minute bucket explains the refusal: no evidence, ``()``. If they showed room, or are
     missing, the dimension is returned. ``None``: the refusing dimension is unknown (every minute dimension).
+
+    A project's refusal ("... in project proj_a on tokens per min (TPM) ...") is the project's TPM, ``ptpm``,
+    judged against the ``-project-tokens`` headers. A project's request or daily limit has no dimension here:
+    ``()`` (the organization's dimensions must not learn from it; the refusal's wait still blocks the scope).
     """
     m = _REFUSED_DIMENSION.search(message)
     dim = m.group(1).lower() if m else {"requests": "rpm", "tokens": "tpm"}.get(error_type or "")
     if dim is None:
         return None
     parsed = headers if isinstance(headers, RateLimitHeaders) else RateLimitHeaders.parse(headers)
-    requests = dim in ("rpm", "rpd")
-    state = parsed.requests if requests else parsed.tokens
-    need = 1 if requests else tokens
+    if _IN_PROJECT.search(message):
+        if dim != "tpm":
+            return ()
+        dim, state = "ptpm", parsed.project_tokens
+    else:
+        state = parsed.requests if dim in ("rpm", "rpd") else parsed.tokens
+    need = 1 if dim in ("rpm", "rpd") else tokens
     return () if state is not None and state.remaining < need else (dim,)

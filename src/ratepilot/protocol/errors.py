@@ -88,20 +88,37 @@ def _seconds_text(seconds: float) -> str:
     return format_duration(ms / 1000 - 1e-7)
 
 
+def _where(org: str, project: str | None) -> str:
+    # A project's refusal names the project instead of the organization. The real wording is unconfirmed
+    # (docs/simulator.md, "Project limits"); the client reads "in project" as the project's bucket.
+    return f"in project {project}" if project is not None else f"in organization {org}"
+
+
 def rate_limit_error(
-    model: str, org: str, kind: LimitKind, limit: int, used: int, requested: int, retry_in: float
+    model: str,
+    org: str,
+    kind: LimitKind,
+    limit: int,
+    used: int,
+    requested: int,
+    retry_in: float,
+    *,
+    project: str | None = None,
 ) -> dict[str, Any]:
+    """The 429 ``rate_limit_exceeded`` of a bucket of ``org`` or, with ``project``, of that project's."""
     msg = (
-        f"Rate limit reached for {model} in organization {org} on {kind.phrase}: "
+        f"Rate limit reached for {model} {_where(org, project)} on {kind.phrase}: "
         f"Limit {limit}, Used {used}, Requested {requested}. Please try again in {_seconds_text(retry_in)}. "
         f"Visit {RATE_LIMITS_URL} to learn more."
     )
     return error_body(msg, kind.error_type, "rate_limit_exceeded")
 
 
-def request_too_large_error(model: str, org: str, kind: LimitKind, limit: int, requested: int) -> dict[str, Any]:
+def request_too_large_error(
+    model: str, org: str, kind: LimitKind, limit: int, requested: int, *, project: str | None = None
+) -> dict[str, Any]:
     msg = (
-        f"Request too large for {model} in organization {org} on {kind.phrase}: "
+        f"Request too large for {model} {_where(org, project)} on {kind.phrase}: "
         f"Limit {limit}, Requested {requested}. "
         "The input or output tokens must be reduced in order to run successfully. "
         f"Visit {RATE_LIMITS_URL} to learn more."
@@ -194,7 +211,8 @@ _LIMIT_USED_REQUESTED = re.compile(r"Limit (\d+), Used (\d+), Requested (\d+)")
 
 
 _BUCKET_IN_MESSAGE = re.compile(
-    r"on (requests|tokens) per (min|day) \((?:RPM|TPM|RPD|TPD)\): Limit (\d+), Used (\d+), Requested \d+"
+    r"(in project \S+ )?on (requests|tokens) per (min|day) \((?:RPM|TPM|RPD|TPD)\): Limit (\d+), Used (\d+), "
+    r"Requested \d+"
 )
 
 
@@ -203,20 +221,27 @@ def headers_in_message(message: str) -> RateLimitHeaders:
 
     429s arrive without headers (``openai-behaviour.md`` §7), and some models never send them on a success,
     but the message still says "on requests per min (RPM): Limit 300, Used 12, ...": the limit, and what the
-    server counts in use. Only that family is set; a message in another shape gives an empty value.
+    server counts in use. Only that family is set; a message in another shape gives an empty value. A project's
+    refusal ("... in project proj_a on tokens per min (TPM): ...") is its ``-project-tokens`` family; a project's
+    request or daily limit has no header family (and no dimension in the client's limiter): empty.
     """
     from .headers import DimensionState, RateLimitHeaders
 
     m = _BUCKET_IN_MESSAGE.search(message)
     if m is None:
         return RateLimitHeaders(None, None)
-    family, per, limit, used = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
+    project = m.group(1) is not None
+    family, per, limit, used = m.group(2), m.group(3), int(m.group(4)), int(m.group(5))
     if limit <= 0 or (per == "day" and used < 1):  # (a day bucket with nothing in use would read as a minute one)
+        return RateLimitHeaders(None, None)
+    if project and (family, per) != ("tokens", "min"):
         return RateLimitHeaders(None, None)
     used = min(used, limit)
     window = 60.0 if per == "min" else 86_400.0
     # A refilling bucket: full again once what is in use has refilled, at limit per window.
     state = DimensionState(limit=limit, remaining=limit - used, reset=used * window / limit)
+    if project:
+        return RateLimitHeaders(None, None, project_tokens=state)
     return RateLimitHeaders(requests=state, tokens=None) if family == "requests" else RateLimitHeaders(None, state)
 
 

@@ -6,7 +6,8 @@ Request pipeline of a model endpoint (one served online by the registry, :mod:`r
 2. authentication (401, not counted);
 3. body: size limit (413), JSON (400), validation with ``param`` (400), model (404) — these errors still
    cost one request;
-4. admission: credit (429 ``insufficient_quota``), then RPM/TPM/RPD/TPD (and their quantum buckets) with the
+4. admission: credit (429 with code ``quota_error_code``, ``insufficient_quota`` by default), then
+   RPM/TPM/RPD/TPD (and their quantum buckets; the project's too, for a key of a project with limits) with the
    admission cost of :func:`ratepilot.protocol.tokens.admission_cost` (429 ``rate_limit_exceeded`` /
    "Request too large"), then the ramp limit (429 ``slow_down``);
 5. injected faults (500, 503, dropped connection, stall; missing headers);

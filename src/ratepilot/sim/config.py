@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..protocol.errors import BILLING_CODES
 from ..protocol.pricing import ModelPrice, PriceTable
 
 __all__ = [
@@ -180,8 +181,11 @@ class SimConfig:
     """Everything the simulator does, in one immutable value.
 
     Top-level ``rpm``/``tpm``/``rpd``/``tpd`` are the default limits of every model (per organization).
+    ``projects`` names projects with limits of their own (``KeySpec.project``): a key of such a project is
+    enforced in its project's buckets (per pool, like the organization's) as well as its organization's.
     ``credit_usd`` is each organization's prepaid credit (``None`` = unlimited); once billed usage reaches
-    it, requests get ``insufficient_quota``. ``responder`` is ``"echo"``, ``"fixed"``, ``"classify"`` or a
+    it, requests get a 429 whose code is ``quota_error_code`` (``insufficient_quota``, or another of
+    ``protocol.errors.BILLING_CODES``). ``responder`` is ``"echo"``, ``"fixed"``, ``"classify"`` or a
     Python callable ``(endpoint, body) -> text``.
 
     Enforcement beyond the minute buckets (``openai-behaviour.md`` §7; all off by default except charged
@@ -219,6 +223,7 @@ class SimConfig:
     rpd: int | None = None
     tpd: int | None = None
     credit_usd: float | None = None
+    quota_error_code: str = "insufficient_quota"  # the out-of-credit 429's code: one of BILLING_CODES
     latency_ms: float = 0.0
     latency_per_token_ms: float = 0.0
     latency_jitter: float = 0.0
@@ -227,6 +232,7 @@ class SimConfig:
     models: tuple[ModelSpec, ...] = DEFAULT_MODELS
     pools: tuple[PoolSpec, ...] = ()
     keys: Mapping[str, KeySpec] = field(default_factory=dict)
+    projects: Mapping[str, Limits] = field(default_factory=dict)  # project name -> its limits, per pool
     prices: PriceTable = field(default_factory=PriceTable)
     faults: FaultConfig = FaultConfig()
     responder: str | Responder = "echo"
@@ -259,6 +265,19 @@ class SimConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        for project, limits in self.projects.items():
+            if not (isinstance(project, str) and project):
+                raise ConfigError(f"projects: a project name must be a non-empty string, got {project!r}")
+            if not isinstance(limits, Limits):
+                raise ConfigError(f"projects.{project} must be a Limits, got {type(limits).__name__}")
+            for name in _LIMIT_NAMES:
+                value = getattr(limits, name)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                    raise ConfigError(f"projects.{project}.{name} must be a positive integer or None, got {value!r}")
+        if self.quota_error_code not in BILLING_CODES:
+            raise ConfigError(
+                f"quota_error_code must be one of {', '.join(sorted(BILLING_CODES))}, got {self.quota_error_code!r}"
+            )
         if self.credit_usd is not None and not (self.credit_usd >= 0 and math.isfinite(self.credit_usd)):
             raise ConfigError(f"credit_usd must be >= 0, got {self.credit_usd!r}")
         if self.latency_ms < 0 or self.latency_per_token_ms < 0 or not 0 <= self.latency_jitter <= 1:
@@ -387,6 +406,7 @@ class SimConfig:
                 kwargs[name] = _limit(limits[name], f"limits.{name}")
         scalar_fields = {
             "credit_usd": (int, float),
+            "quota_error_code": (str,),
             "seed": (int,),
             "deterministic_ids": (bool,),
             "responder": (str,),
@@ -409,7 +429,7 @@ class SimConfig:
             "priority_latency_factor": (int, float),
         }
         for name, value in data.items():
-            if name in ("limits", "models", "pools", "keys", "prices", "latency", "faults", "longrun", "preset"):
+            if name in _APART:  # tables, and the preset: read below
                 continue
             if name == "flex_busy":  # [[start, end], ...]
                 if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
@@ -506,6 +526,15 @@ class SimConfig:
             keys[key] = KeySpec(spec["org"], project)
         kwargs["keys"] = keys
 
+        projects_data = data.get("projects", {})
+        _expect_table(projects_data, "projects")
+        projects: dict[str, Limits] = {}
+        for name, spec in projects_data.items():
+            _expect_table(spec, f"projects.{name}")
+            _reject_unknown(spec, set(_LIMIT_NAMES), f"projects.{name}")
+            projects[name] = _limits_of(spec, f"projects.{name}")
+        kwargs["projects"] = projects
+
         prices_data = data.get("prices", {})
         _expect_table(prices_data, "prices")
         overrides_p: dict[str, ModelPrice] = {}
@@ -530,6 +559,7 @@ class SimConfig:
 
 
 _LIMIT_NAMES = ("rpm", "tpm", "rpd", "tpd")
+_APART = ("limits", "models", "pools", "keys", "projects", "prices", "latency", "faults", "longrun", "preset")
 _OFF_WHEN_ZERO = ("quantum_s", "ramp_factor")
 
 REALISTIC: Mapping[str, Any] = {

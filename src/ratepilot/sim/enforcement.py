@@ -1,5 +1,5 @@
 """Rate-limit enforcement: GCRA buckets (RPM, TPM, RPD, TPD) per organization and model (or pool), optionally
-quantized, plus an optional ramp limit.
+quantized, plus an optional ramp limit; and the same buckets per project, for projects with limits of their own.
 
 Sans-IO: every method takes ``now``; callers (the simulator state) hold the lock. The bucket arithmetic is
 :mod:`ratepilot.limits.gcra` (the client's limiter keeps the same sums in ``limits/core.py`` and its Lua
@@ -22,13 +22,19 @@ Rules (documented in docs/simulator.md):
 * Ramp (``ramp``): see :class:`Ramp`. Checked only once the buckets admit; a refusal is ``slow_down``.
 * Headers report, for requests and for tokens, the minute or day bucket with less room (a daily limit
   shows up in the same ``-requests`` / ``-tokens`` headers, as on the real API); quantum buckets never.
+* Projects: a request of a project with limits must fit its organization's buckets *and* its project's
+  (:meth:`PoolBuckets.admit` with ``project=``), all or nothing. A refused request (with ``count_refused``)
+  costs one request in the request buckets of both: the real API's rule ("unsuccessful requests contribute")
+  does not say which, and a client retrying early should push its wait further whichever bucket refused it.
+  Project buckets are quantized like the organization's; the ramp limit is the organization's alone. Their
+  TPM bucket is reported as ``x-ratelimit-*-project-tokens``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..limits.gcra import Bucket, Rate
 from ..protocol.errors import LimitKind
@@ -53,6 +59,7 @@ class Refusal:
     wait: float  # seconds until the request would be admitted (inf: never, too large)
     too_large: bool = False
     slow_down: bool = False  # refused by the ramp limit (429 ``slow_down``), not by a bucket
+    project: bool = False  # refused by a bucket of the request's project, not of its organization
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +166,59 @@ class PoolBuckets:
             self._ramp_floor_req = limits.rpm * share if limits.rpm else None
             self._ramp_floor_tok = limits.tpm * share if limits.tpm else None
 
-    def admit(self, requests: int, tokens: int, now: float, *, count_refused: bool = True) -> Refusal | None:
-        """Charge ``requests`` and ``tokens`` in every bucket, all or nothing. ``None`` = admitted."""
-        checks = self._all_checks if tokens else self._request_checks  # no token cost (a GET): no token buckets
+    def admit(
+        self,
+        requests: int,
+        tokens: int,
+        now: float,
+        *,
+        count_refused: bool = True,
+        project: PoolBuckets | None = None,
+    ) -> Refusal | None:
+        """Charge ``requests`` and ``tokens`` in every bucket, all or nothing. ``None`` = admitted.
+
+        ``project``: the buckets of the request's project in the same pool, which must admit it too; nothing
+        is charged in either unless both admit (a refusal with ``count_refused`` costs one request in the
+        request buckets of both). The ramp limit is this (the organization's) pool's alone.
+        """
         decisions: list[tuple[Bucket, float]] = []
+        refused = self._decide(requests, tokens, now, decisions)
+        if isinstance(refused, Refusal):  # "Request too large"
+            return refused
+        if project is not None:
+            in_project = project._decide(requests, tokens, now, decisions)
+            if isinstance(in_project, Refusal):
+                return replace(in_project, project=True)
+            refused = refused or in_project
+        if not refused and self._ramp is not None:
+            slow = self._ramp_refusal(requests, tokens, now)
+            if slow is not None:
+                if count_refused and requests:
+                    self._charge_refused(requests, now, project)
+                    # Charged, it may also have to wait for the buckets (rarely longer than the window).
+                    wait = max(slow.wait, self._longest_wait(requests, tokens, now, project)[0])
+                    slow = Refusal(slow.kind, slow.limit, slow.used, slow.requested, wait, slow_down=True)
+                return slow
+        if not refused:
+            for bucket, tat in decisions:
+                bucket.tat = tat
+            if self._ramp is not None:
+                self._ramp_cur_req += requests
+                self._ramp_cur_tok += tokens
+            return None
+        if count_refused and requests:
+            self._charge_refused(requests, now, project)
+        # After charging the refused request, the wait is how long until this request would fit everywhere.
+        wait, check, in_project_bucket = self._longest_wait(requests, tokens, now, project)
+        kind, _, named, _, is_tokens = check
+        limit = int(named.rate.limit)
+        used = min(limit, round(named.used(now)))
+        return Refusal(kind, limit, used, tokens if is_tokens else requests, wait, project=in_project_bucket)
+
+    def _decide(self, requests: int, tokens: int, now: float, decisions: list[tuple[Bucket, float]]) -> bool | Refusal:
+        """Check every bucket without charging: appends ``(bucket, tat if admitted)`` to ``decisions`` and returns
+        whether any bucket refuses, or the "Request too large" refusal."""
+        checks = self._all_checks if tokens else self._request_checks  # no token cost (a GET): no token buckets
         refused = False
         for kind, bucket, _, quantum, is_tokens in checks:
             cost = tokens if is_tokens else requests
@@ -175,43 +231,30 @@ class PoolBuckets:
                 allowed, tat = decision.allowed, decision.tat
             refused = refused or not allowed
             decisions.append((bucket, tat))
-        if not refused and self._ramp is not None:
-            slow = self._ramp_refusal(requests, tokens, now)
-            if slow is not None:
-                if count_refused and requests:
-                    for bucket in self._request_buckets:
-                        bucket.force(requests, now)
-                    # Charged, it may also have to wait for the buckets (rarely longer than the window).
-                    wait = max(slow.wait, self._longest_wait(checks, requests, tokens, now)[0])
-                    slow = Refusal(slow.kind, slow.limit, slow.used, slow.requested, wait, slow_down=True)
-                return slow
-        if not refused:
-            for bucket, tat in decisions:
-                bucket.tat = tat
-            if self._ramp is not None:
-                self._ramp_cur_req += requests
-                self._ramp_cur_tok += tokens
-            return None
-        if count_refused and requests:
-            for bucket in self._request_buckets:
-                bucket.force(requests, now)
-        # After charging the refused request, the wait is how long until this request would fit everywhere.
-        wait, check = self._longest_wait(checks, requests, tokens, now)
-        kind, _, named, _, is_tokens = check
-        limit = int(named.rate.limit)
-        used = min(limit, round(named.used(now)))
-        return Refusal(kind, limit, used, tokens if is_tokens else requests, wait)
+        return refused
 
-    @staticmethod
-    def _longest_wait(checks: tuple[_Check, ...], requests: int, tokens: int, now: float) -> tuple[float, _Check]:
-        best = checks[0]
-        longest = -1.0
-        for check in checks:
-            _, bucket, _, quantum, is_tokens = check
-            wait = _check(bucket, quantum, tokens if is_tokens else requests, now)[1]
-            if wait > longest:  # strictly: on a tie the first (minute before quantum before day) is named
-                longest, best = wait, check
-        return longest, best
+    def _charge_refused(self, requests: int, now: float, project: PoolBuckets | None) -> None:
+        for bucket in self._request_buckets:
+            bucket.force(requests, now)
+        if project is not None:
+            for bucket in project._request_buckets:
+                bucket.force(requests, now)
+
+    def _longest_wait(
+        self, requests: int, tokens: int, now: float, project: PoolBuckets | None
+    ) -> tuple[float, _Check, bool]:
+        """The longest wait of any bucket (of this pool, then of ``project``), its check, and whether it is the
+        project's. On a tie the organization's is named."""
+        longest, best = _longest(self._all_checks if tokens else self._request_checks, requests, tokens, now)
+        in_project = False
+        if project is not None:
+            p_longest, p_best = _longest(
+                project._all_checks if tokens else project._request_checks, requests, tokens, now
+            )
+            if p_best is not None and (best is None or p_longest > longest):
+                longest, best, in_project = p_longest, p_best, True
+        assert best is not None  # only asked after a refusal, which some bucket made
+        return longest, best, in_project
 
     def _ramp_refusal(self, requests: int, tokens: int, now: float) -> Refusal | None:
         """The ramp's verdict on a request the buckets admit (rolls the windows forward; charges nothing)."""
@@ -259,8 +302,30 @@ class PoolBuckets:
         for bucket in self._request_buckets:
             bucket.force(requests, now)
 
-    def headers(self, now: float) -> RateLimitHeaders:
-        return RateLimitHeaders(requests=_binding(self._request_dims, now), tokens=_binding(self._token_dims, now))
+    def headers(self, now: float, project: PoolBuckets | None = None) -> RateLimitHeaders:
+        """The ``x-ratelimit-*`` values; ``project``'s TPM bucket, if it has one, as the ``-project-tokens``."""
+        return RateLimitHeaders(
+            requests=_binding(self._request_dims, now),
+            tokens=_binding(self._token_dims, now),
+            project_tokens=None if project is None else project.minute_tokens(now),
+        )
+
+    def minute_tokens(self, now: float) -> DimensionState | None:
+        """The TPM bucket's state (``None`` without a TPM limit)."""
+        bucket = self.buckets.get(LimitKind.TPM)
+        return None if bucket is None else _binding([(LimitKind.TPM, bucket)], now)
+
+
+def _longest(checks: tuple[_Check, ...], requests: int, tokens: int, now: float) -> tuple[float, _Check | None]:
+    """The longest wait among ``checks`` and its check (``None``: no checks)."""
+    best: _Check | None = None
+    longest = -1.0
+    for check in checks:
+        _, bucket, _, quantum, is_tokens = check
+        wait = _check(bucket, quantum, tokens if is_tokens else requests, now)[1]
+        if wait > longest:  # strictly: on a tie the first (minute before quantum before day) is named
+            longest, best = wait, check
+    return longest, best
 
 
 def _binding(dims: list[tuple[LimitKind, Bucket]], now: float) -> DimensionState | None:
@@ -274,10 +339,12 @@ def _binding(dims: list[tuple[LimitKind, Bucket]], now: float) -> DimensionState
 
 
 class Enforcer:
-    """Buckets for every (organization, pool) seen so far, created on first use from their limits."""
+    """Buckets for every (organization, pool) and (organization, project, pool) seen so far, created on first use
+    from their limits."""
 
     def __init__(self, *, quantum_s: float | None = None, ramp: Ramp | None = None) -> None:
         self.pools: dict[tuple[str, str], PoolBuckets] = {}
+        self.project_pools: dict[tuple[str, str, str], PoolBuckets] = {}
         self.quantum_s = quantum_s
         self.ramp = ramp
 
@@ -294,8 +361,17 @@ class Enforcer:
             found = self.pools[key] = PoolBuckets(limits, quantum_s=self.quantum_s, ramp=ramp)
         return found
 
+    def project_buckets(self, org: str, project: str, pool: str, limits: Limits) -> PoolBuckets:
+        """The buckets of ``project`` (of ``org``) in ``pool``: quantized like the organization's, never ramped."""
+        key = (org, project, pool)
+        found = self.project_pools.get(key)
+        if found is None:
+            found = self.project_pools[key] = PoolBuckets(limits, quantum_s=self.quantum_s)
+        return found
+
     def reset(self) -> None:
         self.pools.clear()
+        self.project_pools.clear()
 
 
 def ideal_admissions(config: SimConfig, model: str, costs: Sequence[tuple[int, int]]) -> list[float]:

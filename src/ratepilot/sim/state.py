@@ -12,10 +12,11 @@ Public surface (stable; used by ``sim.longrun``):
     The organization id of the request's bearer key, or the 401 response to return.
 ``state.charge(org, model, cost_tokens, endpoint) -> Response | None``
     Count one request (and ``cost_tokens`` tokens) against the org's RPM/TPM/RPD/TPD buckets for ``model``
-    (``model=None``: the org-wide bucket GETs use). ``None`` = admitted; else the 429 response to return
-    (rate limit, ``slow_down``, "Request too large", or ``insufficient_quota`` once the org's credit is
-    spent). The rate-limit headers of the bucket charged are added to the response of the current request
-    automatically.
+    (``model=None``: the org-wide bucket GETs use), and against its project's when the current request's key
+    belongs to a project with limits (``SimConfig.projects``). ``None`` = admitted; else the 429 response to
+    return (rate limit, ``slow_down``, "Request too large", or ``config.quota_error_code`` once the org's
+    credit is spent). The rate-limit headers of the bucket charged are added to the response of the current
+    request automatically.
 ``state.execute(endpoint, body, org, *, batch=False, bill=True) -> (status, body_dict)``
     Validation + responder + usage, WITHOUT rate limiting (batch lines use it), for any path of the endpoint
     registry (:mod:`ratepilot.sim.endpoints`); never raises (an unknown path is a 404 body, a body without a
@@ -24,7 +25,8 @@ Public surface (stable; used by ``sim.longrun``):
     Add a usage dict (``prompt_tokens``/``completion_tokens`` or ``input_tokens``/``output_tokens``) to the
     org's usage and billed cost; returns the USD billed.
 ``state.settle(org, model, charged, actual)`` / ``state.complete(org, model, charged, usage, actual)``
-    Correct the token buckets to the actual usage (``complete`` also bills); see the README.
+    Correct the token buckets to the actual usage (``complete`` also bills); see the README. The project's
+    buckets are corrected only within a request (they are found through its context).
 ``state.stats()`` / ``state.reset()``
     The ``GET /sim/stats`` dict; ``reset`` clears buckets, usage, credit and stats (and the long-running
     objects).
@@ -127,6 +129,7 @@ class RequestContext:
     org: str | None = None
     project: str | None = None
     buckets: PoolBuckets | None = None
+    project_buckets: PoolBuckets | None = None  # the project's, when it has limits (SimConfig.projects)
     omit_ratelimit: bool = False
     unknown_tokens: bool = False  # the token headers say -1 (Azure's Responses API has sent that)
 
@@ -169,7 +172,10 @@ class _Stats:
             },
             "rate_limited": {
                 "total": sum(self.rate_limited.values()),
-                **{k: self.rate_limited.get(k, 0) for k in ("RPM", "TPM", "RPD", "TPD", "too_large", "slow_down")},
+                **{
+                    k: self.rate_limited.get(k, 0)
+                    for k in ("RPM", "TPM", "RPD", "TPD", "too_large", "slow_down", "project")
+                },
                 "insufficient_quota": self.rate_limited.get("insufficient_quota", 0),
             },
             "faults": dict(self.faults),
@@ -196,6 +202,7 @@ class SimState:
         # The same resolution ideal_admissions uses (SimConfig.pool_limits), precomputed for the hot path.
         self._pools: dict[str, tuple[str, Limits]] = {m: self.config.pool_limits(m) for m in self._models}
         self._identities: dict[str, Identity] = {}
+        self._projects: Mapping[str, Limits] = self.config.projects  # empty: one truthiness test per request
         self.longrun: LongRunning | None = None
 
     # -- identity -----------------------------------------------------------------------------------------
@@ -260,45 +267,72 @@ class SimState:
             return ORG_WIDE_POOL, self.config.default_limits
         return self._pools.get(model) or (ORG_WIDE_POOL, self.config.default_limits)
 
-    def _buckets(self, org: str, model: str | None) -> PoolBuckets:
+    def _buckets(self, org: str, model: str | None) -> tuple[PoolBuckets, PoolBuckets | None]:
+        """The org's buckets for ``model``'s pool, and its project's (``None``: no project limits apply).
+
+        The project is the current request's (its key's ``KeySpec.project``): without a request context (a
+        caller outside a request) only the organization's buckets are found.
+        """
         name, limits = self.pool(model)
         # Ramp limits are about inference traffic; GETs (the org-wide bucket) are never slow_down'd.
         buckets = self.enforcer.buckets(org, name, limits, ramped=name != ORG_WIDE_POOL)
+        project: PoolBuckets | None = None
         ctx = _current.get()
         if ctx is not None:
             ctx.org = org
             ctx.buckets = buckets
-        return buckets
+            if self._projects:  # nothing more on the hot path unless some project has limits
+                named = ctx.project
+                if named is not None and (project_limits := self._projects.get(named)) is not None:
+                    project = self.enforcer.project_buckets(org, named, name, project_limits)
+                ctx.project_buckets = project
+        return buckets, project
 
     def admit(self, org: str, model: str | None, cost_tokens: int) -> ApiError | None:
         """The sans-response core of :meth:`charge`: ``None`` when admitted, else the 429 as an ApiError."""
         config = self.config
         with self.lock:
-            buckets = self._buckets(org, model)
+            buckets, project = self._buckets(org, model)
             if config.credit_usd is not None and self._stats.org_usage(org)["cost_usd"] >= config.credit_usd:
+                # Counted under "insufficient_quota" whatever the configured code (the stats' key is the kind).
                 self._stats.rate_limited["insufficient_quota"] += 1
                 ctx = _current.get()
                 if ctx is not None:
                     ctx.omit_ratelimit = True
-                return ApiError(429, insufficient_quota_error())
+                return ApiError(429, insufficient_quota_error(config.quota_error_code))
             now = self.clock.now()
-            refusal = buckets.admit(1, cost_tokens, now, count_refused=config.count_refused_requests)
+            refusal = buckets.admit(1, cost_tokens, now, count_refused=config.count_refused_requests, project=project)
             if refusal is None:
                 return None
             label = model or "requests"
             org_name = org
+            project_name: str | None = None
+            if refusal.project:
+                ctx = _current.get()
+                project_name = ctx.project if ctx is not None else None
             if refusal.too_large:
                 self._stats.rate_limited["too_large"] += 1
                 return ApiError(
-                    429, request_too_large_error(label, org_name, refusal.kind, refusal.limit, refusal.requested)
+                    429,
+                    request_too_large_error(
+                        label, org_name, refusal.kind, refusal.limit, refusal.requested, project=project_name
+                    ),
                 )
             if refusal.slow_down:
                 self._stats.rate_limited["slow_down"] += 1
                 body = slow_down_error(refusal.wait)
             else:
-                self._stats.rate_limited[refusal.kind.name] += 1
+                # A project's refusals are counted apart (under "project"), so the per-kind counts stay the org's.
+                self._stats.rate_limited["project" if refusal.project else refusal.kind.name] += 1
                 body = rate_limit_error(
-                    label, org_name, refusal.kind, refusal.limit, refusal.used, refusal.requested, refusal.wait
+                    label,
+                    org_name,
+                    refusal.kind,
+                    refusal.limit,
+                    refusal.used,
+                    refusal.requested,
+                    refusal.wait,
+                    project=project_name,
                 )
             headers: dict[str, str] = {}
             faults = config.faults
@@ -343,13 +377,26 @@ class SimState:
         if model is not None and model not in self._models:
             model = None
         with self.lock:
-            self._buckets(org, model).charge_requests(1, self.clock.now())
+            buckets, project = self._buckets(org, model)
+            now = self.clock.now()
+            buckets.charge_requests(1, now)
+            if project is not None:
+                project.charge_requests(1, now)
 
     def settle(self, org: str, model: str, charged_tokens: int, actual_tokens: int) -> None:
-        """Correct the token buckets from the admission charge to the actual usage (see the README)."""
+        """Correct the token buckets from the admission charge to the actual usage (see the README).
+
+        The project's buckets are corrected too when the current request's key belongs to a project with limits.
+        A caller outside a request context (none today: batch lines and background responses are billed, never
+        settled) would correct the organization's buckets only, leaving the project's at the admission charge.
+        """
         if self.config.settle_actual_tokens and actual_tokens != charged_tokens:
             with self.lock:
-                self._buckets(org, model).settle(actual_tokens - charged_tokens, self.clock.now())
+                buckets, project = self._buckets(org, model)
+                now = self.clock.now()
+                buckets.settle(actual_tokens - charged_tokens, now)
+                if project is not None:
+                    project.settle(actual_tokens - charged_tokens, now)
 
     # -- content, usage and billing -----------------------------------------------------------------------
 
@@ -494,7 +541,7 @@ class SimState:
         if ctx is None or ctx.buckets is None or ctx.omit_ratelimit:
             return {}
         with self.lock:
-            headers = ctx.buckets.headers(self.clock.now()).to_headers()
+            headers = ctx.buckets.headers(self.clock.now(), ctx.project_buckets).to_headers()
         if ctx.unknown_tokens:
             for name in ("limit", "remaining", "reset"):
                 if f"x-ratelimit-{name}-tokens" in headers:
