@@ -58,8 +58,11 @@ class ClientCore:
     # -- the server's headers ------------------------------------------------------------------------------
 
     def remember(self, scope: Scope, headers: RateLimitHeaders) -> None:
+        """What the server last said of ``scope``: its headers, or a header-less 429's words. Families the new
+        value lacks keep their last value (re-dated: a view from them errs towards less room)."""
         with self._lock:
-            self._headers[scope] = (headers, self.clock.now())
+            old = self._headers.get(scope)
+            self._headers[scope] = (headers if old is None else headers.or_else(old[0]), self.clock.now())
 
     def latest_headers(self, model: str, key_id: str | None) -> tuple[float, Scope, RateLimitHeaders] | None:
         """``(seen_at, scope, headers)``: the newest headers seen for ``model`` (and ``key_id``, if given)."""

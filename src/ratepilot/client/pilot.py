@@ -75,7 +75,8 @@ def _make_limiter(store: str, clock: Clock, ceiling: Any, safety_margin: float) 
 class LimitState:
     """The live rate-limit state of one (key, model) scope, per dimension.
 
-    ``server``: what the server's headers last said (``requests``, ``tokens``, ``project_tokens``), refilled at
+    ``server``: what the server last said, in its headers or a header-less 429's words (``requests``, ``tokens``,
+    ``project_tokens``; each family the latest value it was given, dated with the latest response), refilled at
     the reported rate to now — exact for a continuously refilling bucket with no other traffic.
     ``limiter``: the limiter's own view (it also counts reservations in flight), per dimension
     (``rpm``, ``tpm``, ``rpd``, ``tpd``, ``ptpm``); empty before the first response.

@@ -46,7 +46,7 @@ from .types import DIM_INDEX, N_DIMS, Grant
 __all__ = ["DAILY_THRESHOLD", "infer_window", "interpret", "refusal_evidence"]
 
 _REFUSED_DIMENSION = re.compile(r"per (?:min|day) \((RPM|TPM|RPD|TPD)\)")
-_IN_PROJECT = re.compile(r"\bin project \S+ on (?:requests|tokens) per")  # a project's bucket refused it
+_IN_PROJECT = re.compile(r"\bin project .+? on (?:requests|tokens) per")  # a project's bucket refused it
 DAILY_THRESHOLD = 1800.0  # seconds: implied windows above this are daily
 MIN_RESET_FOR_DAILY = 0.05  # below this, millisecond rounding of reset makes the inference unreliable
 

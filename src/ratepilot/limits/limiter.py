@@ -409,7 +409,8 @@ class Limiter:
         ``evidence``: the dimensions (``rpm``, ``tpm``...) in which the refusal proves the server enforces a
         shorter window than the headers describe (they showed room, or were missing); ``None``: every minute
         dimension the grant was charged in; empty: none (the headers explain it). ``slow_down``: the server
-        said traffic grew too fast; the pace is cut to three quarters and recovers over 15 s. Settle the grant first.
+        said traffic grew too fast; the pace is cut by 0.75 to 0.95, deeper the longer ``wait_s``
+        (:func:`ratepilot.limits.core.slow_down_cut`), and recovers by 1/60 per second. Settle the grant first.
         """
         names = None if evidence is None else set(evidence)
         used = tuple(

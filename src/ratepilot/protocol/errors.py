@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .headers import RateLimitHeaders
+    from .headers import DimensionState, RateLimitHeaders
 
 __all__ = [
     "BILLING_CODES",
@@ -211,9 +211,26 @@ _LIMIT_USED_REQUESTED = re.compile(r"Limit (\d+), Used (\d+), Requested (\d+)")
 
 
 _BUCKET_IN_MESSAGE = re.compile(
-    r"(in project \S+ )?on (requests|tokens) per (min|day) \((?:RPM|TPM|RPD|TPD)\): Limit (\d+), Used (\d+), "
+    r"(in project .+? )?on (requests|tokens) per (min|day) \((?:RPM|TPM|RPD|TPD)\): Limit (\d+), Used (\d+), "
     r"Requested \d+"
 )
+
+
+def _bucket_in_message(message: str) -> tuple[bool, str, str, DimensionState] | None:
+    """``(a project's?, "requests" | "tokens", "min" | "day", its state)`` from a rate-limit 429's words."""
+    from .headers import DimensionState
+
+    m = _BUCKET_IN_MESSAGE.search(message)
+    if m is None:
+        return None
+    project = m.group(1) is not None
+    family, per, limit, used = m.group(2), m.group(3), int(m.group(4)), int(m.group(5))
+    if limit <= 0 or (per == "day" and used < 1):  # (a day bucket with nothing in use would read as a minute one)
+        return None
+    window = 60.0 if per == "min" else 86_400.0
+    # A refilling bucket: full again once what is in use has refilled, at limit per window (an over-full one,
+    # Used > Limit after settling, takes longer, as its reset header would say).
+    return project, family, per, DimensionState(limit, max(0, limit - used), used * window / limit)
 
 
 def headers_in_message(message: str) -> RateLimitHeaders:
@@ -225,23 +242,14 @@ def headers_in_message(message: str) -> RateLimitHeaders:
     refusal ("... in project proj_a on tokens per min (TPM): ...") is its ``-project-tokens`` family; a project's
     request or daily limit has no header family (and no dimension in the client's limiter): empty.
     """
-    from .headers import DimensionState, RateLimitHeaders
+    from .headers import RateLimitHeaders
 
-    m = _BUCKET_IN_MESSAGE.search(message)
-    if m is None:
+    found = _bucket_in_message(message)
+    if found is None:
         return RateLimitHeaders(None, None)
-    project = m.group(1) is not None
-    family, per, limit, used = m.group(2), m.group(3), int(m.group(4)), int(m.group(5))
-    if limit <= 0 or (per == "day" and used < 1):  # (a day bucket with nothing in use would read as a minute one)
-        return RateLimitHeaders(None, None)
-    if project and (family, per) != ("tokens", "min"):
-        return RateLimitHeaders(None, None)
-    used = min(used, limit)
-    window = 60.0 if per == "min" else 86_400.0
-    # A refilling bucket: full again once what is in use has refilled, at limit per window.
-    state = DimensionState(limit=limit, remaining=limit - used, reset=used * window / limit)
+    project, family, per, state = found
     if project:
-        return RateLimitHeaders(None, None, project_tokens=state)
+        return RateLimitHeaders(None, None, project_tokens=state if (family, per) == ("tokens", "min") else None)
     return RateLimitHeaders(requests=state, tokens=None) if family == "requests" else RateLimitHeaders(None, state)
 
 
