@@ -274,6 +274,40 @@ def test_a_server_that_never_sends_rate_limit_headers_gets_no_storm(
     assert stats["rate_limited"]["total"] <= 8, stats["rate_limited"]  # the first burst's, not a storm
 
 
+@pytest.mark.parametrize("cap", [None, 1_200])
+def test_max_rpm_paces_to_a_limit_no_header_reports(
+    requests_file: Callable[..., Path], tmp_path: Path, cap: int | None
+) -> None:
+    """The key's project allows 1,200 RPM (enforced per second too), its organization 10,000, and the headers
+    show the organization's: ``ratepilot run --max-rpm 1200`` paces to the project's limit. (Without it, the
+    project's refusals are waited out one by one: the limit they name is not learned yet, docs/limiter.md.)"""
+    from typer.testing import CliRunner
+
+    from ratepilot.cli import app
+    from ratepilot.sim import KeySpec, Limits, SimConfig
+
+    config = SimConfig(
+        rpm=10_000,
+        responder="fixed",
+        quantum_s=1.0,
+        keys={KEY: KeySpec("org-p", "proj_a")},
+        projects={"proj_a": Limits(rpm=1_200)},
+    )
+    req, out = requests_file(80), tmp_path / "out.jsonl"
+    with Simulator(config) as sim:
+        args = ["run", str(req), "-o", str(out), "--base-url", sim.base_url, "--no-cache", "--json"]
+        result = CliRunner().invoke(
+            app, args + ([] if cap is None else ["--max-rpm", str(cap)]), env={"OPENAI_API_KEY": KEY}
+        )
+        refused = sim.stats()["rate_limited"]["project"]
+    assert result.exit_code == 0, result.output
+    assert _ids(out) == Counter({f"req-{i}": 1 for i in range(80)})
+    if cap is None:
+        assert refused > 10  # what the flag is for
+    else:
+        assert refused <= 2
+
+
 def test_nothing_listening_at_the_base_url_stops_at_once_and_names_it(
     requests_file: Callable[..., Path], tmp_path: Path
 ) -> None:

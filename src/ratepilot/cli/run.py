@@ -103,6 +103,16 @@ def run_command(
         min=8,
         help="Safety ceiling on concurrent requests (the limiter sizes the real number).",
     ),
+    max_rpm: int | None = typer.Option(
+        None,
+        "--max-rpm",
+        min=1,
+        help="Never send more than this many requests per minute, whatever the headers allow: for a limit no "
+        "header reports (a project's request limit), or to leave room for others on the key.",
+    ),
+    max_tpm: int | None = typer.Option(
+        None, "--max-tpm", min=1, help="Never send more than this many tokens per minute (as --max-rpm)."
+    ),
     patience: float | None = typer.Option(
         None,
         "--patience",
@@ -160,6 +170,10 @@ def run_command(
         deadline_s=deadline,
         tier=tier,  # type: ignore[arg-type]  # checked above
         max_in_flight=max_in_flight,
+        # A ceiling caps the limits the limiter learns (docs/limiter.md); it is never required.
+        limiter_options={"ceiling": {k: v for k, v in (("rpm", max_rpm), ("tpm", max_tpm)) if v is not None}}
+        if max_rpm is not None or max_tpm is not None
+        else {},
         patience_s=patience,
         request_timeout_s=request_timeout,
     )

@@ -46,6 +46,7 @@ from .types import DIM_INDEX, N_DIMS, Grant
 __all__ = ["DAILY_THRESHOLD", "infer_window", "interpret", "refusal_evidence"]
 
 _REFUSED_DIMENSION = re.compile(r"per (?:min|day) \((RPM|TPM|RPD|TPD)\)")
+_NUMBERS = re.compile(r"Limit (\d+), Used (\d+), Requested (\d+)")
 _IN_PROJECT = re.compile(r"\bin project .+? on (?:requests|tokens) per")  # a project's bucket refused it
 DAILY_THRESHOLD = 1800.0  # seconds: implied windows above this are daily
 MIN_RESET_FOR_DAILY = 0.05  # below this, millisecond rounding of reset makes the inference unreliable
@@ -122,8 +123,9 @@ def refusal_evidence(
     missing, the dimension is returned. ``None``: the refusing dimension is unknown (every minute dimension).
 
     A project's refusal ("... in project proj_a on tokens per min (TPM) ...") is the project's TPM, ``ptpm``,
-    judged against the ``-project-tokens`` headers. A project's request or daily limit has no dimension here:
-    ``()`` (the organization's dimensions must not learn from it; the refusal's wait still blocks the scope).
+    judged against the ``-project-tokens`` headers. A project's per-minute request refusal is judged by its own
+    numbers ("Limit 600, Used 12"): room in the project's minute is evidence in ``rpm`` (the scope's requests
+    are the project's too), a full minute none. A project's daily limits: ``()`` (the wait still blocks).
     """
     m = _REFUSED_DIMENSION.search(message)
     dim = m.group(1).lower() if m else {"requests": "rpm", "tokens": "tpm"}.get(error_type or "")
@@ -131,6 +133,11 @@ def refusal_evidence(
         return None
     parsed = headers if isinstance(headers, RateLimitHeaders) else RateLimitHeaders.parse(headers)
     if _IN_PROJECT.search(message):
+        if dim == "rpm":
+            # No header reports a project's request bucket; its refusal's own numbers say whether its minute was
+            # full (that explains it) or had room (a shorter window, met in the scope's requests: cut the burst).
+            n = _NUMBERS.search(message)
+            return () if n is not None and int(n.group(2)) + int(n.group(3)) > int(n.group(1)) else ("rpm",)
         if dim != "tpm":
             return ()
         dim, state = "ptpm", parsed.project_tokens
