@@ -39,6 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from ..protocol.errors import refused_bucket
 from ..protocol.headers import DimensionState, RateLimitHeaders
 from .core import TOL_START, DimObservation, Observation
 from .types import DIM_INDEX, N_DIMS, Grant
@@ -46,8 +47,6 @@ from .types import DIM_INDEX, N_DIMS, Grant
 __all__ = ["DAILY_THRESHOLD", "infer_window", "interpret", "refusal_evidence"]
 
 _REFUSED_DIMENSION = re.compile(r"per (?:min|day) \((RPM|TPM|RPD|TPD)\)")
-_NUMBERS = re.compile(r"Limit (\d+), Used (\d+), Requested (\d+)")
-_IN_PROJECT = re.compile(r"\bin project .+? on (?:requests|tokens) per")  # a project's bucket refused it
 DAILY_THRESHOLD = 1800.0  # seconds: implied windows above this are daily
 MIN_RESET_FOR_DAILY = 0.05  # below this, millisecond rounding of reset makes the inference unreliable
 
@@ -127,17 +126,20 @@ def refusal_evidence(
     numbers ("Limit 600, Used 12"): room in the project's minute is evidence in ``rpm`` (the scope's requests
     are the project's too), a full minute none. A project's daily limits: ``()`` (the wait still blocks).
     """
-    m = _REFUSED_DIMENSION.search(message)
-    dim = m.group(1).lower() if m else {"requests": "rpm", "tokens": "tpm"}.get(error_type or "")
+    bucket = refused_bucket(message)
+    if bucket is not None:
+        dim: str | None = bucket.kind.name.lower()
+    else:  # a message in another shape may still name its dimension; else the error type does
+        m = _REFUSED_DIMENSION.search(message)
+        dim = m.group(1).lower() if m else {"requests": "rpm", "tokens": "tpm"}.get(error_type or "")
     if dim is None:
         return None
     parsed = headers if isinstance(headers, RateLimitHeaders) else RateLimitHeaders.parse(headers)
-    if _IN_PROJECT.search(message):
+    if bucket is not None and bucket.project:
         if dim == "rpm":
             # No header reports a project's request bucket; its refusal's own numbers say whether its minute was
             # full (that explains it) or had room (a shorter window, met in the scope's requests: cut the burst).
-            n = _NUMBERS.search(message)
-            return () if n is not None and int(n.group(2)) + int(n.group(3)) > int(n.group(1)) else ("rpm",)
+            return () if bucket.used + bucket.requested > bucket.limit else ("rpm",)
         if dim != "tpm":
             return ()
         dim, state = "ptpm", parsed.project_tokens

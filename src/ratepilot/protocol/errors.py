@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from .headers import DimensionState, RateLimitHeaders
@@ -21,6 +21,7 @@ __all__ = [
     "ErrorClass",
     "ErrorInfo",
     "LimitKind",
+    "RefusedBucket",
     "classify",
     "error_body",
     "headers_in_message",
@@ -29,6 +30,7 @@ __all__ = [
     "model_not_found_error",
     "rate_limit_error",
     "redact_key",
+    "refused_bucket",
     "request_too_large_error",
     "server_error",
     "slow_down_error",
@@ -207,30 +209,43 @@ class ErrorInfo:
         return self.error_class in (ErrorClass.RATE_LIMITED, ErrorClass.TRANSIENT, ErrorClass.UNAVAILABLE)
 
 
-_LIMIT_USED_REQUESTED = re.compile(r"Limit (\d+), Used (\d+), Requested (\d+)")
-
-
-_BUCKET_IN_MESSAGE = re.compile(
-    r"(in project .+? )?on (requests|tokens) per (min|day) \((?:RPM|TPM|RPD|TPD)\): Limit (\d+), Used (\d+), "
-    r"Requested \d+"
+_REFUSED_BUCKET = re.compile(
+    r"(in project .+? )?on (?:requests|tokens) per (?:min|day) \((RPM|TPM|RPD|TPD)\): "
+    r"Limit (\d+), Used (\d+), Requested (\d+)"
 )
 
 
-def _bucket_in_message(message: str) -> tuple[bool, str, str, DimensionState] | None:
-    """``(a project's?, "requests" | "tokens", "min" | "day", its state)`` from a rate-limit 429's words."""
-    from .headers import DimensionState
+class RefusedBucket(NamedTuple):
+    """The bucket a rate-limit 429's words name: "... [in project P] on tokens per min (TPM): Limit 10000, Used
+    9524, Requested 497. ..." (``project``: the key's project's bucket, not its organization's)."""
 
-    m = _BUCKET_IN_MESSAGE.search(message)
+    kind: LimitKind
+    project: bool
+    limit: int
+    used: int
+    requested: int
+
+    def state(self) -> DimensionState | None:
+        """As its ``x-ratelimit-*`` headers would show it; ``None`` where the numbers cannot say (no limit, or a
+        day bucket with nothing in use, which would read as a minute one)."""
+        from .headers import DimensionState
+
+        if self.limit <= 0 or (self.kind.window > 60.0 and self.used < 1):
+            return None
+        # A refilling bucket: full again once what is in use has refilled, at limit per window (an over-full one,
+        # Used > Limit after settling, takes longer, as its reset header would say).
+        window = self.kind.window
+        return DimensionState(self.limit, max(0, self.limit - self.used), self.used * window / self.limit)
+
+
+def refused_bucket(message: str) -> RefusedBucket | None:
+    """The bucket a rate-limit 429's message names, with its numbers; ``None`` for a message in another shape."""
+    m = _REFUSED_BUCKET.search(message)
     if m is None:
         return None
-    project = m.group(1) is not None
-    family, per, limit, used = m.group(2), m.group(3), int(m.group(4)), int(m.group(5))
-    if limit <= 0 or (per == "day" and used < 1):  # (a day bucket with nothing in use would read as a minute one)
-        return None
-    window = 60.0 if per == "min" else 86_400.0
-    # A refilling bucket: full again once what is in use has refilled, at limit per window (an over-full one,
-    # Used > Limit after settling, takes longer, as its reset header would say).
-    return project, family, per, DimensionState(limit, max(0, limit - used), used * window / limit)
+    return RefusedBucket(
+        LimitKind[m.group(2)], m.group(1) is not None, int(m.group(3)), int(m.group(4)), int(m.group(5))
+    )
 
 
 def headers_in_message(message: str) -> RateLimitHeaders:
@@ -244,20 +259,22 @@ def headers_in_message(message: str) -> RateLimitHeaders:
     """
     from .headers import RateLimitHeaders
 
-    found = _bucket_in_message(message)
-    if found is None:
+    bucket = refused_bucket(message)
+    state = None if bucket is None else bucket.state()
+    if bucket is None or state is None:
         return RateLimitHeaders(None, None)
-    project, family, per, state = found
-    if project:
-        return RateLimitHeaders(None, None, project_tokens=state if (family, per) == ("tokens", "min") else None)
-    return RateLimitHeaders(requests=state, tokens=None) if family == "requests" else RateLimitHeaders(None, state)
+    if bucket.project:
+        return RateLimitHeaders(None, None, project_tokens=state if bucket.kind is LimitKind.TPM else None)
+    if bucket.kind.error_type == "requests":
+        return RateLimitHeaders(requests=state, tokens=None)
+    return RateLimitHeaders(None, state)
 
 
 def _never_fits(message: str) -> bool:
     """A rate-limit message whose own numbers say the request can never be admitted (a limit of 0 for this
     model, or more requested than the whole limit)."""
-    m = _LIMIT_USED_REQUESTED.search(message)
-    return m is not None and (int(m.group(1)) == 0 or int(m.group(3)) > int(m.group(1)))
+    bucket = refused_bucket(message)
+    return bucket is not None and (bucket.limit == 0 or bucket.requested > bucket.limit)
 
 
 def classify(status: int, body: Any, headers: Mapping[str, str] | None = None) -> ErrorInfo:
