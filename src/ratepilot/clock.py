@@ -314,17 +314,11 @@ class FakeClock:
             return False
         deadline = math.inf if timeout is None else self._now + timeout
         if self.autojump:
-            left = math.inf if timeout is None else timeout  # exactly: a wait within a tick sleeps its timeout
-            while not wakeup.is_set():
-                if left <= 0:
-                    return False
-                if left <= self.wait_tick:  # the last tick: to the deadline, where the wait ends either way
-                    self.sleep(left)
-                    break
-                if self._idle(wakeup):
-                    return True
-                self.sleep(self.wait_tick)
-                left = deadline - self._now
+            for idle, seconds in self._jumps(wakeup, timeout):
+                if idle:
+                    self._idle(wakeup)
+                else:
+                    self.sleep(seconds)
             return wakeup.is_set()
         notify = self._notify
         if wakeup.listen(notify):
@@ -337,11 +331,26 @@ class FakeClock:
             wakeup.unlisten(notify)
         return wakeup.is_set()
 
-    def _idle(self, wakeup: Wakeup) -> bool:
-        """Give other threads up to ``wait_idle`` real seconds to set ``wakeup``; whether they did."""
-        if self.wait_idle <= 0 or _alone():
-            return wakeup.is_set()
-        return _block(wakeup, self.wait_idle)
+    def _jumps(self, wakeup: Wakeup, timeout: float | None) -> Iterator[tuple[bool, float]]:
+        """An autojumping wait as steps, for both drivers: ``(True, 0)`` give other threads or tasks their idle
+        turn, ``(False, s)`` advance the clock by ``s``. Tick by tick, so an event due mid-wait (another thread's
+        advance, a delivery) ends it there, not at the deadline; it ends once ``wakeup`` is set or the time is up."""
+        deadline = math.inf if timeout is None else self._now + timeout
+        left = math.inf if timeout is None else timeout  # exactly: a wait within a tick sleeps its timeout
+        while not wakeup.is_set() and left > 0:
+            if left <= self.wait_tick:  # the last tick: to the deadline, where the wait ends either way
+                yield False, left
+                return
+            yield True, 0.0
+            if wakeup.is_set():
+                return
+            yield False, self.wait_tick
+            left = deadline - self._now
+
+    def _idle(self, wakeup: Wakeup) -> None:
+        """Give other threads up to ``wait_idle`` real seconds to set ``wakeup``."""
+        if self.wait_idle > 0 and not _alone():
+            _block(wakeup, self.wait_idle)
 
     async def wait_async(self, wakeup: Wakeup, timeout: float | None) -> bool:
         if wakeup.is_set():
@@ -350,17 +359,11 @@ class FakeClock:
             return False
         deadline = math.inf if timeout is None else self._now + timeout
         if self.autojump:
-            left = math.inf if timeout is None else timeout  # (as in wait)
-            while not wakeup.is_set():
-                if left <= 0:
-                    return False
-                if left <= self.wait_tick:  # the last tick (see wait)
-                    await self.asleep(left)
-                    break
-                if await self._aidle(wakeup):
-                    return True
-                await self.asleep(self.wait_tick)
-                left = deadline - self._now
+            for idle, seconds in self._jumps(wakeup, timeout):
+                if idle:
+                    await self._aidle(wakeup)
+                else:
+                    await self.asleep(seconds)
             return wakeup.is_set()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         notify = _resolver(fut)
@@ -374,18 +377,17 @@ class FakeClock:
             wakeup.unlisten(notify)
         return wakeup.is_set()
 
-    async def _aidle(self, wakeup: Wakeup) -> bool:
+    async def _aidle(self, wakeup: Wakeup) -> None:
         """:meth:`_idle` for a task: other tasks of its loop run meanwhile (at least one turn each)."""
         if self.wait_idle <= 0 or _alone():
             await asyncio.sleep(0)
-            return wakeup.is_set()
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         notify = _resolver(fut)
         if wakeup.listen(notify):
-            return True
+            return
         try:
             await asyncio.wait({fut}, timeout=self.wait_idle)
         finally:
             wakeup.unlisten(notify)
             fut.cancel()
-        return wakeup.is_set()
