@@ -17,21 +17,6 @@ from ratepilot.clock import Clock, FakeClock, SystemClock, Wakeup, any_of
 REAL_BOUND = 10.0  # real seconds a test waits for another thread before failing (never reached when it works)
 
 
-class AlarmClock(FakeClock):
-    """An autojumping FakeClock that runs ``alarm`` once its time first reaches ``at`` seconds from the start."""
-
-    def __init__(self, at: float, alarm: Callable[[], object]) -> None:
-        super().__init__(start=0.0)
-        self.at = at
-        self.alarm: Callable[[], object] | None = alarm
-
-    def advance(self, seconds: float) -> None:
-        super().advance(seconds)
-        if self.alarm is not None and self.now() >= self.at:
-            alarm, self.alarm = self.alarm, None
-            alarm()
-
-
 def test_a_wakeup_stays_set_until_cleared() -> None:
     w = Wakeup()
     assert not w.is_set()
@@ -62,16 +47,20 @@ def test_an_autojumping_wait_nobody_ends_runs_to_its_deadline_exactly() -> None:
     assert clock.now() == 5.75
 
 
-def test_an_autojumping_wait_ends_on_an_event_due_mid_wait_not_at_the_deadline() -> None:
+def test_an_autojumping_wait_ends_on_an_event_due_mid_wait_not_at_the_deadline(
+    alarm_clock: Callable[[float, Callable[[], object]], FakeClock],
+) -> None:
     w = Wakeup()
-    clock = AlarmClock(10.0, w.set)
+    clock = alarm_clock(10.0, w.set)
     assert clock.wait(w, 3600.0) is True
     assert clock.now() == 10.0
 
 
-async def test_an_autojumping_async_wait_ends_on_an_event_due_mid_wait() -> None:
+async def test_an_autojumping_async_wait_ends_on_an_event_due_mid_wait(
+    alarm_clock: Callable[[float, Callable[[], object]], FakeClock],
+) -> None:
     w = Wakeup()
-    clock = AlarmClock(10.0, w.set)
+    clock = alarm_clock(10.0, w.set)
     assert await clock.wait_async(w, 3600.0) is True
     assert clock.now() == 10.0
     assert await clock.wait_async(Wakeup(), 2.5) is False

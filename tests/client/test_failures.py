@@ -312,19 +312,3 @@ def test_a_project_token_limit_is_learned_from_the_project_headers(
     assert state.server["project_tokens"].limit == 2_000 and state.server["tokens"].limit == 1_000_000
     assert state.limiter["ptpm"].server_limit == 2_000 and state.limiter["tpm"].server_limit == 1_000_000
     assert sim.stats()["rate_limited"]["project"] == sim_429s(sim) <= 2  # paced by the project's limit
-
-
-def test_patience_bounds_the_wait_for_capacity(
-    make_sim: Callable[..., Simulator], clock: FakeClock, api_key: str
-) -> None:
-    """Another client took the minute; the server asks for ~60 s; with patience 5 s the request gives up."""
-    sim = make_sim(rpm=1, tpm=100_000)
-    pilot = Pilot(clock=clock, retry=RetryPolicy(patience=5.0), limiter=Limiter(clock=clock, start_burst=60.0))
-    with (
-        OpenAI(base_url=sim.base_url, api_key=api_key, max_retries=0) as foreign,
-        pilot.wrap(OpenAI(base_url=sim.base_url, api_key=api_key)) as client,
-    ):
-        foreign.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
-        with pytest.raises(RetriesExhausted, match="patience"):
-            client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
-    assert total_requests(sim) == 2  # one refusal, then out of patience: not a second try

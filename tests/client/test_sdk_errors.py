@@ -142,6 +142,7 @@ def test_retries_exhausted_out_of_patience_is_a_rate_limit_error(
     exc = info.value
     assert isinstance(exc, RetriesExhausted) and "patience" in exc.reason
     assert exc.body["code"] == "rate_limit_exceeded" and exc.response.headers.get("retry-after")
+    assert total_requests(sim) == 2  # one refusal, then out of patience: not a second try
     _assert_key_free(exc)
 
 

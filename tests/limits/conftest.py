@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from limits_helpers import REDIS_URL, require_redis
+from redis_server import scratch_prefix
 
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A unique key prefix, deleted afterwards (never FLUSHALL: the server is shared)."""
     require_redis()
-    prefix = f"rptest:{uuid.uuid4().hex}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with scratch_prefix() as prefix:
+        yield prefix
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])

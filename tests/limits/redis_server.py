@@ -12,12 +12,15 @@ the choice).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
+import uuid
+from collections.abc import Iterator
 
 import redis
 
@@ -98,3 +101,20 @@ REDIS_URL, _ERROR = _choose()
 def redis_error() -> str | None:
     """Why no Redis can be had (the Redis tests fail with this), or None."""
     return _ERROR
+
+
+@contextlib.contextmanager
+def scratch_prefix(tag: str = "") -> Iterator[str]:
+    """A key prefix of one test's own on the suite's Redis, its keys deleted afterwards (never FLUSHALL: the
+    server may be shared)."""
+    prefix = f"rptest:{tag}{uuid.uuid4().hex}:"
+    try:
+        yield prefix
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            keys = list(client.scan_iter(match=prefix + "*"))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()

@@ -9,17 +9,15 @@ exported in ``RATEPILOT_TEST_REDIS_URL``, which the Ray workers inherit), each t
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 # The suite's Redis helper lives beside the limiter tests (not a package): the same module, so the same server.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "limits"))
-from redis_server import REDIS_URL, redis_error
+from redis_server import REDIS_URL, redis_error, scratch_prefix
 
 from ratepilot.sim import SimConfig, Simulator
 
@@ -50,15 +48,8 @@ def store() -> Iterator[str]:
     error = redis_error()
     if error:
         pytest.fail(error)  # never skip: see redis_server.py
-    prefix = f"rptest:ray:{uuid.uuid4().hex}:"
-    yield f"{REDIS_URL}?prefix={prefix}"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with scratch_prefix("ray:") as prefix:
+        yield f"{REDIS_URL}?prefix={prefix}"
 
 
 @pytest.fixture

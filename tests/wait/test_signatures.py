@@ -215,29 +215,16 @@ async def test_async_wait_times_out_on_the_injected_clock(secret: str, clock: Fa
         assert clock.now() - start == 120.0
 
 
-class _AlarmClock(FakeClock):
-    """An autojumping FakeClock that runs ``alarm`` once, when its time first reaches ``at``."""
-
-    def __init__(self, at: float, alarm: Callable[[], object]) -> None:
-        super().__init__()
-        self.at = self.now() + at
-        self.alarm: Callable[[], object] | None = alarm
-
-    def advance(self, seconds: float) -> None:
-        super().advance(seconds)
-        if self.alarm is not None and self.now() >= self.at:
-            alarm, self.alarm = self.alarm, None
-            alarm()
-
-
 @pytest.mark.parametrize("driver", ["sync", "async"])
-async def test_an_autojumping_clock_does_not_leap_over_an_event_to_the_deadline(secret: str, driver: str) -> None:
+async def test_an_autojumping_clock_does_not_leap_over_an_event_to_the_deadline(
+    secret: str, driver: str, alarm_clock: Callable[[float, Callable[[], object]], FakeClock]
+) -> None:
     # A webhook lands 10 s (of the injected clock) into a wait with a 1 h deadline: both drivers sleep in
     # slices, so they wake at 10 s on the event instead of jumping to 3600 s and ending on the timeout.
     r = WebhookReceiver(secret)
     body = event_body("batch_late")
     headers = delivery(secret, SystemClock(), body)
-    clock = _AlarmClock(10.0, lambda: r.deliver(headers, body))
+    clock = alarm_clock(10.0, lambda: r.deliver(headers, body))
     with r.subscribe("batch_late") as sub:
         start = clock.now()
         woken = sub.wait(3600.0, clock) if driver == "sync" else await sub.wait_async(3600.0, clock)
