@@ -121,9 +121,19 @@ def test_a_project_refusal_reads_as_the_project_tokens() -> None:
     assert refusal_evidence(message, "tokens", roomy, 500) == ("ptpm",)  # the org's tokens are not the judge
     full = RateLimitHeaders(None, DimensionState(1_000_000, 999_000, 1.0), DimensionState(20_000, 100, 1.0))
     assert refusal_evidence(message, "tokens", full, 500) == ()
-    # A project's request or daily limit has no header family nor dimension: nothing is learned from it.
+    # A project's request or daily limit has no header family nor dimension: a full minute teaches nothing ...
     rpm = rate_limit_error("m", "org-x", LimitKind.RPM, 10, 10, 1, 6.0, project="proj_a")["error"]["message"]
     assert headers_in_message(rpm).empty and refusal_evidence(rpm, "requests", {}, 1) == ()
+    # ... but a project's request refusal with room in its minute is a shorter window, met in the scope's rpm.
+    roomy_rpm = rate_limit_error("m", "org-x", LimitKind.RPM, 1_200, 40, 1, 0.05, project="proj_a")
+    assert refusal_evidence(roomy_rpm["error"]["message"], "requests", {}, 1) == ("rpm",)
+    # A project name with a space is still the project's bucket, never the organization's.
+    spaced = rate_limit_error("m", "org-x", LimitKind.TPM, 20_000, 19_900, 500, 1.2, project="proj b")
+    spaced_seen = headers_in_message(spaced["error"]["message"])
+    assert spaced_seen.tokens is None and spaced_seen.project_tokens is not None
+    # An over-full bucket (Used past the Limit, after settling) keeps the longer reset its header would show.
+    over = rate_limit_error("m", "org-x", LimitKind.TPM, 1_000, 1_500, 100, 30.0)["error"]["message"]
+    assert headers_in_message(over).tokens == DimensionState(1_000, 0, pytest.approx(90.0))
     # The organization's own refusal is unchanged.
     org = rate_limit_error("m", "org-x", LimitKind.TPM, 1_000, 900, 500, 1.0)["error"]["message"]
     assert headers_in_message(org).tokens is not None and refusal_evidence(org, "tokens", {}, 500) == ("tpm",)

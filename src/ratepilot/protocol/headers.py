@@ -135,7 +135,14 @@ class RateLimitHeaders:
         return self.requests is None and self.tokens is None and self.project_tokens is None
 
     def or_else(self, other: RateLimitHeaders) -> RateLimitHeaders:
-        """These headers, with each family they lack taken from ``other``."""
+        """These headers, with each family they lack taken from ``other`` (themselves if that adds nothing: this
+        runs on every response)."""
+        if (
+            (self.requests is not None or other.requests is None)
+            and (self.tokens is not None or other.tokens is None)
+            and (self.project_tokens is not None or other.project_tokens is None)
+        ):
+            return self
         return RateLimitHeaders(
             requests=self.requests or other.requests,
             tokens=self.tokens or other.tokens,
