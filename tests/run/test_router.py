@@ -70,6 +70,25 @@ async def test_without_a_deadline_every_request_goes_to_flex() -> None:
     assert router.counts.saved_usd == pytest.approx(20 * standard / 2)
 
 
+async def test_an_answer_served_by_fast_counts_as_priority_and_costs_double() -> None:
+    """``fast`` is priority's 2026 name: an answer that says so is a priority one, never counted (or saved) as
+    standard."""
+
+    class AnswersFast(Scripted):
+        async def send(self, request: RequestLine) -> Answer:
+            answer = await super().send(request)
+            return Answer(answer.status_code, "", {**answer.body, "service_tier": "fast"}, {})
+
+    clock = FakeClock(autojump=False)
+    inner = AnswersFast(clock)
+    router = TierRouter(inner, tier="priority", remaining=3, clock=clock)
+    await _run(router, 3)
+    assert inner.sent == ["priority"] * 3
+    assert (router.counts.priority, router.counts.standard) == (3, 0)
+    standard = PriceTable().cost("gpt-4o-mini", 100, 10)
+    assert router.counts.saved_usd == pytest.approx(-3 * standard)  # twice the standard price: a cost, not a saving
+
+
 async def test_a_generous_deadline_uses_flex_once_the_pace_is_known_and_a_tight_one_stays_standard() -> None:
     clock = FakeClock(autojump=False)
     inner = Scripted(clock)  # 10 requests/s: 100 requests take 10 s

@@ -33,6 +33,7 @@ from ..limits.learning import refusal_evidence
 from ..limits.types import Cost, CostTooLarge, Grant, Priority, Scope
 from ..protocol.errors import ErrorClass, ErrorInfo, LimitKind, classify, error_body, headers_in_message
 from ..protocol.headers import RateLimitHeaders
+from ..protocol.pricing import answered_tier
 from ..protocol.usage import usage_from_body
 from ..retry import FailureKind, GiveUp, RetryState
 from . import wire
@@ -396,8 +397,7 @@ class Exchange:
             return
         self._settle(grant, usage.total if self.core.settle_to_usage else None)
         # Billed by the tier that served it, as the response says (flex at the Batch price), not the one asked.
-        tier = self.body.get("service_tier") if isinstance(self.body, dict) else None
-        cost = self.core.ledger.record(model, usage, tier=tier if isinstance(tier, str) else None)
+        cost = self.core.ledger.record(model, usage, tier=answered_tier(self.body))
         self._close_budget(cost)
 
     def _grant(self) -> Grant:

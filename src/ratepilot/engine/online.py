@@ -41,7 +41,7 @@ from ..errors import (
     _scrub,
 )
 from ..protocol.headers import RateLimitHeaders
-from ..protocol.pricing import PriceTable
+from ..protocol.pricing import PriceTable, answered_tier
 from ..protocol.usage import Usage, usage_from_body
 from ..requests import RequestLine
 from ..results import ResultWriter, error_result, marker_path, response_result, result_error_code
@@ -293,12 +293,8 @@ class OnlineRunner:
             usage = usage_from_body(body) or _NO_USAGE
             prompt, completion, cached = usage.prompt, usage.completion, usage.cached
             model = request.model
-            tier = body.get("service_tier") if isinstance(body, dict) else None  # billed by the tier that served
-            cost = (
-                self.prices.cost(model, prompt, completion, cached, tier=tier if isinstance(tier, str) else None)
-                if prompt or completion
-                else 0.0
-            )
+            tier = answered_tier(body)  # billed by the tier that served
+            cost = self.prices.cost(model, prompt, completion, cached, tier=tier) if prompt or completion else 0.0
             stats.cost_usd += cost
             stats.prompt_tokens += prompt
             stats.completion_tokens += completion

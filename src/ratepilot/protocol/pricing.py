@@ -17,6 +17,7 @@ __all__ = [
     "TIER_FACTORS",
     "ModelPrice",
     "PriceTable",
+    "answered_tier",
     "served_tier",
 ]
 
@@ -35,6 +36,12 @@ def served_tier(tier: object) -> str:
     if tier == "fast":
         return "priority"
     return str(tier)
+
+
+def answered_tier(body: object) -> str | None:
+    """The tier an answer's body says served it (``None``: it names none), as :func:`served_tier` spells it."""
+    tier = body.get("service_tier") if isinstance(body, Mapping) else None
+    return served_tier(tier) if isinstance(tier, str) else None
 
 
 @dataclass(frozen=True, slots=True)

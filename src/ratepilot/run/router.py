@@ -33,7 +33,7 @@ from ..engine.sender import Answer, Sender
 from ..errors import RetriesExhausted
 from ..protocol.errors import ErrorClass, classify
 from ..protocol.headers import RateLimitHeaders
-from ..protocol.pricing import PriceTable
+from ..protocol.pricing import TIER_FACTORS, PriceTable, answered_tier, served_tier
 from ..protocol.usage import usage_from_body
 from ..requests import RequestLine
 
@@ -254,14 +254,12 @@ class TierRouter:
         self._completed += 1
         answered, self._answered = self._answered, asyncio.Event()
         answered.set()  # the requests waiting for the pace look again
-        served = answer.body.get("service_tier") if isinstance(answer.body, dict) else None
-        served = served if isinstance(served, str) else ("default" if tier == "auto" else tier)
+        # The tier that served it, as the answer says ("fast" is priority), else the one asked for.
+        served = answered_tier(answer.body) or served_tier(tier)
         if usage is not None and served != "default":
             model = str(answer.body.get("model") or "")
             standard = self.prices.cost(model, usage.prompt, usage.completion, usage.cached)
-            self.counts.saved_usd += standard - self.prices.cost(
-                model, usage.prompt, usage.completion, usage.cached, tier=served
-            )
+            self.counts.saved_usd += standard * (1.0 - TIER_FACTORS.get(served, 1.0))
         if served == "flex":
             self.counts.flex += 1
             self._flex_times.append(now - sent_at)
