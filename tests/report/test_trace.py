@@ -68,12 +68,13 @@ def _run(
         pilot.close()
 
 
+@pytest.mark.parametrize("tier", [None, "standard"])  # --tier wraps the sender in the router: same trace
 def test_an_online_run_traces_every_request_with_its_attempts_waits_tokens_cost_and_the_limits(
-    fake_clock_sim: tuple[Simulator, FakeClock], tmp_path: Path
+    fake_clock_sim: tuple[Simulator, FakeClock], tmp_path: Path, tier: str | None
 ) -> None:
     sim, clock = fake_clock_sim
     out = tmp_path / "results.jsonl"
-    summary = _run(sim, clock, _requests(tmp_path / "req.jsonl", 120, bad_every=10), out)
+    summary = _run(sim, clock, _requests(tmp_path / "req.jsonl", 120, bad_every=10), out, tier=tier)
     assert summary.done == 120 and summary.http_errors == 12, summary
 
     raw = trace_path(out).read_bytes()

@@ -133,8 +133,8 @@ class OnlineRunner:
         # None: kept for a job's results file (one with a marker), not for the Batch fallback's scratch files.
         self._trace_option = trace
         self.trace: TraceWriter | None = trace if isinstance(trace, TraceWriter) else None
-        # The Pilot's counters (retries, 429s) for the trace's snapshots: given, or the sender's Pilot.
-        self._usage = usage if usage is not None else _usage_of(sender)
+        # The Pilot's counters (retries, 429s) for the trace's snapshots (None: the trace goes without them).
+        self._usage = usage
         self._limits_model = ""  # the model whose answer stats.limits were parsed from
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
@@ -501,14 +501,6 @@ def _error_code(status: int, body: Any) -> str | None:
     err = body.get("error") if isinstance(body, dict) else None
     code = err.get("code") or err.get("type") if isinstance(err, dict) else None
     return str(code) if code else str(status)
-
-
-def _usage_of(sender: Any) -> Callable[[], Any] | None:
-    """The Pilot's ``usage`` behind an :class:`~.sender.HttpSender` (its client's transport holds the Pilot), so
-    the trace's snapshots can carry the retries and 429s the Pilot counted; None for other senders."""
-    transport = getattr(getattr(sender, "client", None), "_transport", None)
-    usage = getattr(getattr(transport, "pilot", None), "usage", None)
-    return usage if callable(usage) else None
 
 
 def _no_connection(exc: RatePilotError) -> bool:

@@ -397,6 +397,7 @@ async def _run_online(
         window=InFlightWindow(ceiling=max(8, options.max_in_flight)),
         ordered=options.ordered,
         on_durable=(lambda stats: _progress(summary, stats, pilot, len(done), on_progress)) if on_progress else None,
+        usage=pilot.usage if pilot is not None else None,  # the trace's retries and 429s (also behind --tier)
     )
     invalid: list[InvalidLine] | None = _FirstErrors(0) if options.skip_invalid else None  # counted by the scan
     try:
