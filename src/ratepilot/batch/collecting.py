@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import openai
 
@@ -23,9 +22,6 @@ from .machine import (
     unanswered_outcome,
 )
 from .state import JobRecord, ShardRecord, ShardState
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Collecting"]
 

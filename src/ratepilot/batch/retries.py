@@ -7,7 +7,6 @@ import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import orjson
 
@@ -23,9 +22,6 @@ from .online import answer_online
 from .plan import ShardWriter, exact_token_estimate
 from .prepare import _record
 from .state import JobRecord, LineState, ShardRecord
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Retries"]
 

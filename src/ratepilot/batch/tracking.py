@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import openai
 
@@ -31,9 +31,6 @@ from .machine import (
     parse_token_limit,
 )
 from .state import JobRecord, LineState, ShardRecord, ShardState
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Tracking"]
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 from ratepilot.exitcodes import EXIT_CODES_HELP, ExitCode
 
-from ._output import print_json
+from ._output import fail, print_json
 
 __all__ = ["app", "register"]
 
@@ -166,12 +166,12 @@ def _start_receiver(stack: ExitStack, webhooks: _Webhooks) -> Any:
     try:
         receiver = WebhookReceiver(webhooks.secret, on_reject=report_reject)
     except ValueError as exc:  # the message never contains the secret
-        raise _fail(f"--webhook-secret: {exc}", ExitCode.BAD_INPUT) from None
+        raise fail(f"--webhook-secret: {exc}", ExitCode.BAD_INPUT) from None
     server = ReceiverServer(receiver, webhooks.host, webhooks.port)
     try:
         server.start()
     except OSError as exc:
-        raise _fail(
+        raise fail(
             f"cannot listen on {webhooks.host}:{webhooks.port}: {exc.strerror or exc}", ExitCode.CANNOT_LISTEN
         ) from None
     stack.callback(server.stop)
@@ -201,7 +201,7 @@ def _runner(
         raise typer.BadParameter("use 'none' or 'online'", param_hint="--fallback")
     api_key = os.environ.get("OPENAI_API_KEY")
     if not api_key:
-        raise _fail("set OPENAI_API_KEY (any non-empty value for a simulator)", ExitCode.BAD_INPUT)
+        raise fail("set OPENAI_API_KEY (any non-empty value for a simulator)", ExitCode.BAD_INPUT)
     cfg = BatchConfig(poll_interval=poll_interval, **config)
     with ExitStack() as stack:
         raw = stack.enter_context(OpenAI(api_key=api_key, base_url=base_url))
@@ -229,12 +229,6 @@ def _runner(
         yield runner
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    from ._output import fail
-
-    return fail(message, code)  # with --json, also the error object on stdout
-
-
 def _run_guarded(fn: Any) -> Any:
     """Map library errors to the shared exit codes and clear, key-free messages (never a traceback).
 
@@ -251,7 +245,7 @@ def _run_guarded(fn: Any) -> Any:
         if known is None:
             raise
         code, message = known
-        raise _fail(message, code) from None
+        raise fail(message, code) from None
 
 
 def _console() -> Any:

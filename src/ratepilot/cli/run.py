@@ -137,12 +137,13 @@ def run_command(
     from ratepilot.errors import InputError
     from ratepilot.run import ExitCode, RunOptions, run_job
     from ratepilot.run.progress import LiveProgress, summary_table
+    from ratepilot.run.router import TIER_NAMES
 
     from ._output import fail, json_error, print_json
 
     err = Console(stderr=True)
-    if tier is not None and tier not in ("standard", "flex", "priority", "auto"):
-        raise fail(f"--tier must be standard, flex, priority or auto, not {tier!r}", ExitCode.BAD_INPUT)
+    if tier is not None and tier not in TIER_NAMES:
+        raise fail(f"--tier must be {', '.join(TIER_NAMES)}, not {tier!r}", ExitCode.BAD_INPUT)
     mode = mode or ("auto" if tier == "auto" else "online")
     if mode not in ("online", "batch", "auto"):
         raise fail(f"--mode must be online, batch or auto, not {mode!r}", ExitCode.BAD_INPUT)

@@ -41,9 +41,6 @@ ClientT = TypeVar("ClientT")
 
 ANONYMOUS_KEY_ID = "anonymous"
 
-"""How many finished run / batch / response ids the pilot remembers, so a poll does not record their usage
-twice. Polls of one object come close together; the oldest ids are forgotten first."""
-
 
 def _api_key(headers: Mapping[str, str]) -> str | None:
     auth = headers.get("authorization") or ""

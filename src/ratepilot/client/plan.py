@@ -32,11 +32,12 @@ __all__ = [
 ]
 
 PRIORITY_HEADER = "x-ratepilot-priority"
+"""Per-request priority (``low``/``normal``/``high``); stripped by the transport before sending."""
+
 RETRY_HEADER = "x-ratepilot-retry"
 """``x-ratepilot-retry: never``: send this request at most once whatever the fault (a 500, a timeout, a dropped
 connection): for calls that create something, where the caller finds out what happened rather than risk
 creating it twice. Rate-limit refusals are still waited out (a 429 means the server did nothing). Stripped."""
-"""Per-request priority (``low``/``normal``/``high``); stripped by the transport before sending."""
 
 REQUESTS_SCOPE = "requests"
 """The limiter scope (the "model" half of ``Scope(key_id, model)``) for calls that name no model: polls,

@@ -196,16 +196,13 @@ def sdk_body(parsed: object, raw: bytes | None) -> object:
     return (raw or b"").decode("utf-8", "replace").strip()
 
 
-def sdk_response(
-    lib: Any, request: Any, status: int, headers: Any, raw: bytes, *, extensions: Any = None, local: bool = False
-) -> Any:
+def sdk_response(lib: Any, request: Any, status: int, headers: Any, raw: bytes, *, local: bool = False) -> Any:
     """A read response (as the SDK's exceptions hold one) for a key-free copy of ``request``."""
     response = lib.Response(
         status,
         headers=headers,
         content=raw,
         request=key_free_request(lib, request),
-        extensions=extensions or {},
     )
     if local:
         response.headers[LOCAL_HEADER] = "true"

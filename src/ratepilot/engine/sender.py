@@ -50,6 +50,7 @@ class Answer:
 
 DEFAULT_TIMEOUT_S = 600.0
 FLEX_TIMEOUT_S = 900.0
+_FLEX_TIMEOUT = httpx2.Timeout(FLEX_TIMEOUT_S, connect=10.0)  # built once: every flex request uses it
 
 
 class Sender(Protocol):
@@ -163,7 +164,7 @@ class HttpSender:
         """The request's timeout: the one given, else 600 s — 900 s for a flex request (OpenAI: flex answers may
         take many minutes, raise the client timeout to 15 min)."""
         if self._timeout_s is None and request.body.get("service_tier") == "flex":
-            return httpx2.Timeout(FLEX_TIMEOUT_S, connect=10.0)
+            return _FLEX_TIMEOUT
         return httpx2.USE_CLIENT_DEFAULT
 
     async def send(self, request: RequestLine) -> Answer:
