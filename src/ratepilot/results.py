@@ -91,13 +91,16 @@ def error_result(custom_id: str, code: str, message: str, *, id: str | None = No
 
 def result_error_code(line: Mapping[str, Any]) -> str:
     """How a summary names an error result: ``"404 model_not_found"`` (HTTP status and the body's code) for an
-    HTTP error, the ``error.code`` (``"batch_expired"``) for a request that got no HTTP answer."""
+    HTTP error, ``"200 not JSON"`` for a 2xx answer whose body is not JSON, the ``error.code``
+    (``"batch_expired"``) for a request that got no HTTP answer."""
     response = line.get("response")
     if isinstance(response, Mapping):
         status = response.get("status_code")
         body = response.get("body")
         err = body.get("error") if isinstance(body, Mapping) else None
         code = err.get("code") if isinstance(err, Mapping) else None
+        if isinstance(status, int) and 200 <= status < 300:
+            code = "not JSON"  # (a 2xx is an error result only when its body could not be read)
         return f"{status} {code}" if isinstance(code, str) and code else str(status)
     error = line.get("error")
     code = error.get("code") if isinstance(error, Mapping) else None

@@ -24,7 +24,7 @@ from ..errors import _scrub
 from ..joblock import lock_path
 from ..protocol.pricing import PriceTable
 from ..protocol.usage import usage_from_body
-from ..results import read_marker
+from ..results import read_marker, read_results, result_error_code
 from ..trace import LimitSnapshot, RequestRecord, Segment, SegmentEnd, read_trace, trace_path
 
 __all__ = ["FailureGroup", "JobView", "Series", "Sustained", "load_job", "percentiles"]
@@ -266,8 +266,8 @@ def _count_lines(path: Path) -> int | None:
 
 
 def _failure(line: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(code, message) of an error result; None for a success. Codes read ``"404 model_not_found"`` for an HTTP
-    error (status and the body's code) and the ``error.code`` for a result without an HTTP answer."""
+    """(code, message) of an error result (the code as every summary names it: results.result_error_code); None
+    for a success."""
     response = line.get("response")
     if isinstance(response, Mapping):
         status = response.get("status_code")
@@ -275,56 +275,42 @@ def _failure(line: Mapping[str, Any]) -> tuple[str, str] | None:
         if isinstance(status, int) and 200 <= status < 300 and isinstance(body, dict | list):
             return None
         err = body.get("error") if isinstance(body, Mapping) else None
-        code = err.get("code") if isinstance(err, Mapping) else None
         message = err.get("message") if isinstance(err, Mapping) else (body if isinstance(body, str) else "")
-        if isinstance(status, int) and 200 <= status < 300:
-            code = "not JSON"
-        return (f"{status} {code}" if code else str(status)), str(message or "")
-    error = line.get("error")
-    if isinstance(error, Mapping):
-        return str(error.get("code") or "unknown"), str(error.get("message") or "")
-    return "unknown", ""
+    else:
+        error = line.get("error")
+        message = error.get("message") if isinstance(error, Mapping) else ""
+    return result_error_code(line), str(message or "")
 
 
 def _read_results(view: JobView, prices: PriceTable, batch: bool) -> None:
-    try:
-        fh = open(view.results, "rb", buffering=1 << 20)  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        return
-    with fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                break  # a torn tail: not a result yet
-            if not raw.strip():
-                continue
-            line = orjson.loads(raw)
-            view.done += 1
-            failure = _failure(line)
-            if failure is None:
-                view.succeeded += 1
+    for line in read_results(view.results):
+        view.done += 1
+        failure = _failure(line)
+        if failure is None:
+            view.succeeded += 1
+        else:
+            if line.get("response") is not None:
+                view.http_errors += 1
             else:
-                if line.get("response") is not None:
-                    view.http_errors += 1
-                else:
-                    view.error_lines += 1
-                code, message = failure
-                group = view.failures.setdefault(code, FailureGroup(code))
-                group.count += 1
-                if len(group.examples) < MAX_EXAMPLES:
-                    # A server's message may quote part of a key: never shown whole.
-                    group.examples.append((str(line.get("custom_id", "")), _scrub(message)[:300]))
-            response = line.get("response")
-            body = response.get("body") if isinstance(response, Mapping) else None
-            usage = usage_from_body(body)
-            if usage is None or not isinstance(body, Mapping):
-                continue
-            model = str(body.get("model") or "")
-            view.prompt_tokens += usage.prompt
-            view.completion_tokens += usage.completion
-            p, c = view.tokens_by_model.get(model, (0, 0))
-            view.tokens_by_model[model] = (p + usage.prompt, c + usage.completion)
-            cost = prices.cost(model, usage.prompt, usage.completion, usage.cached, batch=batch)
-            view.cost_by_model[model] = view.cost_by_model.get(model, 0.0) + cost
+                view.error_lines += 1
+            code, message = failure
+            group = view.failures.setdefault(code, FailureGroup(code))
+            group.count += 1
+            if len(group.examples) < MAX_EXAMPLES:
+                # A server's message may quote part of a key: never shown whole.
+                group.examples.append((str(line.get("custom_id", "")), _scrub(message)[:300]))
+        response = line.get("response")
+        body = response.get("body") if isinstance(response, Mapping) else None
+        usage = usage_from_body(body)
+        if usage is None or not isinstance(body, Mapping):
+            continue
+        model = str(body.get("model") or "")
+        view.prompt_tokens += usage.prompt
+        view.completion_tokens += usage.completion
+        p, c = view.tokens_by_model.get(model, (0, 0))
+        view.tokens_by_model[model] = (p + usage.prompt, c + usage.completion)
+        cost = prices.cost(model, usage.prompt, usage.completion, usage.cached, batch=batch)
+        view.cost_by_model[model] = view.cost_by_model.get(model, 0.0) + cost
 
 
 def _read_trace(view: JobView) -> None:
