@@ -40,6 +40,8 @@ from typing import Any
 import orjson
 
 from .errors import RatePilotError
+from .protocol.pricing import PriceTable
+from .protocol.usage import usage_from_body
 
 __all__ = [
     "MARKER_SUFFIX",
@@ -331,6 +333,18 @@ def read_results(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 return  # torn tail
             if raw.strip():
                 yield orjson.loads(raw)
+
+
+def spent_on(path: str | os.PathLike[str], prices: PriceTable) -> float:
+    """What the answers already in a results file cost, priced at the synchronous standard rate: an upper bound
+    for those served at half price (Batch API, flex), so a resumed job's budget errs on the safe side."""
+    total = 0.0
+    for line in read_results(path):
+        body = (line.get("response") or {}).get("body")
+        usage = usage_from_body(body)
+        if usage is not None and isinstance(body, dict):
+            total += prices.cost(str(body.get("model") or ""), usage.prompt, usage.completion, usage.cached)
+    return total
 
 
 def finished_ids(path: str | os.PathLike[str]) -> set[str]:

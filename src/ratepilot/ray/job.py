@@ -36,9 +36,9 @@ from ..results import (
     finished_ids,
     job_id_for_file,
     open_results,
-    read_results,
     response_result,
     result_error_code,
+    spent_on,
 )
 from .settings import PilotSettings, RunControl
 from .udf import FINAL_ERRORS, RESULT_COLUMNS, PilotUDF
@@ -237,7 +237,7 @@ def run_dataset(
                 assert given is not None
                 ds = _without(given, done) if done else given
             prices = PriceTable()
-            spent = _spent_on(out_path, prices) if settings.budget_usd is not None and done else 0.0
+            spent = spent_on(out_path, prices) if settings.budget_usd is not None and done else 0.0
             run = replace(settings, job=uuid.uuid4().hex, budget_spent_usd=spent)
             sizing: dict[str, Any] = {
                 "batch_size": batch_size,
@@ -363,14 +363,3 @@ def _without(ds: ray.data.Dataset, done: set[str]) -> ray.data.Dataset:
         return table.filter(pc.invert(pc.is_in(table["custom_id"], value_set=finished)))
 
     return ds.map_batches(keep, batch_format="pyarrow", batch_size=None)
-
-
-def _spent_on(results: Path, prices: PriceTable) -> float:
-    """What the answers already in a results file cost (as ``ratepilot run`` counts a resumed job's budget)."""
-    total = 0.0
-    for line in read_results(results):
-        body = (line.get("response") or {}).get("body")
-        usage = usage_from_body(body)
-        if usage is not None and isinstance(body, dict):
-            total += prices.cost(str(body.get("model") or ""), usage.prompt, usage.completion, usage.cached)
-    return total

@@ -41,7 +41,7 @@ from ..protocol.pricing import PriceTable
 from ..protocol.tokens import admission_cost, max_output_tokens
 from ..protocol.usage import usage_from_body
 from ..requests import InvalidLine, RequestLine, RequestsFileError, read_requests
-from ..results import finished_ids, job_id_for_file, open_results, read_results, result_error_code
+from ..results import finished_ids, job_id_for_file, open_results, read_results, result_error_code, spent_on
 from .mode import BATCH_WINDOW_S, ModeChoice, ModeName, choose_mode
 from .router import DEFAULT_FLEX_ANSWER_S, TierName, TierRouter, flex_patience
 
@@ -211,19 +211,6 @@ def _cache(options: RunOptions) -> ResponseCache | None:
     return ResponseCache(options.cache_path, policy=options.cache_policy)
 
 
-def _spent_on(results: Path, prices: PriceTable) -> float:
-    """What the answers already in a results file cost, priced at the synchronous rate (an upper bound for the
-    ones that ran through the Batch API at half price: a budget errs on the safe side)."""
-    total = 0.0
-    for line in read_results(results):
-        response = line.get("response") or {}
-        body = response.get("body")
-        usage = usage_from_body(body)
-        if usage is not None and isinstance(body, dict):
-            total += prices.cost(str(body.get("model") or ""), usage.prompt, usage.completion, usage.cached)
-    return total
-
-
 def _check_store(uri: str) -> None:
     """A limiter store URI that names no store is bad input (exit 2), found before anything is touched."""
     from ..limits.stores import check_store_uri
@@ -362,7 +349,7 @@ async def _run_online(
             unavailable = 0.0 if options.tier == "auto" else flex_patience(options.deadline_s)  # auto: the router's
             retry = RetryPolicy(patience=options.patience_s, unavailable_patience=unavailable)
             # The budget belongs to the job: what its earlier runs spent (the results already on disk) counts.
-            prior = _spent_on(options.output, prices) if options.budget_usd is not None and done else 0.0
+            prior = spent_on(options.output, prices) if options.budget_usd is not None and done else 0.0
             pilot = own_pilot = Pilot(
                 budget_usd=options.budget_usd,
                 prices=prices,
