@@ -45,6 +45,7 @@ __all__ = [
     "InvalidLine",
     "RequestLine",
     "RequestsFileError",
+    "body_problem",
     "infer_url",
     "parse_line",
     "read_requests",
@@ -365,6 +366,16 @@ def _unsendable(raw: bytes | str, obj: Any) -> str | None:
         elif isinstance(value, list):
             level.extend((v, d + 1) for v in value)
     return None
+
+
+def body_problem(url: str, body: dict[str, Any]) -> str | None:
+    """Why a request body that did not come from a JSONL line (a Ray Dataset row) could not be sent — the checks
+    every line of a requests file gets, worded the same, the field named — or ``None``."""
+    try:
+        _check_body(url, body, "body.")
+    except _Invalid as exc:
+        return f"{exc.field}: {exc.message}" if exc.field else exc.message
+    return _unsendable(orjson.dumps(body), body)
 
 
 def parse_line(raw: bytes | str, line_no: int) -> RequestLine | InvalidLine | None:

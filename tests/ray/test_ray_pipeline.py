@@ -52,6 +52,12 @@ def test_rows_become_batch_shaped_results_and_failures_never_raise(
         {"custom_id": "too-large", "body": json.dumps(chat("word " * 2_500)), "doc": 101},
         {"custom_id": "not-json", "body": "{nope", "doc": 102},
         {"custom_id": "bad-url", "body": json.dumps(chat("x")), "url": "/v1/images/generations", "doc": 103},
+        # Refused as `ratepilot run` refuses such a JSONL line: more than 2,048 inputs in one request.
+        {
+            "custom_id": "many-inputs",
+            "body": json.dumps({"model": "text-embedding-3-small", "input": ["x"] * 2_049}),
+            "doc": 104,
+        },
     ]
     for row in rows:
         row.setdefault("url", None)  # one Arrow schema for every row
@@ -70,6 +76,7 @@ def test_rows_become_batch_shaped_results_and_failures_never_raise(
     missing = out["missing-model"]
     assert missing["status_code"] == 404 and json.loads(missing["body"])["error"]["code"] == "model_not_found"
     failed = {"too-large": "request_too_large", "not-json": "invalid_request", "bad-url": "invalid_request"}
+    failed["many-inputs"] = "invalid_request"
     for cid, code in failed.items():
         assert out[cid]["status_code"] is None and json.loads(out[cid]["error"])["code"] == code, out[cid]
     assert KEY not in repr(out) and KEY not in repr(settings)

@@ -35,7 +35,7 @@ from ..errors import (
     StoreUnavailable,
     _scrub,
 )
-from ..requests import SUPPORTED_URLS, infer_url
+from ..requests import SUPPORTED_URLS, body_problem, infer_url
 from .settings import PilotSettings, RunControl
 
 __all__ = ["FINAL_ERRORS", "REQUEST_COLUMNS", "RESULT_COLUMNS", "RESULT_SCHEMA", "PilotUDF"]
@@ -109,6 +109,9 @@ def _request_of(row: Mapping[str, Any], index: int) -> tuple[str, str, dict[str,
         return _error(
             custom_id, "invalid_request", f"unsupported url {url!r}: one of {', '.join(sorted(SUPPORTED_URLS))}"
         )
+    problem = body_problem(url, body)  # what `ratepilot run` refuses in a JSONL line, refused here too
+    if problem is not None:
+        return _error(custom_id, "invalid_request", problem)
     return custom_id, url, body
 
 
