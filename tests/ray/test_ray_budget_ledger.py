@@ -7,8 +7,9 @@ import socket
 import pytest
 
 from ratepilot.client.budget import BudgetAlert
-from ratepilot.client.shared_budget import SharedBudget, redis_url_and_prefix
+from ratepilot.client.shared_budget import SharedBudget
 from ratepilot.errors import BudgetExceeded, StoreUnavailable
+from ratepilot.limits.stores import redis_url_and_prefix
 
 
 def test_two_processes_share_one_cap(store: str) -> None:

@@ -18,22 +18,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BudgetExceeded, StoreUnavailable
+from ..limits.stores import redis_url_and_prefix
+from ..limits.stores.redis import SOCKET_TIMEOUT_S, safe_url
 from .budget import ALERT_THRESHOLDS, Budget, BudgetAlert, Reservation
 
-__all__ = ["BUDGET_TTL_MS", "SharedBudget", "redis_url_and_prefix"]
+__all__ = ["BUDGET_TTL_MS", "SharedBudget"]
 
 log = logging.getLogger("ratepilot.budget")
 
 BUDGET_TTL_MS = 7 * 86_400 * 1000  # a job's ledger outlives a weekend of reruns, then goes
-SOCKET_TIMEOUT_S = 5.0  # as the limiter's Redis store: a store that does not answer in 5 s is unusable
-DEFAULT_PREFIX = "ratepilot:lim:"  # the limiter store's default, so one ?prefix= names everything of a job
 
 # Floats go back as strings: Redis truncates a Lua number in a reply to an integer.
 _RESERVE = """
@@ -62,22 +61,6 @@ return {spent, tostring(reserved)}
 """
 
 
-def redis_url_and_prefix(uri: str) -> tuple[str, str]:
-    """``redis://host:port/db?prefix=p:&socket_timeout=2`` -> (the URL redis-py opens, the key prefix).
-
-    The same split as the limiter's Redis store (:func:`ratepilot.limits.stores.open_store`), so a budget and
-    the limits of one job live under one prefix.
-    """
-    parts = urlsplit(uri)
-    if parts.scheme.lower() not in ("redis", "rediss", "unix"):
-        raise ValueError(f"a shared budget needs a Redis URL (redis://host:port/db), got {parts.scheme}://...")
-    query = parse_qs(parts.query)
-    prefix = query.pop("prefix", [DEFAULT_PREFIX])[0]
-    rest = "&".join(f"{k}={v[0]}" for k, v in query.items())
-    # Rebuilt by hand, as the store does: urlsplit().geturl() turns unix:///path into unix:/path.
-    return uri.split("?", 1)[0] + (f"?{rest}" if rest else ""), prefix
-
-
 class SharedBudget(Budget):
     """A :class:`Budget` whose ledger lives in Redis under ``<prefix>budget:<job>``.
 
@@ -103,7 +86,7 @@ class SharedBudget(Budget):
         self._client: Any = redis.Redis.from_url(
             redis_url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S
         )
-        self._safe_url = _safe(redis_url)
+        self._safe_url = safe_url(redis_url)
         self._reserve_script = self._client.register_script(_RESERVE)
         self._commit_script = self._client.register_script(_COMMIT)
         self._call(lambda: self._client.hsetnx(self.key, "spent", repr(self._initial)))
@@ -183,12 +166,3 @@ class SharedBudget(Budget):
             return fn()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(f"the shared budget in {self._safe_url} cannot be used: {exc}") from exc
-
-
-def _safe(url: str) -> str:
-    """The URL without its password (for messages)."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url

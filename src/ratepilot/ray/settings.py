@@ -18,8 +18,8 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..client.shared_budget import redis_url_and_prefix
 from ..errors import StoreUnavailable
+from ..limits.stores import redis_url_and_prefix
 
 __all__ = ["STOP_REASONS", "PilotSettings", "RunControl"]
 

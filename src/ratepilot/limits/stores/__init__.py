@@ -13,7 +13,32 @@ from ...clock import Clock, SystemClock
 from .base import Store, decode_state, encode_state
 from .memory import MemoryStore
 
-__all__ = ["MemoryStore", "Store", "check_store_uri", "decode_state", "encode_state", "open_store"]
+__all__ = [
+    "DEFAULT_REDIS_PREFIX",
+    "MemoryStore",
+    "Store",
+    "check_store_uri",
+    "decode_state",
+    "encode_state",
+    "open_store",
+    "redis_url_and_prefix",
+]
+
+DEFAULT_REDIS_PREFIX = "ratepilot:lim:"
+
+
+def redis_url_and_prefix(uri: str) -> tuple[str, str]:
+    """``redis://host:port/db?prefix=p:&socket_timeout=2`` -> (the URL redis-py opens, the key prefix): the
+    limiter's Redis store and the shared budget (so a job's limits and budget live under one prefix)."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("redis", "rediss", "unix"):
+        raise ValueError(f"a Redis URL (redis://host:port/db) is needed here, got {parts.scheme}://...")
+    query = parse_qs(parts.query)
+    prefix = query.pop("prefix", [DEFAULT_REDIS_PREFIX])[0]
+    rest = "&".join(f"{k}={v[0]}" for k, v in query.items())
+    # Rebuilt by hand: urlsplit().geturl() turns unix:///path into unix:/path, which redis-py rejects.
+    return uri.split("?", 1)[0] + (f"?{rest}" if rest else ""), prefix
+
 
 _SCHEMES = ("memory", "sqlite", "redis", "rediss", "unix")
 
@@ -48,10 +73,6 @@ def open_store(uri: str = "memory://", clock: Clock | None = None) -> Store:
     if scheme in ("redis", "rediss", "unix"):
         from .redis import RedisStore
 
-        query = parse_qs(parts.query)
-        prefix = query.pop("prefix", ["ratepilot:lim:"])[0]
-        rest = "&".join(f"{k}={v[0]}" for k, v in query.items())
-        # Rebuilt by hand: urlsplit().geturl() turns unix:///path into unix:/path, which redis-py rejects.
-        url = uri.split("?", 1)[0] + (f"?{rest}" if rest else "")
+        url, prefix = redis_url_and_prefix(uri)
         return RedisStore(url, clock, prefix=prefix)
     raise AssertionError(f"store scheme {scheme!r} not handled")  # check_store_uri above knows no other

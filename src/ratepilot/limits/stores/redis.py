@@ -39,7 +39,7 @@ from ..core import Observation, Refusal, Reserved, ReserveParams, ScopeState, Wa
 from ..types import N_DIMS
 from .base import decode_state
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "safe_url"]
 
 log = logging.getLogger("ratepilot")
 
@@ -49,7 +49,7 @@ SOCKET_TIMEOUT_S = 5.0  # a Redis round trip that takes longer means the store i
 FLUSH_AFTER_S = 0.001  # a deferred settle waits at most this long for a call to ride along with
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without its password (for messages)."""
     parts = urlsplit(url)
     if parts.password:
@@ -236,7 +236,7 @@ class RedisStore:
             with self._carrying_deferred() as taken:
                 return self._run([*taken, self._command(name, key, packed)])
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(f"the limiter store {_safe_url(self.uri)} cannot be used: {exc}") from exc
+            raise StoreUnavailable(f"the limiter store {safe_url(self.uri)} cannot be used: {exc}") from exc
 
     # -- deferred settles ------------------------------------------------------------------------------------------
     #
