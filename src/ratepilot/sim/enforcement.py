@@ -194,7 +194,7 @@ class PoolBuckets:
             slow = self._ramp_refusal(requests, tokens, now)
             if slow is not None:
                 if count_refused and requests:
-                    self._charge_refused(requests, now, project)
+                    self.charge_requests(requests, now, project=project)
                     # Charged, it may also have to wait for the buckets (rarely longer than the window).
                     wait = max(slow.wait, self._longest_wait(requests, tokens, now, project)[0])
                     slow = Refusal(slow.kind, slow.limit, slow.used, slow.requested, wait, slow_down=True)
@@ -207,7 +207,7 @@ class PoolBuckets:
                 self._ramp_cur_tok += tokens
             return None
         if count_refused and requests:
-            self._charge_refused(requests, now, project)
+            self.charge_requests(requests, now, project=project)
         # After charging the refused request, the wait is how long until this request would fit everywhere.
         wait, check, in_project_bucket = self._longest_wait(requests, tokens, now, project)
         kind, _, named, _, is_tokens = check
@@ -232,13 +232,6 @@ class PoolBuckets:
             refused = refused or not allowed
             decisions.append((bucket, tat))
         return refused
-
-    def _charge_refused(self, requests: int, now: float, project: PoolBuckets | None) -> None:
-        for bucket in self._request_buckets:
-            bucket.force(requests, now)
-        if project is not None:
-            for bucket in project._request_buckets:
-                bucket.force(requests, now)
 
     def _longest_wait(
         self, requests: int, tokens: int, now: float, project: PoolBuckets | None
@@ -291,16 +284,22 @@ class PoolBuckets:
         limit = int(self.buckets[kind].rate.limit)
         return Refusal(kind, limit, round(used), cost, max(wait, _EPS), slow_down=True)
 
-    def settle(self, token_delta: int, now: float) -> None:
-        """Correct the token buckets by ``actual - charged`` (may refund, may push past the limit)."""
+    def settle(self, token_delta: int, now: float, *, project: PoolBuckets | None = None) -> None:
+        """Correct the token buckets (and ``project``'s) by ``actual - charged`` (may refund, may push past the
+        limit)."""
         if token_delta:
             for bucket in self._token_buckets:
                 bucket.force(token_delta, now)
+            if project is not None:
+                project.settle(token_delta, now)
 
-    def charge_requests(self, requests: int, now: float) -> None:
-        """Count requests unconditionally (requests that are answered without admission, e.g. errors)."""
+    def charge_requests(self, requests: int, now: float, *, project: PoolBuckets | None = None) -> None:
+        """Count requests unconditionally in these request buckets and ``project``'s (requests answered without
+        admission, e.g. errors)."""
         for bucket in self._request_buckets:
             bucket.force(requests, now)
+        if project is not None:
+            project.charge_requests(requests, now)
 
     def headers(self, now: float, project: PoolBuckets | None = None) -> RateLimitHeaders:
         """The ``x-ratelimit-*`` values; ``project``'s TPM bucket, if it has one, as the ``-project-tokens``."""

@@ -378,10 +378,7 @@ class SimState:
             model = None
         with self.lock:
             buckets, project = self._buckets(org, model)
-            now = self.clock.now()
-            buckets.charge_requests(1, now)
-            if project is not None:
-                project.charge_requests(1, now)
+            buckets.charge_requests(1, self.clock.now(), project=project)
 
     def settle(self, org: str, model: str, charged_tokens: int, actual_tokens: int) -> None:
         """Correct the token buckets from the admission charge to the actual usage (see the README).
@@ -393,10 +390,7 @@ class SimState:
         if self.config.settle_actual_tokens and actual_tokens != charged_tokens:
             with self.lock:
                 buckets, project = self._buckets(org, model)
-                now = self.clock.now()
-                buckets.settle(actual_tokens - charged_tokens, now)
-                if project is not None:
-                    project.settle(actual_tokens - charged_tokens, now)
+                buckets.settle(actual_tokens - charged_tokens, self.clock.now(), project=project)
 
     # -- content, usage and billing -----------------------------------------------------------------------
 
