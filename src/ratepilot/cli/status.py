@@ -52,7 +52,7 @@ def _exit_code(data: dict[str, Any]) -> int:
 def _table(data: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    from ratepilot.report.summary import duration, money
+    from ratepilot.figures import by_code, duration, money
 
     table = Table(title=f"ratepilot status: {data['results']}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -72,7 +72,7 @@ def _table(data: dict[str, Any]) -> Any:
     )
     failures = data["failures_by_code"]
     if failures:
-        table.add_row("failures", ", ".join(f"{n:,} x {code}" for code, n in failures.items()))
+        table.add_row("failures", by_code(failures))
     table.add_row("cost so far", money(data["cost_usd"]))
     rate = data["rate"]
     limits = data["limits"]

@@ -6,27 +6,15 @@ from datetime import datetime
 
 from rich.table import Table
 
+from ..figures import by_code, duration, money
 from .data import JobView, percentiles
 
-__all__ = ["by_code", "duration", "money", "state", "state_code", "summary_rows", "summary_table"]
+__all__ = ["by_code_of", "state", "state_code", "summary_rows", "summary_table"]
 
 
-def money(usd: float) -> str:
-    return f"${usd:,.6f}" if usd < 0.01 else f"${usd:,.4f}" if usd < 10 else f"${usd:,.2f}"
-
-
-def duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def by_code(view: JobView, limit: int = 5) -> str:
+def by_code_of(view: JobView, limit: int = 5) -> str:
     """ "3 x 404 model_not_found, 1 x request_too_large": the most frequent first."""
-    groups = sorted(view.failures.values(), key=lambda g: -g.count)
-    text = ", ".join(f"{g.count:,} x {g.code}" for g in groups[:limit])
-    return text + (f", and {len(groups) - limit} more codes" if len(groups) > limit else "")
+    return by_code({g.code: g.count for g in view.failures.values()}, limit)
 
 
 def state_code(view: JobView) -> str:
@@ -68,7 +56,7 @@ def summary_rows(view: JobView) -> list[tuple[str, str]]:
         ("answers", f"{view.succeeded:,} ok, {view.http_errors:,} HTTP errors, {view.error_lines:,} without an answer")
     )
     if view.failures:
-        rows.append(("failures", by_code(view)))
+        rows.append(("failures", by_code_of(view)))
     if view.segments:
         modes = ", ".join(view.modes)
         rows.append(("runs", f"{len(view.segments)} ({modes})"))

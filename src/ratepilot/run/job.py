@@ -36,6 +36,7 @@ from ..engine.sender import HttpSender, Sender
 from ..engine.window import InFlightWindow
 from ..errors import InputError
 from ..exitcodes import ExitCode
+from ..figures import by_code
 from ..joblock import job_lock, lock_path
 from ..protocol.pricing import PriceTable
 from ..protocol.tokens import admission_cost, max_output_tokens
@@ -486,13 +487,8 @@ def _fill_online(summary: RunSummary, stats: OnlineStats, pilot: Any, already: i
         # Every request has its result, but some results are HTTP errors: recorded (as the Batch API does), and
         # said in the exit code, so that a script does not take a job of 404s for a success.
         summary.exit_code = ExitCode.HTTP_ERRORS
-        by_code = _by_code(stats.errors_by_code)
-        summary.message = f"{stats.http_errors:,} result(s) are HTTP errors ({by_code}): see their response.body."
-
-
-def _by_code(counts: dict[str, int]) -> str:
-    """ "3 x 404 model_not_found, 1 x batch_expired": most frequent first."""
-    return ", ".join(f"{n:,} x {code}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        codes = by_code(stats.errors_by_code)
+        summary.message = f"{stats.http_errors:,} result(s) are HTTP errors ({codes}): see their response.body."
 
 
 def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: str, summary: RunSummary) -> None:
@@ -570,7 +566,7 @@ def _run_batch(options: RunOptions, choice: ModeChoice, done: set[str], job_id: 
                     # As online: every request has its result, but some are errors; said in the exit code.
                     summary.exit_code = ExitCode.HTTP_ERRORS
                     summary.message = f"{summary.http_errors + summary.error_lines:,} result(s) are errors " + (
-                        f"({_by_code(summary.errors_by_code)}): see their response.body or error."
+                        f"({by_code(summary.errors_by_code)}): see their response.body or error."
                     )
         finally:
             client.close()

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..clock import Clock, SystemClock
+from ..figures import duration, money
 from .job import RunSummary
 
 __all__ = ["LiveProgress", "Pace", "PaceMeter", "summary_table"]
@@ -32,19 +33,6 @@ MAX_WINDOW_S = 60.0
 MIN_EVENTS = 20  # answers a window should hold for its rate to be steady (else it widens, up to MAX_WINDOW_S)
 STALLED_AFTER = 5  # answers the recent rate promised over the short window, none came: stalled, not slow
 SETTLE_S = 2.0  # no rate (and no ETA) from less than this much time: one group commit would read as a rate
-
-
-def _money(usd: float) -> str:
-    return f"${usd:,.4f}" if usd < 10 else f"${usd:,.2f}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0, round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +209,7 @@ class LiveProgress:
             return Text("ratepilot run: validating...", style="dim")
         p = self.pace()
         bar = ProgressBar(total=max(1, s.total), completed=s.done, width=40)
-        eta = _duration(p.eta_s)
+        eta = duration(p.eta_s)
         if p.eta_s and p.bound != "measured":
             eta += f" (at the {p.bound})"
         line1 = Text.assemble(
@@ -234,7 +222,7 @@ class LiveProgress:
             Text(rates_line(p, _limit(s, "requests"), _limit(s, "tokens")), style="cyan"),
             Text(
                 f" retries {p.retries_per_min:,.1f}/min   429s {p.rate_limited_per_min:,.1f}/min"
-                f" ({s.rate_limited:,} in all)   cost {_money(s.cost_usd)}"
+                f" ({s.rate_limited:,} in all)   cost {money(s.cost_usd)}"
                 + (f"   cache hits {s.cache_hits:,}" if s.cache_hits else ""),
                 style="cyan",
             ),
@@ -252,7 +240,7 @@ def rates_line(p: Pace, requests_limit: float | None, tokens_limit: float | None
                 text += " burst"  # the bucket's stored capacity going out at once: allowed, and not sustained
         return text
 
-    window = f"(last {_duration(p.window_s)})" if p.window_s else "(measuring)"
+    window = f"(last {duration(p.window_s)})" if p.window_s else "(measuring)"
     requests, tokens = (
         one("req/min", p.requests_per_min, requests_limit),
         one("tok/min", p.tokens_per_min, tokens_limit),
@@ -278,23 +266,23 @@ def summary_table(s: RunSummary) -> Table:
         table.add_row("invalid lines", f"{s.invalid_skipped:,} skipped (--skip-invalid)")
     if s.unfinished or s.not_started:
         table.add_row("left for a rerun", f"{s.unfinished:,} unanswered after retries, {s.not_started:,} not started")
-    table.add_row("cache", f"{s.cache_hits:,} hits, saved {_money(s.saved_usd)}")
+    table.add_row("cache", f"{s.cache_hits:,} hits, saved {money(s.saved_usd)}")
     table.add_row("tokens", f"{s.prompt_tokens:,} in, {s.completion_tokens:,} out")
-    table.add_row("cost", _money(s.cost_usd))
+    table.add_row("cost", money(s.cost_usd))
     if s.lanes:
         lanes = s.lanes
         table.add_row(
             "tiers",
             f"{int(lanes['flex']):,} flex, {int(lanes['standard']):,} standard "
             f"({int(lanes['fell_back']):,} after flex stayed unavailable), {int(lanes['priority']):,} priority; "
-            f"saved {_money(lanes['saved_usd'])} against all-standard",
+            f"saved {money(lanes['saved_usd'])} against all-standard",
         )
     table.add_row("HTTP", f"{s.http_requests:,} requests, {s.retries:,} retries, {s.rate_limited:,} 429s")
     if s.limits:
         table.add_row("limits", ", ".join(f"{k} {v['limit']:,}/min" for k, v in s.limits.items()))
     # No average rate here: over a short job it counts the opening burst (the first minute's capacity, sent at
     # once) and reads as a multiple of the limit. The report charts the rate over time against the limits.
-    table.add_row("time", _duration(s.elapsed_s))
+    table.add_row("time", duration(s.elapsed_s))
     if s.answered:
         table.add_row("charts", f"ratepilot report {s.results_file}")
     if s.stop:
