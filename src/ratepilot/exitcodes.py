@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["EXIT_CODES_HELP", "ExitCode"]
+__all__ = ["EXIT_CODES_HELP", "STOP_EXIT_CODES", "ExitCode"]
 
 
 class ExitCode(enum.IntEnum):
@@ -41,3 +41,15 @@ EXIT_CODES_HELP = (
     "12 results could not be written (disk full), 130 interrupted."
 )
 """One sentence for ``--help`` texts."""
+
+
+STOP_EXIT_CODES: dict[str, ExitCode] = {
+    "quota": ExitCode.QUOTA,
+    "budget": ExitCode.BUDGET,
+    "auth": ExitCode.AUTH,
+    "hopeless": ExitCode.API_ERROR,
+    "unreachable": ExitCode.API_ERROR,
+    "store": ExitCode.STORE_UNAVAILABLE,
+    "write": ExitCode.WRITE_FAILED,
+}
+"""Why a job stopped early (its runner's ``stop``: ``run``, ``ratepilot.ray``) -> its exit code."""

@@ -26,7 +26,8 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 import ray.data
 
 from ..errors import StoreUnavailable
-from ..exitcodes import ExitCode
+from ..exitcodes import STOP_EXIT_CODES, ExitCode
+from ..figures import by_code
 from ..joblock import job_lock, lock_path
 from ..protocol.pricing import PriceTable
 from ..protocol.usage import usage_from_body
@@ -53,12 +54,6 @@ MAX_BLOCKS = 512
 # Error codes of rows never sent (left for the rerun, as rows not started); any other non-final code is a request
 # that got no usable answer (counted as unfinished).
 _NOT_SENT = frozenset({"stopped", "budget_exceeded", "store_unavailable"})
-_STOP_CODES = {
-    "quota": ExitCode.QUOTA,
-    "budget": ExitCode.BUDGET,
-    "auth": ExitCode.AUTH,
-    "store": ExitCode.STORE_UNAVAILABLE,
-}
 _STOP_ADVICE = {
     "quota": "Add credit or raise the spend limit, then rerun: it resumes where it stopped.",
     "budget": "Raise budget_usd and rerun: it resumes where it stopped.",
@@ -342,15 +337,16 @@ def _count(row: Mapping[str, Any], report: RunReport, prices: PriceTable) -> Non
 def _conclude(report: RunReport) -> None:
     if report.total is not None:
         report.not_started = max(report.not_started, report.total - report.done - report.unfinished)
-    if report.stop in _STOP_CODES:
-        report.exit_code = _STOP_CODES[report.stop]
-        report.message = f"{report.message}\n{_STOP_ADVICE[report.stop]}".strip()
+    if report.stop in STOP_EXIT_CODES:
+        report.exit_code = STOP_EXIT_CODES[report.stop]
+        report.message = f"{report.message}\n{_STOP_ADVICE.get(report.stop, '')}".strip()
     elif report.unfinished or report.not_started:
         report.exit_code = ExitCode.INCOMPLETE
         report.message = f"{report.unfinished} request(s) got no answer; rerun to ask them again."
     elif report.http_errors:
         report.exit_code = ExitCode.HTTP_ERRORS
-        report.message = f"{report.http_errors} result(s) are HTTP errors: see their response.body."
+        codes = by_code(report.errors_by_code)
+        report.message = f"{report.http_errors:,} result(s) are HTTP errors ({codes}): see their response.body."
     else:
         report.exit_code = ExitCode.OK
 

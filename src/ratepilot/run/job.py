@@ -35,7 +35,7 @@ from ..engine.online import OnlineRunner, OnlineStats
 from ..engine.sender import HttpSender, Sender
 from ..engine.window import InFlightWindow
 from ..errors import InputError
-from ..exitcodes import ExitCode
+from ..exitcodes import STOP_EXIT_CODES, ExitCode
 from ..figures import by_code
 from ..joblock import job_lock, lock_path
 from ..protocol.pricing import PriceTable
@@ -416,15 +416,6 @@ def _progress(
     callback(summary)
 
 
-_STOP_CODES = {
-    "quota": ExitCode.QUOTA,
-    "budget": ExitCode.BUDGET,
-    "auth": ExitCode.AUTH,
-    "hopeless": ExitCode.API_ERROR,
-    "unreachable": ExitCode.API_ERROR,
-    "store": ExitCode.STORE_UNAVAILABLE,
-    "write": ExitCode.WRITE_FAILED,
-}
 _STOP_ADVICE = {
     "quota": "Add credit or raise the spend limit (https://platform.openai.com/settings/organization/billing), "
     "then rerun the same command: it resumes where it stopped.",
@@ -465,8 +456,8 @@ def _fill_online(summary: RunSummary, stats: OnlineStats, pilot: Any, already: i
     summary.stop = stats.stop
     summary.exit_code = ExitCode.OK
     summary.message = ""
-    if stats.stop in _STOP_CODES:
-        summary.exit_code = _STOP_CODES[stats.stop]
+    if stats.stop in STOP_EXIT_CODES:
+        summary.exit_code = STOP_EXIT_CODES[stats.stop]
         summary.message = f"{stats.stop_message}\n{_STOP_ADVICE[stats.stop]}"
         if stats.unsaved:
             summary.message += (
