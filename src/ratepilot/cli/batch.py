@@ -668,15 +668,14 @@ def list_(
 
 
 def _list_jobs(state_dir: Path | None, as_json: bool) -> None:
-    """``list --jobs``: the local jobs, from the state directory alone."""
-    from openai import OpenAI
+    """``list --jobs``: the local jobs, from the state directory alone (no client, no key)."""
+    from ratepilot import paths
+    from ratepilot.batch.state import DEFAULT_DB_NAME, BatchState
 
-    from ratepilot.batch import BatchRunner
-
-    # The runner wants a client; this one is never used (nothing is sent), so no key is needed.
-    client = OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1")
-    with BatchRunner(client, state_dir=state_dir, close_client=True) as runner:
-        rows = [{"name": j.name, "state": j.state, "total": j.total, "input": j.input_path} for j in runner.jobs()]
+    directory = state_dir if state_dir is not None else paths.state_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    with BatchState(directory / DEFAULT_DB_NAME) as state:
+        rows = [{"name": j.name, "state": j.state, "total": j.total, "input": j.input_path} for j in state.list_jobs()]
     if as_json:
         print_json(rows)
         return
